@@ -1,0 +1,80 @@
+"""The ``orch`` command line: parses arguments and hands each verb to its command module.
+
+Every command module exposes ``HELP`` (one line), ``add_arguments(parser)`` and
+``run(args) -> int``. This file is the only place that turns an ``OrchError`` into
+one printed line and an exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from orchestrator import __version__
+from orchestrator.errors import OrchError
+
+# verb -> module implementing it (imported lazily so `orch --help` stays fast)
+COMMANDS = {
+    "lab": "orchestrator.commands.lab",
+    "build": "orchestrator.commands.build",
+    "plan": "orchestrator.commands.plan",
+    "apply": "orchestrator.commands.apply",
+    "status": "orchestrator.commands.status",
+    "hosts": "orchestrator.commands.hosts",
+    "rollback": "orchestrator.commands.rollback",
+    "logs": "orchestrator.commands.logs",
+    "audit": "orchestrator.commands.audit",
+}
+
+
+def _load(module_name: str):
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            return None
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orch",
+        description="Deploy services as immutable containers to a fleet of hosts over SSH.",
+    )
+    parser.add_argument("--version", action="version", version=f"orch {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for verb, module_name in COMMANDS.items():
+        module = _load(module_name)
+        if module is None:
+            continue
+        p = sub.add_parser(verb, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except OrchError as err:
+        if args.debug:
+            raise
+        print(f"orch: error: {err}", file=sys.stderr)
+        cause = err.__cause__
+        if cause is not None and str(cause) and str(cause) not in str(err):
+            print(f"  caused by: {type(cause).__name__}: {cause}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("orch: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `orch` verb: argument parsing and calling the layers below."""
