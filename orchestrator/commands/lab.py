@@ -1,0 +1,80 @@
+"""`orch lab up|status|ssh|down`: a fleet of real SSH hosts on this machine."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+
+from orchestrator.errors import LabError, UsageError
+from orchestrator.lab.layout import LabLayout, LabSpec
+from orchestrator.lab.machine import LabMachine, known_labs, load_layout
+from orchestrator.tools import find_tool
+
+HELP = "make, inspect and remove the lab fleet (real sshd hosts in namespaces on this machine)"
+
+
+def add_arguments(parser) -> None:
+    import argparse
+    named = argparse.ArgumentParser(add_help=False)
+    named.add_argument("--name", default="lab", help="lab name (default: lab); labs stand side by side")
+    sub = parser.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
+    up = sub.add_parser("up", parents=[named], help="create or update the lab (idempotent)")
+    up.add_argument("--hosts", type=int, default=2, help="amd64 hosts (default 2)")
+    up.add_argument("--arm64", type=int, default=1, help="arm64 hosts (default 1)")
+    up.add_argument("--armv7", type=int, default=0, help="32-bit arm hosts (default 0)")
+    up.add_argument("--link-rate", default=None, help="throttle each host's link, e.g. 10mbit (tc tbf)")
+    up.add_argument("--json", action="store_true", help="print the hosts as JSON")
+    st = sub.add_parser("status", parents=[named], help="list the lab's hosts")
+    st.add_argument("--json", action="store_true", help="print a JSON list")
+    ssh = sub.add_parser("ssh", parents=[named], help="open a shell on (or run a command on) a lab host")
+    ssh.add_argument("host")
+    ssh.add_argument("cmd", nargs=argparse.REMAINDER)
+    sub.add_parser("down", parents=[named], help="remove everything the lab made (idempotent)")
+    sub.add_parser("list", help="names of labs that are up")
+
+
+def run(args) -> int:
+    action = args.lab_command
+    if action == "up":
+        spec = LabSpec(args.name, args.hosts, args.arm64, args.armv7, args.link_rate).validate()
+        hosts = LabMachine(LabLayout(spec)).up()
+        _print_hosts(hosts, args.json)
+        return 0
+    if action == "list":
+        print("\n".join(known_labs()))
+        return 0
+    if action == "down":
+        try:
+            layout = load_layout(args.name)
+        except LabError:
+            layout = LabLayout(LabSpec(args.name))
+        LabMachine(layout).down()
+        print(f"lab {args.name} is down")
+        return 0
+    layout = load_layout(args.name)
+    if action == "status":
+        hosts = LabMachine(layout).status()
+        _print_hosts(hosts, args.json)
+        return 0 if all(h["up"] for h in hosts) else 1
+    if action == "ssh":
+        host = layout.host(args.host)
+        argv = [find_tool("ssh"), "-i", str(layout.user_key),
+                "-o", f"UserKnownHostsFile={layout.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+                "-o", "GlobalKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR",
+                "-p", str(host.ssh_port), f"root@{host.address}"]
+        if args.cmd:
+            argv += ["--", shlex.join(args.cmd)]  # the remote shell splits it back into the same words
+        sys.stdout.flush()
+        os.execv(argv[0], argv)
+    raise UsageError(f"unknown lab action {action!r}")
+
+
+def _print_hosts(hosts, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(hosts, indent=2))
+        return
+    print(f"{'HOST':<12} {'ADDRESS':<15} {'PLATFORM':<13} {'UP':<4} LINK")
+    for h in hosts:
+        print(f"{h['name']:<12} {h['address']:<15} {h['platform']:<13} {'yes' if h['up'] else 'NO':<4} "
+              f"{h['link_rate'] or '-'}")

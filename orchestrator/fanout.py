@@ -1,0 +1,55 @@
+"""Run one function per host in parallel, with a bound; partial failure is a value, not a crash."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Generic, Iterable, Optional, TypeVar
+
+from orchestrator.errors import OrchError
+
+T = TypeVar("T")
+H = TypeVar("H")
+
+
+@dataclass
+class FanOutResult(Generic[T]):
+    ok: Dict[str, T] = field(default_factory=dict)
+    failed: Dict[str, OrchError] = field(default_factory=dict)
+
+    @property
+    def all_ok(self) -> bool:
+        return not self.failed
+
+
+def fan_out(hosts: Iterable[H], fn: Callable[[H], T], *, name: Callable[[H], str] = lambda h: h.name,
+            max_parallel: int = 16, on_done: Optional[Callable[[str, Optional[T], Optional[OrchError]], None]] = None
+            ) -> FanOutResult[T]:
+    """Call `fn(host)` for every host, at most `max_parallel` at once.
+
+    An `OrchError` (or any other exception, wrapped) from one host lands in `.failed` under its
+    name; the other hosts carry on.
+    """
+    hosts = list(hosts)
+    result: FanOutResult[T] = FanOutResult()
+    if not hosts:
+        return result
+
+    def one(host: H):
+        try:
+            return name(host), fn(host), None
+        except OrchError as exc:
+            return name(host), None, exc
+        except Exception as exc:  # noqa: BLE001 - a host's failure must not take the others down
+            wrapped = OrchError(f"{name(host)}: {type(exc).__name__}: {exc}")
+            wrapped.__cause__ = exc
+            return name(host), None, wrapped
+
+    with ThreadPoolExecutor(max_workers=max(1, min(max_parallel, len(hosts)))) as pool:
+        for host_name, value, error in pool.map(one, hosts):
+            if error is None:
+                result.ok[host_name] = value
+            else:
+                result.failed[host_name] = error
+            if on_done:
+                on_done(host_name, value, error)
+    return result

@@ -1,0 +1,187 @@
+"""Pure naming for a lab: namespaces, interfaces, addresses and paths derived from its name.
+
+Nothing here touches the machine; `orchestrator.lab.machine` does, using these names.
+Several labs stand side by side because every name and the subnet derive from the lab name.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+from orchestrator.errors import LabError
+
+PLATFORMS = {"amd64": "linux/amd64", "arm64": "linux/arm64", "armv7": "linux/arm/v7"}
+# qemu-user binfmt entries needed per foreign platform (Debian's qemu-user-static names)
+QEMU_FOR_PLATFORM = {"linux/arm64": "aarch64", "linux/arm/v7": "arm"}
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,23}$")
+_RATE_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)$")
+DEFAULT_STATE_ROOT = Path("/var/lib/orch-lab")
+FIRST_HOST_OCTET = 10
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    """How many hosts of each kind a lab has."""
+
+    name: str = "lab"
+    amd64: int = 2
+    arm64: int = 1
+    armv7: int = 0
+    link_rate: Optional[str] = None
+
+    def validate(self) -> "LabSpec":
+        if not _NAME_RE.match(self.name):
+            raise LabError(f"lab name {self.name!r}: use 1-24 lowercase letters, digits or '-', starting with a letter")
+        for kind in ("amd64", "arm64", "armv7"):
+            count = getattr(self, kind)
+            if count < 0 or count > 200:
+                raise LabError(f"--{'hosts' if kind == 'amd64' else kind} {count}: expected 0..200")
+        if self.amd64 + self.arm64 + self.armv7 == 0:
+            raise LabError("a lab needs at least one host")
+        if self.amd64 + self.arm64 + self.armv7 > 240:
+            raise LabError("a lab has at most 240 hosts (one /24)")
+        if self.link_rate is not None and not _RATE_RE.match(self.link_rate):
+            raise LabError(f"--link-rate {self.link_rate!r}: expected a tc rate such as 10mbit or 500kbit")
+        return self
+
+
+@dataclass(frozen=True)
+class HostLayout:
+    """Every name and path of one lab host."""
+
+    lab: str
+    name: str            # e.g. "amd64-1"
+    platform: str        # e.g. "linux/arm64"
+    index: int           # 0-based position in the lab
+    address: str
+    netns: str
+    veth_root: str       # end in the root namespace, enslaved to the lab bridge
+    veth_host: str       # end inside the host namespace (renamed eth0 there)
+    state_dir: Path      # on the machine: keys, sshd config, private dirs
+
+    @property
+    def ssh_port(self) -> int:
+        return 22
+
+    @property
+    def var_lib_orch(self) -> Path:
+        return self.state_dir / "var-lib-orch"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def etc_orch(self) -> Path:
+        return self.state_dir / "etc-orch"
+
+    @property
+    def root_home(self) -> Path:
+        return self.state_dir / "root-home"
+
+    @property
+    def host_key(self) -> Path:
+        return self.state_dir / "ssh_host_ed25519_key"
+
+    @property
+    def sshd_config(self) -> Path:
+        return self.state_dir / "sshd_config"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / "sshd.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "sshd.log"
+
+
+@dataclass(frozen=True)
+class LabLayout:
+    spec: LabSpec
+    state_root: Path = DEFAULT_STATE_ROOT
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def tag(self) -> str:
+        """Six hex digits from the lab name: keeps interface names under 15 characters."""
+        return hashlib.sha256(self.spec.name.encode()).hexdigest()[:6]
+
+    @property
+    def bridge(self) -> str:
+        return f"orch-{self.tag}"
+
+    @property
+    def subnet_prefix(self) -> Tuple[int, int]:
+        digest = hashlib.sha256(b"orch-lab/" + self.spec.name.encode()).digest()
+        return (100 + digest[0] % 100, digest[1])
+
+    @property
+    def subnet(self) -> str:
+        a, b = self.subnet_prefix
+        return f"10.{a}.{b}.0/24"
+
+    @property
+    def gateway(self) -> str:
+        a, b = self.subnet_prefix
+        return f"10.{a}.{b}.1"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.state_root / self.spec.name
+
+    @property
+    def user_key(self) -> Path:
+        return self.state_dir / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.state_dir / "known_hosts"
+
+    @property
+    def authorized_keys(self) -> Path:
+        return self.state_dir / "authorized_keys"
+
+    @property
+    def record(self) -> Path:
+        return self.state_dir / "lab.json"
+
+    def hosts(self) -> Tuple[HostLayout, ...]:
+        a, b = self.subnet_prefix
+        out = []
+        kinds = (("amd64", self.spec.amd64), ("arm64", self.spec.arm64), ("armv7", self.spec.armv7))
+        index = 0
+        for kind, count in kinds:
+            for n in range(1, count + 1):
+                name = f"{kind}-{n}"
+                out.append(HostLayout(
+                    lab=self.spec.name,
+                    name=name,
+                    platform=PLATFORMS[kind],
+                    index=index,
+                    address=f"10.{a}.{b}.{FIRST_HOST_OCTET + index}",
+                    netns=f"orch-{self.spec.name}-{name}",
+                    veth_root=f"o{self.tag}r{index}",
+                    veth_host=f"o{self.tag}h{index}",
+                    state_dir=self.state_dir / "hosts" / name,
+                ))
+                index += 1
+        return tuple(out)
+
+    def host(self, name: str) -> HostLayout:
+        for h in self.hosts():
+            if h.name == name:
+                return h
+        known = ", ".join(h.name for h in self.hosts())
+        raise LabError(f"lab {self.spec.name!r} has no host {name!r} (hosts: {known})")
+
+    def foreign_qemu(self) -> Tuple[str, ...]:
+        """qemu-user binfmt entries this lab needs, e.g. ("aarch64",)."""
+        return tuple(sorted({QEMU_FOR_PLATFORM[h.platform] for h in self.hosts() if h.platform in QEMU_FOR_PLATFORM}))

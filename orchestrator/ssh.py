@@ -1,0 +1,274 @@
+"""SSH transport (paramiko): strict host keys, ~/.ssh/config, pooled connections.
+
+This is the one place a remote command line is built (`shlex.join` of an argument list).
+Host keys are checked against known_hosts and never auto-accepted.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import paramiko
+
+from orchestrator.errors import HostKeyError, TransportError
+
+WINDOW = 64 * 1024 * 1024       # large SSH window: bulk transfers are not stalled by round trips
+MAX_PACKET = 256 * 1024 - 1024  # below OpenSSH's 256 KiB packet limit
+
+
+@dataclass(frozen=True)
+class SSHTarget:
+    """Where and how to reach one host."""
+
+    name: str
+    address: str
+    port: int = 22
+    user: str = "root"
+    key_path: Optional[str] = None
+    known_hosts: Optional[str] = None          # None: ~/.ssh/known_hosts (and /etc/ssh/ssh_known_hosts)
+    proxy_jump: Optional["SSHTarget"] = None
+    connect_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+def resolve_target(target: SSHTarget, config_path: Optional[str] = None) -> SSHTarget:
+    """Apply ~/.ssh/config (HostName, User, Port, IdentityFile, UserKnownHostsFile, ProxyJump)."""
+    path = Path(config_path or os.path.expanduser("~/.ssh/config"))
+    if not path.exists():
+        return target
+    config = paramiko.SSHConfig.from_path(str(path))
+    found = config.lookup(target.name) if target.name in config.get_hostnames() or "*" in config.get_hostnames() \
+        else config.lookup(target.address)
+    changes: dict = {}
+    if "hostname" in found and found["hostname"] != target.name:
+        changes["address"] = found["hostname"]
+    if "user" in found and target.user == "root" and found["user"]:
+        changes["user"] = found["user"]
+    if "port" in found and target.port == 22:
+        changes["port"] = int(found["port"])
+    if "identityfile" in found and not target.key_path:
+        changes["key_path"] = os.path.expanduser(found["identityfile"][0])
+    if "userknownhostsfile" in found and not target.known_hosts:
+        changes["known_hosts"] = os.path.expanduser(found["userknownhostsfile"].split()[0])
+    if "proxyjump" in found and not target.proxy_jump and found["proxyjump"].lower() != "none":
+        jump = found["proxyjump"].split(",")[0]
+        user, _, hostport = jump.rpartition("@")
+        host, _, port = hostport.partition(":")
+        changes["proxy_jump"] = resolve_target(
+            SSHTarget(name=host, address=host, port=int(port or 22), user=user or "root",
+                      key_path=target.key_path, known_hosts=target.known_hosts), config_path)
+    return replace(target, **changes) if changes else target
+
+
+def _load_host_keys(client: paramiko.SSHClient, target: SSHTarget) -> None:
+    """Known hosts are read-only to orch: loaded as "system" keys, never written back."""
+    if target.known_hosts:
+        path = os.path.expanduser(target.known_hosts)
+        if not os.path.exists(path):
+            raise HostKeyError(f"known_hosts file {path} does not exist", host=target.name)
+        client.load_system_host_keys(path)
+        return
+    for path in ("/etc/ssh/ssh_known_hosts", os.path.expanduser("~/.ssh/known_hosts")):
+        if os.path.exists(path):
+            client.load_system_host_keys(path)
+
+
+class SSHConnection:
+    """One authenticated SSH connection to one host; thread-safe for opening channels."""
+
+    def __init__(self, target: SSHTarget):
+        self.target = target
+        self._client: Optional[paramiko.SSHClient] = None
+        self._jump: Optional["SSHConnection"] = None
+        self._lock = threading.Lock()
+
+    # -- connecting -----------------------------------------------------------------------
+    def connect(self) -> "SSHConnection":
+        with self._lock:
+            if self._client is not None and self.is_active():
+                return self
+            self._close_locked()
+            t = self.target
+            client = paramiko.SSHClient()
+            _load_host_keys(client, t)
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            sock = None
+            if t.proxy_jump is not None:
+                self._jump = SSHConnection(t.proxy_jump).connect()
+                try:
+                    sock = self._jump.transport().open_channel(
+                        "direct-tcpip", (t.address, t.port), ("127.0.0.1", 0), timeout=t.connect_timeout)
+                except (paramiko.SSHException, OSError) as exc:
+                    raise TransportError(f"cannot reach {t.address}:{t.port} through {t.proxy_jump.name}: {exc}",
+                                         host=t.name) from exc
+            try:
+                client.connect(
+                    t.address, port=t.port, username=t.user,
+                    key_filename=os.path.expanduser(t.key_path) if t.key_path else None,
+                    timeout=t.connect_timeout, banner_timeout=t.connect_timeout, auth_timeout=t.connect_timeout,
+                    allow_agent=t.key_path is None, look_for_keys=t.key_path is None, sock=sock,
+                )
+            except paramiko.BadHostKeyException as exc:
+                raise HostKeyError(
+                    f"host key mismatch for {t.address}: got {exc.key.get_name()} "
+                    f"{exc.key.fingerprint}, known_hosts has {exc.expected_key.fingerprint}",
+                    host=t.name, hint="the host was replaced, or someone is in the middle; "
+                                      "fix known_hosts only if you know why") from exc
+            except paramiko.SSHException as exc:
+                if "not found in known_hosts" in str(exc):
+                    raise HostKeyError(f"host key of {t.address} is not in known_hosts", host=t.name,
+                                       hint="add it with ssh-keyscan after checking its fingerprint") from exc
+                raise TransportError(f"ssh to {t.user}@{t.address}:{t.port} failed: {exc}", host=t.name) from exc
+            except (socket.timeout, OSError) as exc:
+                raise TransportError(f"cannot connect to {t.address}:{t.port}: {exc}", host=t.name) from exc
+            transport = client.get_transport()
+            transport.set_keepalive(15)
+            transport.default_window_size = WINDOW
+            transport.default_max_packet_size = MAX_PACKET
+            self._client = client
+            return self
+
+    def is_active(self) -> bool:
+        tr = self._client.get_transport() if self._client else None
+        return bool(tr and tr.is_active())
+
+    def transport(self) -> paramiko.Transport:
+        if self._client is None:
+            self.connect()
+        return self._client.get_transport()
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._jump is not None:
+            self._jump.close()
+            self._jump = None
+
+    # -- commands -------------------------------------------------------------------------
+    @staticmethod
+    def command_line(argv: Sequence[str]) -> str:
+        """The only place a remote shell line is built."""
+        return shlex.join([str(a) for a in argv])
+
+    def open_command(self, argv: Sequence[str]) -> paramiko.Channel:
+        """Start `argv` on the host; the caller streams stdin/stdout on the channel."""
+        self.connect()
+        try:
+            channel = self.transport().open_session(window_size=WINDOW, max_packet_size=MAX_PACKET)
+            channel.exec_command(self.command_line(argv))
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise TransportError(f"cannot start {argv[0]}: {exc}", host=self.target.name) from exc
+        return channel
+
+    def run(self, argv: Sequence[str], *, input: Optional[bytes] = None,
+            timeout: Optional[float] = None) -> CommandResult:
+        channel = self.open_command(argv)
+        try:
+            channel.settimeout(timeout)
+            out = bytearray()
+            err = bytearray()
+            reader = threading.Thread(target=_drain, args=(channel.makefile_stderr("rb"), err), daemon=True)
+            reader.start()
+            if input:
+                channel.sendall(input)
+            channel.shutdown_write()
+            while True:
+                chunk = channel.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+            code = channel.recv_exit_status()
+            reader.join(timeout=5)
+            return CommandResult(code, bytes(out), bytes(err))
+        except socket.timeout as exc:
+            raise TransportError(f"{argv[0]} timed out after {timeout}s", host=self.target.name) from exc
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise TransportError(f"connection lost running {argv[0]}: {exc}", host=self.target.name) from exc
+        finally:
+            channel.close()
+
+
+    def put_file(self, local_path: str, remote_path: str, mode: int = 0o644) -> None:
+        """Copy a small file (e.g. the agent) with SFTP; written to a temp name, then renamed."""
+        self.connect()
+        tmp = f"{remote_path}.tmp-{os.getpid()}"
+        try:
+            sftp = self.transport().open_sftp_client()
+            try:
+                sftp.put(local_path, tmp)
+                sftp.chmod(tmp, mode)
+                sftp.posix_rename(tmp, remote_path)
+            finally:
+                sftp.close()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise TransportError(f"cannot copy {local_path} to {remote_path}: {exc}", host=self.target.name) from exc
+
+
+def _drain(stream, sink: bytearray) -> None:
+    try:
+        while True:
+            chunk = stream.read(65536)
+            if not chunk:
+                return
+            sink += chunk
+    except (OSError, EOFError, paramiko.SSHException):
+        return
+
+
+class ConnectionPool:
+    """One live connection per host, made on first use and reused; reconnects when dropped."""
+
+    def __init__(self, targets: Iterable[SSHTarget] = ()):
+        self._targets: Dict[str, SSHTarget] = {t.name: t for t in targets}
+        self._conns: Dict[str, SSHConnection] = {}
+        self._lock = threading.Lock()
+
+    def add(self, target: SSHTarget) -> None:
+        with self._lock:
+            self._targets[target.name] = target
+
+    def get(self, name: str) -> SSHConnection:
+        with self._lock:
+            conn = self._conns.get(name)
+            if conn is None:
+                conn = self._conns[name] = SSHConnection(self._targets[name])
+        return conn.connect()
+
+    def drop(self, name: str) -> None:
+        with self._lock:
+            conn = self._conns.pop(name, None)
+        if conn:
+            conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._conns = list(self._conns.values()), {}
+        for c in conns:
+            c.close()
+
+    def __enter__(self) -> "ConnectionPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
