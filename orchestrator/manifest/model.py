@@ -1,0 +1,300 @@
+"""The validated desired state: frozen dataclasses, the only thing other layers see.
+
+Mappings are read-only ``MappingProxyType``; sequences are tuples.
+``DeploySpec.to_agent_json()`` is the one place the agent deploy spec is rendered.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+from orchestrator.errors import ManifestError
+
+EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+def frozen_map(d: Optional[Mapping]) -> Mapping:
+    return MappingProxyType(dict(d or {}))
+
+
+# ---------------------------------------------------------------- fleet
+
+@dataclass(frozen=True)
+class LabSpec:
+    """The embedded lab fleet: ``hosts`` amd64 hosts plus ``arm64`` and ``armv7`` ones."""
+
+    hosts: int = 2
+    arm64: int = 1
+    armv7: int = 0
+    link_rate: Optional[str] = None     # tc rate such as "10mbit", applied to every host's link
+
+    @property
+    def total(self) -> int:
+        return self.hosts + self.arm64 + self.armv7
+
+
+@dataclass(frozen=True)
+class FleetHost:
+    name: str
+    address: str
+    user: str = "root"
+    port: int = 22
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    platform: Optional[str] = None      # None: ask the agent (info) at apply time
+
+
+@dataclass(frozen=True)
+class Fleet:
+    name: str
+    lab: Optional[LabSpec] = None       # exactly one of lab / hosts is set
+    hosts: Tuple[FleetHost, ...] = ()
+    file: Optional[str] = None
+    line: Optional[int] = None
+
+    @property
+    def is_lab(self) -> bool:
+        return self.lab is not None
+
+
+DEFAULT_FLEET = Fleet(name="lab", lab=LabSpec(hosts=2, arm64=1, armv7=0))
+
+
+# ---------------------------------------------------------------- image
+
+@dataclass(frozen=True)
+class ScratchBase:
+    kind: str = "scratch"
+
+
+@dataclass(frozen=True)
+class DebianBase:
+    suite: str
+    packages: Tuple[str, ...] = ()
+    kind: str = "debian"
+
+
+@dataclass(frozen=True)
+class OciBase:
+    dir: str                      # absolute path of an OCI image layout
+    tag: Optional[str] = None     # org.opencontainers.image.ref.name; None: the only entry
+    kind: str = "oci"
+
+
+@dataclass(frozen=True)
+class RegistryBase:
+    ref: str                      # e.g. 127.0.0.1:5000/library/busybox:1.36 or ...@sha256:...
+    insecure: bool = False        # plain http (always used for loopback registries)
+    kind: str = "registry"
+
+
+Base = Union[ScratchBase, DebianBase, OciBase, RegistryBase]
+
+
+@dataclass(frozen=True)
+class CopyStep:
+    src: str                      # as written in the manifest (relative to the manifest's directory)
+    path: str                     # absolute source path on this machine (checked: inside the directory)
+    dest: str                     # absolute path in the image
+    mode: Optional[int] = None    # permission bits for copied files (dirs keep 0755)
+    owner: Optional[Tuple[int, int]] = None
+    kind: str = "copy"
+
+
+@dataclass(frozen=True)
+class TemplateStep:
+    src: str
+    path: str
+    dest: str
+    content: bytes = b""          # rendered at load time (Jinja2, StrictUndefined)
+    mode: Optional[int] = None
+    owner: Optional[Tuple[int, int]] = None
+    kind: str = "template"
+
+
+@dataclass(frozen=True)
+class RunStep:
+    command: Tuple[str, ...]      # argv; a string in the manifest becomes ["/bin/sh", "-c", s]
+    env: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    kind: str = "run"
+
+
+Step = Union[CopyStep, TemplateStep, RunStep]
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    env: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    entrypoint: Optional[Tuple[str, ...]] = None
+    cmd: Optional[Tuple[str, ...]] = None
+    workdir: Optional[str] = None
+    user: Optional[str] = None
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    expose: Tuple[str, ...] = ()          # "80/tcp"
+    stop_signal: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    base: Base
+    platforms: Tuple[str, ...]
+    steps: Tuple[Step, ...] = ()
+    config: ImageConfig = ImageConfig()
+
+
+# ---------------------------------------------------------------- deploy
+
+@dataclass(frozen=True)
+class HostSelector:
+    kind: str = "all"                     # all | names | labels
+    names: Tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+
+    def matches(self, name: str, labels: Mapping[str, str]) -> bool:
+        if self.kind == "all":
+            return True
+        if self.kind == "names":
+            return name in self.names
+        return all(labels.get(k) == v for k, v in self.labels.items())
+
+
+@dataclass(frozen=True)
+class Port:
+    host: int
+    container: int
+    protocol: str = "tcp"
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    kind: str = "none"                    # http | tcp | exec | none
+    path: Optional[str] = None
+    port: Optional[int] = None
+    command: Tuple[str, ...] = ()
+    interval: float = 1.0
+    timeout: float = 1.0
+    retries: int = 3
+    start_period: float = 0.0
+
+
+@dataclass(frozen=True)
+class Volume:
+    name: str
+    dest: str
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class Secret:
+    """Where a secret's value comes from; the value itself is read only at apply time."""
+
+    name: str
+    dest: str
+    env: Optional[str] = None             # environment variable on the control machine
+    file: Optional[str] = None            # absolute path of a file on the control machine
+    source_file: Optional[str] = None
+    source_line: Optional[int] = None
+
+    def read_value(self, environ: Optional[Mapping[str, str]] = None) -> bytes:
+        """The secret's bytes (never logged). Raises ManifestError, located, when missing."""
+        where = dict(file=self.source_file, line=self.source_line, path=("secrets", self.name))
+        if self.env is not None:
+            env = os.environ if environ is None else environ
+            if self.env not in env:
+                raise ManifestError(f"environment variable {self.env} is not set", **where)
+            return env[self.env].encode()
+        try:
+            with open(self.file, "rb") as fh:
+                return fh.read()
+        except OSError as exc:
+            raise ManifestError(f'cannot read secret file "{self.file}": {exc.strerror}', **where) from None
+
+
+@dataclass(frozen=True)
+class Resources:
+    memory: Optional[int] = None          # bytes
+    pids: Optional[int] = None
+    cpus: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Strategy:
+    canary: int = 0                       # hosts in the first wave (0: no canary wave)
+    max_parallel: Optional[int] = 1       # hosts per later wave, or ...
+    max_parallel_percent: Optional[float] = None   # ... a percentage of the selected hosts
+    monitor: float = 0.0                  # seconds a new release must stay healthy
+    on_failure: str = "halt"              # halt | rollback
+
+    def wave_size(self, total_hosts: int) -> int:
+        """Hosts per wave after the canary wave (at least 1)."""
+        if self.max_parallel_percent is not None:
+            return max(1, math.floor(total_hosts * self.max_parallel_percent / 100.0))
+        return max(1, self.max_parallel or 1)
+
+
+@dataclass(frozen=True)
+class DeploySpec:
+    hosts: HostSelector = HostSelector()
+    ports: Tuple[Port, ...] = ()
+    health: HealthCheck = HealthCheck()
+    env: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    volumes: Tuple[Volume, ...] = ()
+    secrets: Tuple[Secret, ...] = ()
+    resources: Resources = Resources()
+    drain: float = 2.0
+    stop_timeout: float = 10.0
+    stop_first: bool = False
+    keep_releases: int = 3
+    strategy: Strategy = Strategy()
+
+    def to_agent_json(self) -> Dict[str, Any]:
+        """The normalised agent deploy spec (contracts.md); no secret values, no strategy/hosts
+        except ``monitor``, which the agent needs to know when a release counts as good."""
+        h = self.health
+        return {
+            "ports": [{"host": p.host, "container": p.container, "protocol": p.protocol}
+                      for p in self.ports],
+            "health": {"kind": h.kind, "path": h.path, "port": h.port, "command": list(h.command),
+                       "interval": h.interval, "timeout": h.timeout, "retries": h.retries,
+                       "start_period": h.start_period},
+            "env": dict(sorted(self.env.items())),
+            "volumes": [{"name": v.name, "dest": v.dest, "readonly": v.readonly} for v in self.volumes],
+            "secrets": [{"name": s.name, "dest": s.dest} for s in self.secrets],
+            "resources": {"memory": self.resources.memory, "pids": self.resources.pids,
+                          "cpus": self.resources.cpus},
+            "drain": self.drain,
+            "monitor": self.strategy.monitor,
+            "stop_timeout": self.stop_timeout,
+            "stop_first": self.stop_first,
+            "keep_releases": self.keep_releases,
+        }
+
+    def read_secrets(self, environ: Optional[Mapping[str, str]] = None) -> Dict[str, bytes]:
+        """{name: value} for the apply request (values go beside the spec, never in it)."""
+        return {s.name: s.read_value(environ) for s in self.secrets}
+
+
+# ---------------------------------------------------------------- top level
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    image: ImageSpec
+    deploy: DeploySpec
+    file: str                             # manifest file as displayed in errors
+    line: int
+    directory: str                        # absolute directory of the manifest file (copy sources)
+
+
+@dataclass(frozen=True)
+class Desired:
+    directory: str                        # absolute manifests directory (lock file lives here)
+    fleet: Fleet
+    services: Mapping[str, Service]       # in file order
+    vars: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+
+    @property
+    def lock_path(self) -> str:
+        return os.path.join(self.directory, "orch.lock")
