@@ -1,0 +1,201 @@
+"""One container's life on disk and in the runtime: create (overlay, bundle, runtime, network),
+inspect, stop and remove, leaving nothing behind (no mount, no runtime state, no directory).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets as _secrets
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from runtime import bundle, network, oci, unpack
+from runtime.errors import BadRequest, RuntimeFailure
+from runtime.layout import Layout, read_json, write_json
+
+LOG_LIMIT = 1 << 20
+
+
+@dataclass
+class Meta:
+    id: str
+    service: str
+    slot: str
+    release: str
+    instance: str
+    runtime: str
+    ip: str = ""
+    pid: int = 0
+    starttime: str = ""
+    started: bool = False
+    created: float = 0.0
+
+    @classmethod
+    def load(cls, path: str) -> Optional["Meta"]:
+        d = read_json(path)
+        if not d:
+            return None
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    def save(self, path: str) -> None:
+        write_json(path, self.__dict__)
+
+
+def container_id(host_id: str, service: str, slot: str) -> str:
+    return f"o{host_id}-{service}-{slot}"
+
+
+def cdir(layout: Layout, cid: str) -> str:
+    return os.path.join(layout.containers, cid)
+
+
+def log_path(layout: Layout, service: str, slot: str) -> str:
+    return os.path.join(layout.logs, f"{service}.{slot}.log")
+
+
+def list_metas(layout: Layout) -> List[Meta]:
+    out = []
+    try:
+        names = sorted(os.listdir(layout.containers))
+    except FileNotFoundError:
+        return out
+    for name in names:
+        m = Meta.load(os.path.join(layout.containers, name, "meta.json"))
+        if m is not None:
+            out.append(m)
+    return out
+
+
+def status_of(m: Meta, rt: oci.Runtime) -> str:
+    alive = oci.proc_alive(m.pid, m.starttime) if m.pid else False
+    if m.started:
+        return "running" if alive else "stopped"
+    return "created" if alive and oci.known(rt, m.id) else "gone"
+
+
+def mounted(path: str) -> bool:
+    path = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4].replace("\\040", " ")
+            if mp == path:
+                return True
+    return False
+
+
+def _run(argv: List[str]) -> None:
+    p = subprocess.run(argv, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeFailure(f"{' '.join(argv[:3])}... failed: {p.stderr.strip()}")
+
+
+def ensure_secrets_tmpfs(layout: Layout) -> None:
+    os.makedirs(layout.secrets, mode=0o700, exist_ok=True)
+    if not mounted(layout.secrets):
+        _run(["mount", "-t", "tmpfs", "-o", "mode=0700,size=4m,nosuid,nodev,noexec", "tmpfs",
+              layout.secrets])
+
+
+def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: str,
+           target: Dict, secret_values: Dict[str, str], ip: str) -> Meta:
+    """Create and start a container for ``target`` in ``slot``. On any failure everything
+    made so far is removed again before the error propagates."""
+    cid = container_id(host_id, service, slot)
+    d = cdir(layout, cid)
+    if os.path.exists(d):
+        raise RuntimeFailure(f"container dir {d} already exists")
+    deploy = target.get("deploy") or {}
+    meta = Meta(id=cid, service=service, slot=slot, release=target["release"],
+                instance=_secrets.token_hex(6), runtime=rt.name, ip=ip, created=time.time())
+    os.makedirs(d, mode=0o700)
+    meta_path = os.path.join(d, "meta.json")
+    meta.save(meta_path)
+    try:
+        img = unpack.image_dir(layout, target["manifest"])
+        rootfs = os.path.join(d, "rootfs")
+        for sub in ("rootfs", "upper", "work"):
+            os.makedirs(os.path.join(d, sub), mode=0o755, exist_ok=True)
+        _run(["mount", "-t", "overlay", "overlay", "-o",
+              f"lowerdir={img}/rootfs,upperdir={d}/upper,workdir={d}/work", rootfs])
+        vols = []
+        for v in deploy.get("volumes") or []:
+            host = os.path.join(layout.volumes, v["name"])
+            os.makedirs(host, mode=0o755, exist_ok=True)
+            vols.append((host, v["dest"], bool(v.get("readonly"))))
+        secs = []
+        if deploy.get("secrets"):
+            ensure_secrets_tmpfs(layout)
+            sdir = os.path.join(layout.secrets, cid)
+            os.makedirs(sdir, mode=0o700, exist_ok=True)
+            for s in deploy["secrets"]:
+                if s["name"] not in secret_values:
+                    raise BadRequest(f"secret {s['name']!r} was not sent with the apply")
+                p = os.path.join(sdir, s["name"])
+                fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(base64.b64decode(secret_values[s["name"]]))
+                secs.append((p, s["dest"]))
+        image_config = unpack.image_config(layout, target["manifest"])
+        try:
+            uid, gid = bundle.resolve_user(os.path.join(img, "rootfs"),
+                                           (image_config.get("config") or {}).get("User") or "")
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        extra = []
+        hosts = os.path.join(d, "hosts")
+        with open(hosts, "w") as f:
+            f.write(f"127.0.0.1\tlocalhost\n{ip}\t{service}\n")
+        extra.append((hosts, "/etc/hosts"))
+        if os.path.exists("/etc/resolv.conf"):
+            shutil.copyfile("/etc/resolv.conf", os.path.join(d, "resolv.conf"))
+            extra.append((os.path.join(d, "resolv.conf"), "/etc/resolv.conf"))
+        binput = bundle.BundleInput(container_id=cid, hostname=service, rootfs=rootfs,
+                                    cgroups_path=f"/orch/{cid}", uid=uid, gid=gid,
+                                    volumes=tuple(vols), secrets=tuple(secs),
+                                    extra_files=tuple(extra))
+        try:
+            config = bundle.render_config(image_config, deploy, binput)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        with open(os.path.join(d, "config.json"), "w") as f:
+            json.dump(config, f)
+        meta.pid = oci.run_create(rt, cid, d, os.path.join(d, "init.pid"),
+                                  log_path(layout, service, slot))
+        meta.starttime = oci.proc_starttime(meta.pid)
+        meta.save(meta_path)
+        network.run_wire_container(cid, meta.pid, ip)
+        oci.run_start(rt, cid)
+        meta.started = True
+        meta.save(meta_path)
+        return meta
+    except BaseException:
+        remove(layout, rt, meta, 0.0)
+        raise
+
+
+def remove(layout: Layout, rt: oci.Runtime, meta: Meta, stop_timeout: float) -> None:
+    """Stop (TERM, wait, KILL), delete from the runtime, unmount, remove every file."""
+    oci.run_stop(rt, meta.id, meta.pid, meta.starttime, stop_timeout)
+    d = cdir(layout, meta.id)
+    rootfs = os.path.join(d, "rootfs")
+    if os.path.exists(rootfs) and mounted(rootfs):
+        _run(["umount", rootfs])
+    sdir = os.path.join(layout.secrets, meta.id)
+    if os.path.isdir(sdir):
+        shutil.rmtree(sdir)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def bound_log(path: str, limit: int = LOG_LIMIT) -> None:
+    """Keep a log file under ``limit``: copy it to .1 and truncate (writers use O_APPEND)."""
+    try:
+        if os.path.getsize(path) <= limit:
+            return
+        shutil.copyfile(path, path + ".1")
+        os.truncate(path, 0)
+    except OSError:
+        pass

@@ -1,0 +1,128 @@
+"""Health checks against a container's own address (http path -> 2xx, tcp connect, exec).
+
+Semantics: checks run until one passes. A failure counts once per ``interval`` after
+``start_period``; ``retries`` counted failures make the check fail. Before a failure is
+counted the check is retried quickly (10 ms, doubling up to the interval), so a container that
+is up in 20 ms is seen as healthy in about 20 ms rather than after a full interval.
+"""
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Tuple
+
+
+@dataclass(frozen=True)
+class HealthSpec:
+    kind: str = "none"         # http | tcp | exec | none
+    path: str = "/"
+    port: int = 0
+    command: Tuple[str, ...] = ()
+    interval: float = 1.0
+    timeout: float = 1.0
+    retries: int = 3
+    start_period: float = 0.0
+
+    @classmethod
+    def from_deploy(cls, deploy: dict) -> "HealthSpec":
+        h = deploy.get("health") or {}
+        return cls(kind=h.get("kind") or "none", path=h.get("path") or "/",
+                   port=int(h.get("port") or 0), command=tuple(h.get("command") or ()),
+                   interval=float(h.get("interval", 1.0)), timeout=float(h.get("timeout", 1.0)),
+                   retries=int(h.get("retries", 3)),
+                   start_period=float(h.get("start_period", 0.0)))
+
+
+def render_http_request(path: str, host: str) -> bytes:
+    return (f"GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: orch-agent\r\n"
+            "Connection: close\r\n\r\n").encode()
+
+
+def parse_status(head: bytes) -> int:
+    parts = head.split(b"\r\n", 1)[0].split()
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        return 0
+    return int(parts[1])
+
+
+def check_http(ip: str, port: int, path: str, timeout: float) -> Tuple[bool, str]:
+    try:
+        with socket.create_connection((ip, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            s.sendall(render_http_request(path, f"{ip}:{port}"))
+            head = b""
+            while b"\r\n" not in head and len(head) < 4096:
+                b = s.recv(1024)
+                if not b:
+                    break
+                head += b
+    except OSError as exc:
+        return False, f"GET {path}: {exc}"
+    code = parse_status(head)
+    return 200 <= code < 300, f"GET {path}: HTTP {code}"
+
+
+def check_tcp(ip: str, port: int, timeout: float) -> Tuple[bool, str]:
+    try:
+        with socket.create_connection((ip, port), timeout=timeout):
+            return True, f"tcp {port}: connected"
+    except OSError as exc:
+        return False, f"tcp {port}: {exc}"
+
+
+def probe(spec: HealthSpec, ip: str, run_exec: Callable[[Sequence[str], float], int]
+          ) -> Tuple[bool, str]:
+    if spec.kind == "http":
+        return check_http(ip, spec.port, spec.path, spec.timeout)
+    if spec.kind == "tcp":
+        return check_tcp(ip, spec.port, spec.timeout)
+    if spec.kind == "exec":
+        rc = run_exec(list(spec.command), spec.timeout)
+        return rc == 0, f"exec {' '.join(spec.command)}: exit {rc}"
+    return True, "no health check"
+
+
+def run_until_healthy(spec: HealthSpec, ip: str, run_exec, alive: Callable[[], bool],
+                      clock=time.monotonic, sleep=time.sleep) -> Tuple[bool, str]:
+    """Probe until healthy, or until ``retries`` counted failures; stops early if the
+    container dies."""
+    if spec.kind == "none":
+        return (True, "no health check") if alive() else (False, "container exited")
+    start = clock()
+    counted = 0
+    next_count = start + spec.start_period + spec.interval
+    delay = 0.01
+    last = "not checked"
+    while True:
+        if not alive():
+            return False, f"container exited ({last})"
+        ok, last = probe(spec, ip, run_exec)
+        if ok:
+            return True, last
+        now = clock()
+        if now >= next_count:
+            counted += 1
+            next_count = now + spec.interval
+            if counted >= max(1, spec.retries):
+                return False, f"unhealthy after {counted} failed checks: {last}"
+        sleep(max(0.0, min(delay, next_count - clock())))
+        delay = min(delay * 2, spec.interval)
+
+
+def watch(spec: HealthSpec, ip: str, run_exec, alive: Callable[[], bool], seconds: float,
+          clock=time.monotonic, sleep=time.sleep) -> Tuple[bool, Optional[str]]:
+    """During a monitor window: probe every interval; ``retries`` consecutive failures or the
+    container's death fail the window."""
+    end = clock() + seconds
+    fails = 0
+    while clock() < end:
+        if not alive():
+            return False, "container exited during the monitor window"
+        ok, msg = probe(spec, ip, run_exec)
+        fails = 0 if ok else fails + 1
+        if fails >= max(1, spec.retries):
+            return False, f"unhealthy during the monitor window: {msg}"
+        sleep(max(0.0, min(spec.interval if not fails else min(spec.interval, 0.2),
+                           end - clock())))
+    return True, None

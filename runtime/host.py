@@ -1,0 +1,334 @@
+"""The reconcile loop on one host: observe -> plan -> run one step -> observe again.
+
+``observe`` reads the world (container dirs, /proc, nft, state files); ``plan`` (pure, in
+planner.py) decides; ``EXECUTORS`` maps each step type to a thin function. Every step is
+journaled before and after it runs.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
+
+from runtime import container, health, network, oci, planner, unpack
+from runtime.errors import AgentFailure, HealthFailure, NoRoom
+from runtime.layout import Layout
+from runtime.planner import (CheckHealth, EnsureNetwork, Fail, Forget, Observed, Restart,
+                             Settle, Start, Stop, Switch, SyncPorts, Unpack, Wait, Want)
+from runtime.state import State
+
+RESTART_RESET_AFTER = 60.0
+MIN_FREE_MEMORY = 32 << 20
+MIN_FREE_DISK = 64 << 20
+
+
+def free_disk(path: str) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def free_memory() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def want_of(name: str, t: dict) -> Want:
+    d = t.get("deploy") or {}
+    ports = tuple(sorted((p.get("protocol", "tcp"), int(p["host"]), int(p["container"]))
+                         for p in d.get("ports") or []))
+    return Want(service=name, release=t["release"], manifest=t["manifest"], ports=ports,
+                drain=float(d.get("drain", 0.0) or 0.0),
+                monitor=float(d.get("monitor", 0.0) or 0.0),
+                stop_first=bool(d.get("stop_first", False)))
+
+
+class Host:
+    def __init__(self, layout: Layout, rt: oci.Runtime, clock=time.time, sleep=time.sleep,
+                 log: Callable[[str], None] = lambda msg: None):
+        self.layout = layout
+        self.rt = rt
+        self.state = State(layout, clock)
+        self.clock = clock
+        self.sleep = sleep
+        self.log = log
+        self.host_id = layout.host_id()
+        self._metas: Dict[Tuple[str, str], container.Meta] = {}
+
+    # --- observe ------------------------------------------------------------------------
+    def wants(self) -> Tuple[Want, ...]:
+        return tuple(want_of(n, t) for n, t in sorted(self.state.target().items()))
+
+    def observe(self, wants: Tuple[Want, ...]) -> Observed:
+        st = self.state.status()
+        now = self.clock()
+        metas = container.list_metas(self.layout)
+        self._metas = {(m.service, m.slot): m for m in metas}
+        boxes = []
+        for m in metas:
+            status = container.status_of(m, self.rt)
+            boxes.append(planner.Box(m.service, m.slot, m.release, m.instance, status, m.ip))
+            container.bound_log(container.log_path(self.layout, m.service, m.slot))
+        table, port_map = network.read_port_map()
+        ready = table and network.bridge_exists()
+        current = tuple(planner.Current(s, c["release"], c["slot"])
+                        for s, c in sorted(st["current"].items()))
+        restarts = []
+        running_since = {(m.service, m.slot): m.created for m in metas}
+        for key, (count, last) in sorted(st["restarts"].items()):
+            svc, _, slot = key.rpartition("/")
+            if now - running_since.get((svc, slot), now) > RESTART_RESET_AFTER:
+                continue
+            restarts.append(planner.Restarts(svc, slot, int(count), float(last)))
+        images = frozenset(w.manifest for w in wants
+                           if unpack.is_unpacked(self.layout, w.manifest))
+        cur_rel = {c.service: c.release for c in current}
+        no_room = frozenset(w.service for w in wants
+                            if cur_rel.get(w.service) not in (None, w.release)
+                            and not self.fits(w))
+        failed = frozenset((s, r) for s, rels in st["failed"].items() for r in rels)
+        return Observed(boxes=tuple(boxes), current=current,
+                        healthy=frozenset(st["healthy"]), settled=frozenset(st["settled"]),
+                        failed=failed, port_map=port_map, network_ready=ready, images=images,
+                        no_room=no_room, restarts=tuple(restarts), now=now)
+
+    def fits(self, w: Want) -> bool:
+        t = self.state.target().get(w.service) or {}
+        mem = ((t.get("deploy") or {}).get("resources") or {}).get("memory") or 0
+        need_mem = max(int(mem), MIN_FREE_MEMORY)
+        need_disk = MIN_FREE_DISK
+        if not unpack.is_unpacked(self.layout, w.manifest):
+            try:
+                need_disk += 3 * unpack.image_size(self.layout, w.manifest)
+            except AgentFailure:
+                pass
+        return free_memory() >= need_mem and free_disk(self.layout.root) >= need_disk
+
+    # --- execute ------------------------------------------------------------------------
+    def execute(self, step, obs: Observed) -> None:
+        name = type(step).__name__
+        self.state.journal(name, "begin", **step.__dict__)
+        try:
+            EXECUTORS[type(step)](self, step, obs)
+        except BaseException as exc:
+            self.state.journal(name, "error", error=str(exc)[:500])
+            raise
+        self.state.journal(name, "done")
+
+    def mark_failed(self, service: str, release: str, why: str) -> None:
+        st = self.state.status()
+        st["failed"].setdefault(service, {})[release] = why[:1000]
+        self.state.save_status(st)
+        self.log(f"{service}: release {release} failed: {why}")
+
+    def converge(self, services: Optional[Iterable[str]] = None, deadline: float = 0.0,
+                 max_errors: int = 3) -> None:
+        """Run steps until nothing is left for ``services`` (all when None); waits are slept
+        only when nothing else is to be done."""
+        only: Optional[Set[str]] = set(services) if services is not None else None
+        errors: Dict[str, int] = {}
+        while True:
+            wants = self.wants()
+            obs = self.observe(wants)
+            steps = planner.plan(wants, obs)
+            if only is not None:
+                steps = [s for s in steps if getattr(s, "service", None) in only
+                         or isinstance(s, (SyncPorts, EnsureNetwork))
+                         or (isinstance(s, Unpack) and any(
+                             w.manifest == s.manifest for w in wants if w.service in only))]
+                steps = [s for s in steps if not isinstance(s, Wait)]
+            if not steps:
+                return
+            if deadline and self.clock() > deadline:
+                raise AgentFailure("timed out converging")
+            step = steps[0]
+            if isinstance(step, Wait):
+                self.sleep(min(max(step.seconds, 0.01), 1.0))
+                continue
+            key = repr(step)
+            try:
+                self.execute(step, obs)
+                errors.pop(key, None)
+            except AgentFailure as exc:
+                self.log(f"{type(step).__name__} failed: {exc.message}")
+                wmap = {w.service: w for w in wants}
+                svc = getattr(step, "service", None)
+                if isinstance(step, Unpack):
+                    for w in wants:
+                        if w.manifest == step.manifest:
+                            self.mark_failed(w.service, w.release, exc.message)
+                elif isinstance(step, (Start, CheckHealth, Switch)) and svc in wmap:
+                    self.mark_failed(svc, wmap[svc].release, exc.message)
+                else:
+                    errors[key] = errors.get(key, 0) + 1
+                    if errors[key] >= max_errors:
+                        raise
+                    self.sleep(0.2 * errors[key])
+
+    # --- helpers for executors ----------------------------------------------------------
+    def target_of(self, service: str) -> dict:
+        t = self.state.target().get(service)
+        if t is None:
+            raise AgentFailure(f"no target for service {service}")
+        return t
+
+    def sync_ports(self, obs_boxes) -> None:
+        wants = {w.service: w for w in self.wants()}
+        st = self.state.status()
+        current = {s: planner.Current(s, c["release"], c["slot"])
+                   for s, c in st["current"].items()}
+        boxes = {(b.service, b.slot): b for b in obs_boxes}
+        network.run_switch_ports(planner.desired_ports(wants, current, boxes))
+
+    def fresh_boxes(self):
+        out = []
+        for m in container.list_metas(self.layout):
+            out.append(planner.Box(m.service, m.slot, m.release, m.instance,
+                                   container.status_of(m, self.rt), m.ip))
+        return out
+
+
+# --- executors: one thin function per step type ----------------------------------------
+
+def ex_ensure_network(h: Host, step: EnsureNetwork, obs: Observed) -> None:
+    network.run_ensure_host_network()
+
+
+def ex_unpack(h: Host, step: Unpack, obs: Observed) -> None:
+    unpack.unpack_image(h.layout, step.manifest)
+
+
+def _start(h: Host, service: str, slot: str) -> container.Meta:
+    target = h.target_of(service)
+    st = h.state.status()
+    used = [m.ip for m in container.list_metas(h.layout)]
+    ip, cursor = network.allocate_ip(used, int(st["ipam"]))
+    st["ipam"] = cursor
+    h.state.save_status(st)
+    return container.create(h.layout, h.rt, h.host_id, service, slot, target,
+                            h.state.secrets(service), ip)
+
+
+def ex_start(h: Host, step: Start, obs: Observed) -> None:
+    w = next(w for w in h.wants() if w.service == step.service)
+    if step.service in obs.no_room and not w.stop_first:
+        raise NoRoom("not enough free disk or memory to start a second slot")
+    _start(h, step.service, step.slot)
+
+
+def ex_check_health(h: Host, step: CheckHealth, obs: Observed) -> None:
+    meta = h._metas[(step.service, step.slot)]
+    spec = health.HealthSpec.from_deploy(h.target_of(step.service).get("deploy") or {})
+    ok, msg = health.run_until_healthy(
+        spec, meta.ip, lambda cmd, t: oci.run_exec(h.rt, meta.id, list(cmd), t),
+        lambda: oci.proc_alive(meta.pid, meta.starttime))
+    if not ok:
+        raise HealthFailure(f"{step.service}: new release {meta.release} is unhealthy: {msg}")
+    st = h.state.status()
+    st["healthy"].append(step.instance)
+    h.state.save_status(st)
+
+
+def ex_switch(h: Host, step: Switch, obs: Observed) -> None:
+    st = h.state.status()
+    prev = st["current"].get(step.service)
+    st["current"][step.service] = {"release": step.release, "slot": step.slot,
+                                   "since": round(h.clock(), 3)}
+    hist = st["history"].setdefault(step.service, [])
+    if prev and prev["release"] != step.release:
+        hist.append(prev["release"])
+    keep = int((h.target_of(step.service).get("deploy") or {}).get("keep_releases", 3) or 3)
+    st["history"][step.service] = [r for r in hist if r != step.release][-keep:]
+    h.state.save_status(st)
+    h.sync_ports(obs.boxes)
+
+
+def ex_settle(h: Host, step: Settle, obs: Observed) -> None:
+    meta = h._metas[(step.service, step.slot)]
+    spec = health.HealthSpec.from_deploy(h.target_of(step.service).get("deploy") or {})
+    started = h.clock()
+    ok, why = True, None
+    if step.monitor > 0:
+        if spec.kind == "none":
+            spec = health.HealthSpec(kind="none", interval=0.2)
+        ok, why = health.watch(spec, meta.ip,
+                               lambda cmd, t: oci.run_exec(h.rt, meta.id, list(cmd), t),
+                               lambda: oci.proc_alive(meta.pid, meta.starttime), step.monitor,
+                               sleep=h.sleep)
+    if not ok:
+        old = h._metas.get((step.service, step.fallback))
+        st = h.state.status()
+        if old is not None and oci.proc_alive(old.pid, old.starttime):
+            st["current"][step.service] = {"release": old.release, "slot": old.slot,
+                                           "since": round(h.clock(), 3)}
+        st["failed"].setdefault(step.service, {})[meta.release] = f"reverted: {why}"
+        h.state.save_status(st)
+        h.sync_ports(h.fresh_boxes())
+        h.log(f"{step.service}: reverted {meta.release}: {why}")
+        return
+    rest = step.drain - (h.clock() - started)
+    if rest > 0:
+        h.sleep(rest)
+    st = h.state.status()
+    st["settled"].append(step.instance)
+    h.state.save_status(st)
+
+
+def ex_stop(h: Host, step: Stop, obs: Observed) -> None:
+    meta = h._metas.get((step.service, step.slot))
+    if meta is None:
+        return
+    t = h.state.target().get(step.service) or {}
+    timeout = float((t.get("deploy") or {}).get("stop_timeout", 10.0) or 0.0)
+    container.remove(h.layout, h.rt, meta, timeout)
+
+
+def ex_restart(h: Host, step: Restart, obs: Observed) -> None:
+    meta = h._metas.get((step.service, step.slot))
+    if meta is not None:
+        container.remove(h.layout, h.rt, meta, 1.0)
+    st = h.state.status()
+    key = f"{step.service}/{step.slot}"
+    count = int(st["restarts"].get(key, [0, 0])[0]) + 1
+    st["restarts"][key] = [count, round(h.clock(), 3)]
+    h.state.save_status(st)
+    h.log(f"{step.service}: restarting slot {step.slot} (attempt {count})")
+    _start(h, step.service, step.slot)
+
+
+def ex_sync_ports(h: Host, step: SyncPorts, obs: Observed) -> None:
+    network.run_switch_ports(step.entries)
+
+
+def ex_fail(h: Host, step: Fail, obs: Observed) -> None:
+    h.mark_failed(step.service, step.release, step.why)
+
+
+def ex_forget(h: Host, step: Forget, obs: Observed) -> None:
+    st = h.state.status()
+    st["current"].pop(step.service, None)
+    h.state.save_status(st)
+
+
+EXECUTORS: Dict[type, Callable] = {
+    EnsureNetwork: ex_ensure_network, Unpack: ex_unpack, Start: ex_start,
+    CheckHealth: ex_check_health, Switch: ex_switch, Settle: ex_settle, Stop: ex_stop,
+    Restart: ex_restart, SyncPorts: ex_sync_ports, Fail: ex_fail, Forget: ex_forget,
+}
+
+
+def result_of(h: Host, service: str) -> Dict:
+    """What apply reports for one service after converging."""
+    t = h.state.target().get(service) or {}
+    st = h.state.status()
+    cur = st["current"].get(service)
+    release = t.get("release")
+    why = (st["failed"].get(service) or {}).get(release)
+    ok = bool(cur and cur["release"] == release and not why)
+    out = {"ok": ok, "release": cur["release"] if cur else None,
+           "slot": cur["slot"] if cur else None, "wanted": release}
+    if not ok:
+        out["error"] = why or "not converged"
+    return out

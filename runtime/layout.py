@@ -1,0 +1,111 @@
+"""Where things live on a host, and atomic file writes.
+
+``root`` (default /var/lib/orch) holds blobs/, images/, containers/, volumes/, state/;
+``run`` (default /run/orch) holds what must vanish on reboot: runc state, secrets tmpfs,
+the serve pidfile.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets as _secrets
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: str
+    run: str
+
+    @property
+    def blobs(self) -> str:
+        return os.path.join(self.root, "blobs", "sha256")
+
+    @property
+    def incoming(self) -> str:
+        return os.path.join(self.root, "blobs", "incoming")
+
+    @property
+    def images(self) -> str:
+        return os.path.join(self.root, "images")
+
+    @property
+    def containers(self) -> str:
+        return os.path.join(self.root, "containers")
+
+    @property
+    def volumes(self) -> str:
+        return os.path.join(self.root, "volumes")
+
+    @property
+    def state(self) -> str:
+        return os.path.join(self.root, "state")
+
+    @property
+    def logs(self) -> str:
+        return os.path.join(self.root, "logs")
+
+    @property
+    def runc_root(self) -> str:
+        return os.path.join(self.run, "runc")
+
+    @property
+    def secrets(self) -> str:
+        return os.path.join(self.run, "secrets")
+
+    @property
+    def pidfile(self) -> str:
+        return os.path.join(self.run, "serve.pid")
+
+    def blob(self, hexdigest: str) -> str:
+        return os.path.join(self.blobs, hexdigest)
+
+    def ensure(self) -> None:
+        for d in (self.blobs, self.incoming, self.images, self.containers, self.volumes,
+                  self.state, self.logs, self.run, self.runc_root):
+            os.makedirs(d, exist_ok=True)
+        os.chmod(self.state, 0o700)
+
+    def host_id(self) -> str:
+        """A random id kept per host, so container ids and cgroups never collide between
+        hosts sharing one kernel."""
+        path = os.path.join(self.state, "host-id")
+        try:
+            with open(path) as f:
+                hid = f.read().strip()
+            if hid:
+                return hid
+        except FileNotFoundError:
+            pass
+        hid = _secrets.token_hex(4)
+        write_atomic(path, hid.encode() + b"\n")
+        return hid
+
+
+def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def write_json(path: str, obj: Any, mode: int = 0o644) -> None:
+    write_atomic(path, json.dumps(obj, sort_keys=True, indent=1).encode() + b"\n", mode)
+
+
+def read_json(path: str, default: Any = None) -> Any:
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return default

@@ -1,0 +1,139 @@
+"""The agent protocol: the one module both the orchestrator and the agent import.
+
+Stdlib only, Python 3.9+. It fixes verb names, error codes, the framing of
+``receive`` and how a release is named, so both sides agree byte for byte.
+
+Invocation: ``python3 AGENT.pyz [--root DIR] [--run DIR] VERB [ARGS]``; a request (where a
+verb takes one) is one JSON object on stdin; the answer is one JSON object on stdout.
+Exit 0 means ok; any other exit code comes with ``{"error": {"code", "message"}}``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
+
+PROTOCOL_VERSION = 1
+DEFAULT_ROOT = "/var/lib/orch"
+DEFAULT_RUN = "/run/orch"
+PIDFILE = "serve.pid"  # under the run dir: /run/orch/serve.pid
+
+# verb -> takes a JSON request on stdin
+VERBS = {
+    "info": False, "have": True, "receive": False, "apply": True, "status": False,
+    "logs": False, "rollback": False, "gc": False, "lock": True, "unlock": True,
+    "audit": False, "serve": False,
+}
+
+# exit codes (stable)
+EXIT_OK = 0
+EXIT_ERROR = 1        # the verb ran and failed (see error.code)
+EXIT_USAGE = 2        # bad arguments or request
+EXIT_LOCKED = 3       # another holder has the deploy lock
+EXIT_PARTIAL = 4      # apply: at least one service failed (body still lists every service)
+
+# error codes
+E_USAGE = "usage"
+E_BAD_REQUEST = "bad_request"
+E_DIGEST = "digest_mismatch"
+E_MISSING_BLOB = "missing_blob"
+E_UNSAFE_IMAGE = "unsafe_image"
+E_RUNTIME = "runtime"
+E_NO_ROOM = "no_room"
+E_HEALTH = "health"
+E_LOCKED = "locked"
+E_NOT_FOUND = "not_found"
+E_INTERNAL = "internal"
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Sorted keys, no spaces, UTF-8: the bytes that get hashed."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def release_id(index_digest: str, deploy_spec: Mapping[str, Any]) -> str:
+    """Name of a release: sha256 over the image index digest and the normalised deploy spec."""
+    h = hashlib.sha256(canonical_json({"index": index_digest, "deploy": deploy_spec})).hexdigest()
+    return "r-" + h[:16]
+
+
+def split_digest(digest: str) -> str:
+    """``sha256:<64 hex>`` -> hex; ValueError otherwise (digests name files, so check strictly)."""
+    algo, _, hexpart = digest.partition(":")
+    if algo != "sha256" or len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
+        raise ValueError(f"not a sha256 digest: {digest!r}")
+    return hexpart
+
+
+# --- receive framing ------------------------------------------------------------------
+# A stream of frames: one JSON header line {"digest","size","offset"} + "\n", then exactly
+# size - offset raw bytes. Repeated until EOF.
+
+def frame_header(digest: str, size: int, offset: int = 0) -> bytes:
+    return json.dumps({"digest": digest, "size": size, "offset": offset},
+                      sort_keys=True).encode() + b"\n"
+
+
+def parse_frame_header(line: bytes) -> Tuple[str, int, int]:
+    try:
+        head = json.loads(line)
+        digest, size, offset = head["digest"], int(head["size"]), int(head.get("offset", 0))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"bad frame header: {line[:200]!r}") from exc
+    split_digest(digest)
+    if size < 0 or offset < 0 or offset > size:
+        raise ValueError(f"bad frame sizes: size={size} offset={offset}")
+    return digest, size, offset
+
+
+def iter_frames(digests_sizes: Mapping[str, int], partial: Mapping[str, int],
+                open_blob) -> Iterator[bytes]:
+    """Sender side helper: yield the bytes of a receive stream for these blobs.
+
+    ``partial`` is what ``have`` answered; ``open_blob(digest)`` returns a binary file.
+    """
+    for digest in sorted(digests_sizes):
+        size = digests_sizes[digest]
+        offset = int(partial.get(digest, 0))
+        if offset > size:
+            offset = 0
+        yield frame_header(digest, size, offset)
+        with open_blob(digest) as f:
+            f.seek(offset)
+            left = size - offset
+            while left:
+                chunk = f.read(min(left, 1 << 20))
+                if not chunk:
+                    raise ValueError(f"{digest}: source shorter than {size} bytes")
+                left -= len(chunk)
+                yield chunk
+
+
+# --- answers --------------------------------------------------------------------------
+
+def error_body(code: str, message: str, **extra: Any) -> Dict[str, Any]:
+    err: Dict[str, Any] = {"code": code, "message": message}
+    err.update(extra)
+    return {"error": err}
+
+
+def parse_answer(rc: int, stdout: bytes) -> Tuple[bool, Dict[str, Any]]:
+    """Orchestrator side: (ok, body). A non-JSON answer becomes an internal error body."""
+    try:
+        body = json.loads(stdout.decode() or "{}")
+        if not isinstance(body, dict):
+            raise ValueError("not an object")
+    except ValueError:
+        return False, error_body(E_INTERNAL, f"agent answered non-JSON (exit {rc}): "
+                                 f"{stdout[:300]!r}")
+    return rc in (EXIT_OK,), body
+
+
+def apply_request(services: Mapping[str, Mapping[str, Any]], who: str,
+                  wait: Optional[bool] = True) -> Dict[str, Any]:
+    """Shape of the ``apply`` request (each service: release, index, manifest, deploy, secrets)."""
+    return {"services": dict(services), "who": who, "wait": bool(wait)}

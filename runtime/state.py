@@ -1,0 +1,142 @@
+"""Persisted agent state under <root>/state, every write atomic (tmp, fsync, rename).
+
+- target.json   what should run: {service: {release, index, manifest, deploy}}
+- secrets/NAME  the service's secret values (0600, root only; never logged)
+- status.json   what the agent did: current slot per service, health/settle marks, failures,
+                restart counts, release history, IP allocation cursor
+- journal.log   one JSON line per executed step (begin / done / error)
+- audit.log     append-only: who applied or rolled back what, when (never secrets)
+- lock.json     the deploy lock {holder, since, expires}
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from typing import Any, Dict, Iterator, List, Optional
+
+from runtime.errors import Locked
+from runtime.layout import Layout, read_json, write_json
+
+
+class State:
+    def __init__(self, layout: Layout, clock=time.time):
+        self.layout = layout
+        self.clock = clock
+        self.dir = layout.state
+
+    def _p(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    # --- target ------------------------------------------------------------------------
+    def target(self) -> Dict[str, Any]:
+        return read_json(self._p("target.json"), {}) or {}
+
+    def save_target(self, target: Dict[str, Any]) -> None:
+        write_json(self._p("target.json"), target, 0o600)
+
+    def secrets(self, service: str) -> Dict[str, str]:
+        return read_json(os.path.join(self.dir, "secrets", service + ".json"), {}) or {}
+
+    def save_secrets(self, service: str, values: Dict[str, str]) -> None:
+        d = os.path.join(self.dir, "secrets")
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        write_json(os.path.join(d, service + ".json"), values, 0o600)
+
+    # --- status ------------------------------------------------------------------------
+    def status(self) -> Dict[str, Any]:
+        st = read_json(self._p("status.json"), {}) or {}
+        for k, default in (("current", {}), ("healthy", []), ("settled", []), ("failed", {}),
+                           ("restarts", {}), ("history", {}), ("ipam", 1)):
+            st.setdefault(k, default)
+        return st
+
+    def save_status(self, st: Dict[str, Any]) -> None:
+        st["healthy"] = st["healthy"][-64:]
+        st["settled"] = st["settled"][-64:]
+        write_json(self._p("status.json"), st)
+
+    # --- journal and audit ---------------------------------------------------------------
+    def _append(self, name: str, record: Dict[str, Any], sync: bool = True) -> None:
+        line = json.dumps(record, sort_keys=True) + "\n"
+        fd = os.open(self._p(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, line.encode())
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def journal(self, step: str, phase: str, **extra: Any) -> None:
+        rec = {"t": round(self.clock(), 3), "step": step, "phase": phase}
+        rec.update(extra)
+        self._append("journal.log", rec, sync=False)
+        self._trim("journal.log", 1 << 20)
+
+    def _trim(self, name: str, limit: int) -> None:
+        p = self._p(name)
+        try:
+            if os.path.getsize(p) > limit:
+                os.replace(p, p + ".1")
+        except OSError:
+            pass
+
+    def audit(self, who: str, action: str, service: str, release: str, **extra: Any) -> None:
+        rec = {"when": round(self.clock(), 3), "who": who, "action": action,
+               "service": service, "release": release}
+        rec.update(extra)
+        self._append("audit.log", rec)
+
+    def audit_lines(self) -> List[Dict[str, Any]]:
+        try:
+            with open(self._p("audit.log")) as f:
+                return [json.loads(line) for line in f if line.strip()]
+        except FileNotFoundError:
+            return []
+
+    # --- locks ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def flock(self, name: str, blocking: bool = True, timeout: float = 600.0
+              ) -> Iterator[bool]:
+        """A kernel lock (released when the process dies, even by kill -9)."""
+        fd = os.open(self._p(name), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            got = False
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    got = True
+                    break
+                except BlockingIOError:
+                    if not blocking or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.01)
+            yield got
+        finally:
+            os.close(fd)
+
+    def lock(self, holder: str, ttl: float) -> Dict[str, Any]:
+        with self.flock("lock.flock"):
+            now = self.clock()
+            cur = read_json(self._p("lock.json"))
+            if cur and cur.get("holder") != holder and cur.get("expires", 0) > now:
+                raise Locked(f"locked by {cur['holder']}", holder=cur["holder"],
+                             since=cur["since"], expires=cur["expires"])
+            since = cur["since"] if cur and cur.get("holder") == holder else now
+            rec = {"holder": holder, "since": since, "expires": now + float(ttl)}
+            write_json(self._p("lock.json"), rec)
+            return rec
+
+    def unlock(self, holder: str, force: bool = False) -> Optional[Dict[str, Any]]:
+        with self.flock("lock.flock"):
+            cur = read_json(self._p("lock.json"))
+            if not cur:
+                return None
+            if cur.get("holder") != holder and not force and cur.get("expires", 0) > self.clock():
+                raise Locked(f"locked by {cur['holder']}", holder=cur["holder"],
+                             since=cur["since"], expires=cur["expires"])
+            os.unlink(self._p("lock.json"))
+            return cur

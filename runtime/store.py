@@ -1,0 +1,154 @@
+"""Content store: blobs by sha256, received resumably and verified before they are kept."""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import BinaryIO, Dict, Iterable, List
+
+from runtime import protocol
+from runtime.errors import BadRequest, DigestMismatch, MissingBlob
+from runtime.layout import Layout
+
+CHUNK = 1 << 20
+
+
+def _hex(digest: str) -> str:
+    try:
+        return protocol.split_digest(digest)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def have(layout: Layout, digests: Iterable[str]) -> Dict[str, object]:
+    present: List[str] = []
+    partial: Dict[str, int] = {}
+    for d in digests:
+        h = _hex(d)
+        if os.path.exists(layout.blob(h)):
+            present.append(d)
+            continue
+        try:
+            partial[d] = os.stat(os.path.join(layout.incoming, h + ".part")).st_size
+        except FileNotFoundError:
+            pass
+    return {"present": present, "partial": partial}
+
+
+def _hash_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(CHUNK)
+            if not b:
+                return h.hexdigest()
+            h.update(b)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def receive(layout: Layout, stream: BinaryIO) -> Dict[str, object]:
+    """Read frames until EOF. Complete blobs are verified then renamed into the store; a frame
+    cut short stays as a partial file that a later receive continues from its offset."""
+    stored: List[str] = []
+    partial: Dict[str, int] = {}
+    refused: Dict[str, str] = {}
+    while True:
+        line = stream.readline()
+        if not line:
+            break
+        if not line.strip():
+            continue
+        try:
+            digest, size, offset = protocol.parse_frame_header(line)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        h = protocol.split_digest(digest)
+        final = layout.blob(h)
+        part = os.path.join(layout.incoming, h + ".part")
+        have_bytes = os.path.getsize(part) if os.path.exists(part) else 0
+        if os.path.exists(final):
+            have_bytes = -1  # already stored: swallow the frame
+        elif offset > have_bytes:
+            raise BadRequest(f"{digest}: offset {offset} beyond the {have_bytes} bytes received")
+        left = size - offset
+        fd = None
+        if have_bytes >= 0:
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644)
+            os.ftruncate(fd, offset)
+            os.lseek(fd, offset, os.SEEK_SET)
+        try:
+            while left:
+                chunk = stream.read(min(left, CHUNK))
+                if not chunk:
+                    break
+                left -= len(chunk)
+                if fd is not None:
+                    os.write(fd, chunk)
+            if fd is not None:
+                os.fsync(fd)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        if have_bytes < 0:
+            stored.append(digest)
+            continue
+        if left:
+            partial[digest] = size - left
+            break  # the stream ended inside this frame
+        got = _hash_file(part)
+        if got != h:
+            os.unlink(part)
+            refused[digest] = f"content hashes to sha256:{got}"
+            continue
+        os.replace(part, final)
+        _fsync_dir(layout.blobs)
+        stored.append(digest)
+    if refused:
+        raise DigestMismatch("refused blobs whose content does not match their digest: "
+                             + ", ".join(f"{d} ({why})" for d, why in sorted(refused.items())),
+                             stored=stored, partial=partial, refused=sorted(refused))
+    return {"stored": stored, "partial": partial}
+
+
+def open_blob(layout: Layout, digest: str) -> BinaryIO:
+    try:
+        return open(layout.blob(_hex(digest)), "rb")
+    except FileNotFoundError:
+        raise MissingBlob(f"blob {digest} is not on this host") from None
+
+
+def read_verified(layout: Layout, digest: str, limit: int = 4 << 20) -> bytes:
+    """Read a small blob (manifest, config) whole and check its digest again."""
+    with open_blob(layout, digest) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise BadRequest(f"blob {digest} is larger than {limit} bytes")
+    if protocol.sha256_digest(data) != digest:
+        raise DigestMismatch(f"blob {digest} on disk is corrupted; refusing to use it")
+    return data
+
+
+class HashingReader:
+    """File wrapper that hashes what is read, so a layer is verified while it is unpacked."""
+
+    def __init__(self, f: BinaryIO):
+        self._f = f
+        self._h = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        b = self._f.read(n)
+        self._h.update(b)
+        self.size += len(b)
+        return b
+
+    def drain(self) -> str:
+        while self.read(CHUNK):
+            pass
+        return "sha256:" + self._h.hexdigest()

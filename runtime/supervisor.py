@@ -1,0 +1,110 @@
+"""``serve``: the long-running loop that keeps the persisted target true.
+
+One step at a time under the converge lock (so ``apply`` and ``serve`` never interleave
+steps), then the lock is released; crashed containers are restarted with backoff by the
+planner; unexpected errors back off too. After ``kill -9`` a new ``serve`` simply observes
+what is there (runtime state, container dirs, nft map, status.json) and carries on.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Optional
+
+from runtime import planner
+from runtime.errors import AgentFailure
+from runtime.layout import Layout
+
+
+def _log(msg: str) -> None:
+    sys.stderr.write(time.strftime("%Y-%m-%dT%H:%M:%S ") + msg + "\n")
+    sys.stderr.flush()
+
+
+def tick(h) -> float:
+    """Run at most one step; return how long to sleep before the next tick."""
+    with h.state.flock("converge.lock", blocking=False) as got:
+        if not got:
+            return 0.1
+        wants = h.wants()
+        obs = h.observe(wants)
+        steps = planner.plan(wants, obs)
+        work = [s for s in steps if not isinstance(s, planner.Wait)]
+        if work:
+            try:
+                h.execute(work[0], obs)
+            except AgentFailure as exc:
+                _log(f"{type(work[0]).__name__}: {exc.message}")
+                w = {x.service: x for x in wants}
+                svc = getattr(work[0], "service", None)
+                if isinstance(work[0], (planner.Start, planner.CheckHealth)) and svc in w:
+                    h.mark_failed(svc, w[svc].release, exc.message)
+                    return 0.0
+                return 1.0
+            return 0.0
+        if steps:
+            return max(0.01, min(steps[-1].seconds, 1.0))
+        return 1.0
+
+
+def run_serve(layout: Layout) -> int:
+    from runtime.agent import make_host
+    h = make_host(layout, log=_log)
+    fd = os.open(layout.pidfile, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        _log("another serve is running")
+        return 3
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    stop = {"now": False}
+
+    def on_term(signum, frame):
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    _log(f"serve: pid {os.getpid()}, runtime {h.rt.name}, root {layout.root}")
+    errors = 0
+    while not stop["now"]:
+        try:
+            delay = tick(h)
+            errors = 0
+        except Exception as exc:  # keep running: back off and retry
+            errors += 1
+            delay = min(30.0, 0.5 * 2 ** min(errors, 6))
+            _log(f"serve: {type(exc).__name__}: {exc} (retry in {delay:.1f}s)")
+        end = time.monotonic() + delay
+        while not stop["now"] and time.monotonic() < end:
+            time.sleep(min(0.05, max(0.0, end - time.monotonic())))
+    _log("serve: stopping (containers keep running)")
+    return 0
+
+
+def start_daemon(layout: Layout, argv0: str, extra: Optional[list] = None) -> dict:
+    """Start ``serve`` detached (new session, output to <root>/logs/agent.log) and return its
+    pid once the pidfile names it. An already running serve is reported, not duplicated."""
+    from runtime.agent import serve_pid
+    layout.ensure()
+    pid = serve_pid(layout)
+    if pid:
+        return {"pid": pid, "pidfile": layout.pidfile, "started": False}
+    logf = open(os.path.join(layout.logs, "agent.log"), "ab")
+    argv = [sys.executable, argv0, "--root", layout.root, "--run", layout.run, "serve"]
+    p = subprocess.Popen(argv + list(extra or []), stdin=subprocess.DEVNULL, stdout=logf,
+                         stderr=logf, start_new_session=True, close_fds=True)
+    logf.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if serve_pid(layout) == p.pid:
+            return {"pid": p.pid, "pidfile": layout.pidfile, "started": True}
+        if p.poll() is not None:
+            raise AgentFailure(f"serve exited with {p.returncode}; see "
+                               f"{os.path.join(layout.logs, 'agent.log')}")
+        time.sleep(0.02)
+    raise AgentFailure("serve did not write its pidfile within 10 s")

@@ -1,0 +1,186 @@
+"""Small, deterministic OCI test images built in Python (busybox-static inside), and a thin
+driver for the agent CLI. Used by the runtime tests and bench/swap.py."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+
+HTTPD_CMD = ["/bin/busybox", "sh", "-c",
+             "trap 'exit 0' TERM; /bin/busybox httpd -f -p 80 -h /www & wait"]
+
+
+def digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def tar_bytes(entries: Sequence[Tuple[tarfile.TarInfo, Optional[bytes]]], gz: bool = True
+              ) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for info, data in entries:
+            info.mtime = 0
+            info.uname = info.gname = ""
+            tf.addfile(info, io.BytesIO(data) if data is not None else None)
+    raw = buf.getvalue()
+    if not gz:
+        return raw
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, compresslevel=6) as g:
+        g.write(raw)
+    return out.getvalue()
+
+
+def file_entry(name: str, data: bytes, mode: int = 0o644) -> Tuple[tarfile.TarInfo, bytes]:
+    ti = tarfile.TarInfo(name)
+    ti.size = len(data)
+    ti.mode = mode
+    return ti, data
+
+
+def dir_entry(name: str, mode: int = 0o755):
+    ti = tarfile.TarInfo(name)
+    ti.type = tarfile.DIRTYPE
+    ti.mode = mode
+    return ti, None
+
+
+def link_entry(name: str, target: str, hard: bool = False):
+    ti = tarfile.TarInfo(name)
+    ti.type = tarfile.LNKTYPE if hard else tarfile.SYMTYPE
+    ti.linkname = target
+    return ti, None
+
+
+def busybox_layer(busybox_path: str = "/bin/busybox", page: bytes = b"hello\n") -> bytes:
+    with open(busybox_path, "rb") as f:
+        bb = f.read()
+    return tar_bytes([dir_entry("bin"), file_entry("bin/busybox", bb, 0o755),
+                      link_entry("bin/sh", "busybox"), dir_entry("www"),
+                      file_entry("www/index.html", page), dir_entry("etc"),
+                      file_entry("etc/passwd", b"root:x:0:0:root:/:/bin/sh\n"
+                                 b"nobody:x:65534:65534:nobody:/:/bin/sh\n"),
+                      file_entry("etc/group", b"root:x:0:\nnogroup:x:65534:\n")])
+
+
+@dataclass
+class Image:
+    blobs: Dict[str, bytes]
+    index: str
+    manifests: Dict[str, str]   # platform -> manifest digest
+
+
+def make_image(layers_by_platform: Dict[str, List[bytes]], cmd: Sequence[str] = HTTPD_CMD,
+               env: Sequence[str] = (), user: str = "") -> Image:
+    blobs: Dict[str, bytes] = {}
+    manifests = {}
+    index_entries = []
+    for plat in sorted(layers_by_platform):
+        os_, arch, *variant = plat.split("/")
+        layers = layers_by_platform[plat]
+        diff_ids = [digest(gzip.decompress(x)) if x[:2] == b"\x1f\x8b" else digest(x)
+                    for x in layers]
+        config = {"architecture": arch, "os": os_,
+                  "config": {"Cmd": list(cmd), "Env": list(env), "User": user},
+                  "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+        if variant:
+            config["variant"] = variant[0]
+        cfg = json.dumps(config, sort_keys=True).encode()
+        blobs[digest(cfg)] = cfg
+        for x in layers:
+            blobs[digest(x)] = x
+        manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                               "digest": digest(cfg), "size": len(cfg)},
+                    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip"
+                                if x[:2] == b"\x1f\x8b" else
+                                "application/vnd.oci.image.layer.v1.tar",
+                                "digest": digest(x), "size": len(x)} for x in layers]}
+        mb = json.dumps(manifest, sort_keys=True).encode()
+        blobs[digest(mb)] = mb
+        manifests[plat] = digest(mb)
+        p = {"os": os_, "architecture": arch}
+        if variant:
+            p["variant"] = variant[0]
+        index_entries.append({"mediaType": manifest["mediaType"], "digest": digest(mb),
+                              "size": len(mb), "platform": p})
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+             "manifests": index_entries}
+    ib = json.dumps(index, sort_keys=True).encode()
+    blobs[digest(ib)] = ib
+    return Image(blobs=blobs, index=digest(ib), manifests=manifests)
+
+
+def receive_stream(blobs: Dict[str, bytes]) -> bytes:
+    out = b""
+    for d in sorted(blobs):
+        data = blobs[d]
+        out += json.dumps({"digest": d, "size": len(data), "offset": 0}).encode() + b"\n" + data
+    return out
+
+
+def deploy_spec(port: int = 8080, **over) -> dict:
+    spec = {"ports": [{"host": port, "container": 80, "protocol": "tcp"}],
+            "health": {"kind": "http", "path": "/", "port": 80, "command": [],
+                       "interval": 0.5, "timeout": 0.5, "retries": 3, "start_period": 0.0},
+            "env": {}, "volumes": [], "secrets": [],
+            "resources": {"memory": 64 << 20, "pids": 64, "cpus": None},
+            "drain": 0.0, "monitor": 0.0, "stop_timeout": 2.0, "stop_first": False,
+            "keep_releases": 3}
+    spec.update(over)
+    return spec
+
+
+class Agent:
+    """Runs agent verbs as a subprocess, optionally inside a network namespace."""
+
+    def __init__(self, root: str, run: str, netns: Optional[str] = None,
+                 pyz: Optional[str] = None, python: str = sys.executable):
+        self.root, self.run_dir, self.netns, self.pyz, self.python = root, run, netns, pyz, python
+
+    def argv(self, verb: str, *args: str) -> List[str]:
+        base = ["nsenter", f"--net=/run/netns/{self.netns}"] if self.netns else []
+        prog = [self.pyz] if self.pyz else ["-m", "runtime"]
+        return base + [self.python] + prog + ["--root", self.root, "--run", self.run_dir,
+                                               verb] + list(args)
+
+    def call(self, verb: str, *args: str, req=None, data: Optional[bytes] = None,
+             timeout: float = 120) -> Tuple[int, dict]:
+        stdin = data if data is not None else (json.dumps(req).encode() if req is not None
+                                               else b"")
+        env = dict(os.environ, PYTHONPATH=REPO)
+        p = subprocess.run(self.argv(verb, *args), input=stdin, capture_output=True,
+                           timeout=timeout, env=env, cwd=REPO)
+        try:
+            body = json.loads(p.stdout.decode().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            body = {"raw": p.stdout.decode(errors="replace"),
+                    "stderr": p.stderr.decode(errors="replace")}
+        if p.returncode and "error" in body:
+            body.setdefault("stderr", p.stderr.decode(errors="replace")[-2000:])
+        return p.returncode, body
+
+    def ship(self, image: Image) -> dict:
+        rc, body = self.call("receive", data=receive_stream(image.blobs))
+        assert rc == 0, body
+        return body
+
+    def apply(self, services: Dict[str, Tuple[Image, dict]], who: str = "test",
+              secrets: Optional[Dict[str, Dict[str, str]]] = None) -> Tuple[int, dict]:
+        sys.path.insert(0, REPO)
+        from runtime import protocol
+        req = {"who": who, "services": {
+            name: {"release": protocol.release_id(img.index, spec), "index": img.index,
+                   "deploy": spec, "secrets": (secrets or {}).get(name, {})}
+            for name, (img, spec) in services.items()}}
+        return self.call("apply", req=req)
