@@ -1,0 +1,30 @@
+"""Arguments and helpers shared by the fleet commands (plan, apply, status, ...)."""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Dict, List
+
+from orchestrator.errors import UsageError
+
+
+def add_source_arguments(parser, *, json_flag: bool = True) -> None:
+    parser.add_argument("directory", nargs="?", default="manifests", help="manifests directory (default: manifests)")
+    parser.add_argument("--var", action="append", default=[], metavar="K=V", help="template variable (repeatable)")
+    if json_flag:
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def parse_vars(items: List[str]) -> Dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--var {item!r}: expected K=V")
+        out[key] = value
+    return out
+
+
+def print_json(obj) -> None:
+    json.dump(obj, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")

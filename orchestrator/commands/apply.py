@@ -1,0 +1,74 @@
+"""`orch apply [DIR]`: build, plan, ship what each host lacks, and roll out (canary, waves)."""
+from __future__ import annotations
+
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from orchestrator.commands._common import add_source_arguments, parse_vars, print_json
+from orchestrator.deploy import apply, observe, prepare
+from orchestrator.errors import RolloutError
+from orchestrator.report import plan_to_json, render_plan
+from orchestrator.ssh import ConnectionPool
+
+HELP = "build, ship and roll out the manifests to the fleet (prints the plan first)"
+
+
+def add_arguments(parser) -> None:
+    add_source_arguments(parser)
+    parser.add_argument("--force-unlock", action="store_true", help="break a stale fleet lock left by another apply")
+
+
+def run(args) -> int:
+    console = Console(stderr=True)
+    started = time.monotonic()
+    prep = prepare(args.directory, parse_vars(args.var))
+    with ConnectionPool(h.target for h in prep.hosts) as pool:
+        obs = observe(prep, pool)
+        if not args.json:
+            print(render_plan(obs.plan))
+        if obs.plan.up_to_date:
+            if args.json:
+                print_json({"plan": plan_to_json(obs.plan), "ok": True})
+            return 0
+        total = {hp.host: hp.bytes_to_send for hp in obs.plan.hosts if hp.blobs and not hp.error}
+        with Progress(TextColumn("{task.description:<12}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                      console=console, transient=True, disable=args.json or not total) as progress:
+            tasks = {h: progress.add_task(h, total=n) for h, n in total.items()}
+            report = apply(prep, obs, pool, force_unlock=args.force_unlock,
+                           on_bytes=lambda h, n: progress.advance(tasks[h], n) if h in tasks else None,
+                           on_event=None if args.json else console.print)
+    summary = {
+        "ok": report.ok,
+        "plan": plan_to_json(report.plan),
+        "shipped": {h: {"blobs": r.blobs, "bytes": r.bytes_sent, "attempts": r.attempts}
+                    for h, r in report.shipped.items()},
+        "ship_failed": report.ship_failed,
+        "halted": report.rollout.halted if report.rollout else None,
+        "outcomes": [o.__dict__ for o in (report.rollout.outcomes if report.rollout else [])],
+        "hosts": report.final,
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    if args.json:
+        print_json(summary)
+    else:
+        _print_summary(summary)
+    if not report.ok:
+        raise RolloutError("rollout incomplete: " + (summary["halted"] or
+                           ", ".join(sorted(set(report.plan.failed_hosts) | set(report.ship_failed)))
+                           or "see the summary above"))
+    return 0
+
+
+def _print_summary(summary) -> None:
+    for host, err in summary["ship_failed"].items():
+        print(f"{host}: transfer failed: {err}")
+    if summary["halted"]:
+        print(f"halted: {summary['halted']}")
+    print("now running:")
+    for host, services in sorted(summary["hosts"].items()):
+        print(f"  {host:<14} " + ", ".join(f"{s}={r or '(none)'}" for s, r in services.items()))
+    sent = sum(s["bytes"] for s in summary["shipped"].values())
+    print(f"{'done' if summary['ok'] else 'FAILED'} in {summary['seconds']} s, {sent} bytes shipped")

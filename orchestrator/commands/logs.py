@@ -1,0 +1,48 @@
+"""`orch logs SERVICE [--host H] [--follow]`: the service's container output from its hosts."""
+from __future__ import annotations
+
+import sys
+
+from orchestrator.commands._common import add_source_arguments, parse_vars
+from orchestrator.deploy import open_fleet
+from orchestrator.errors import UsageError
+from orchestrator.inventory import select_hosts
+
+HELP = "print a service's logs from its hosts (--follow to stream)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("service")
+    parser.add_argument("--host", default=None, help="only this host")
+    parser.add_argument("--tail", type=int, default=100)
+    parser.add_argument("--follow", "-f", action="store_true")
+    add_source_arguments(parser, json_flag=False)
+
+
+def run(args) -> int:
+    fleet = open_fleet(args.directory, parse_vars(args.var))
+    service = fleet.desired.services.get(args.service)
+    if service is None:
+        raise UsageError(f"no service {args.service!r} in {args.directory}")
+    names = [h.name for h in select_hosts(service.deploy.hosts, fleet.hosts)]
+    if args.host:
+        if args.host not in names:
+            raise UsageError(f"{args.service} does not run on {args.host!r} (hosts: {', '.join(names)})")
+        names = [args.host]
+    if args.follow and len(names) != 1:
+        raise UsageError("--follow needs one host: add --host H")
+    with fleet.pool:
+        clients, errors = fleet.clients(names)
+        for name in names:
+            if name in errors:
+                print(f"== {name}: UNREACHABLE: {errors[name]}", file=sys.stderr)
+                continue
+            if args.follow:
+                clients[name].follow_logs(args.service, lambda b: (sys.stdout.buffer.write(b), sys.stdout.flush()))
+                continue
+            if len(names) > 1:
+                print(f"== {name}")
+                sys.stdout.flush()
+            sys.stdout.buffer.write(clients[name].logs(args.service, args.tail))
+            sys.stdout.flush()
+    return 1 if errors else 0

@@ -1,0 +1,24 @@
+"""`orch plan [DIR]`: what `apply` would change on each host, touching nothing."""
+from __future__ import annotations
+
+from orchestrator.commands._common import add_source_arguments, parse_vars, print_json
+from orchestrator.deploy import observe, prepare
+from orchestrator.report import plan_to_json, render_plan
+from orchestrator.ssh import ConnectionPool
+
+HELP = "show, per host, what apply would change (releases, blobs and bytes to ship, containers replaced)"
+
+
+def add_arguments(parser) -> None:
+    add_source_arguments(parser)
+
+
+def run(args) -> int:
+    prep = prepare(args.directory, parse_vars(args.var))
+    with ConnectionPool(h.target for h in prep.hosts) as pool:
+        obs = observe(prep, pool)
+    if args.json:
+        print_json(plan_to_json(obs.plan))
+    else:
+        print(render_plan(obs.plan))
+    return 0 if not obs.plan.failed_hosts else 1

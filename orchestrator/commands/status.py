@@ -1,0 +1,40 @@
+"""`orch status [DIR]`: per host and service, the running release, slot, health and since when."""
+from __future__ import annotations
+
+from orchestrator.commands._common import add_source_arguments, parse_vars, print_json
+from orchestrator.deploy import open_fleet
+from orchestrator.fanout import fan_out
+
+HELP = "show per host and service: release, slot, state, health, since"
+
+
+def add_arguments(parser) -> None:
+    add_source_arguments(parser)
+
+
+def run(args) -> int:
+    fleet = open_fleet(args.directory, parse_vars(args.var))
+    with fleet.pool:
+        clients, errors = fleet.clients()
+        fan = fan_out(list(clients.items()), lambda kv: kv[1].status(), name=lambda kv: kv[0])
+    rows = []
+    for host in fleet.hosts:
+        err = errors.get(host.name) or fan.failed.get(host.name)
+        if err:
+            rows.append({"host": host.name, "error": str(err)})
+            continue
+        for name, s in sorted((fan.ok[host.name].get("services") or {}).items()):
+            rows.append({"host": host.name, "service": name, "release": s.get("release"), "slot": s.get("slot"),
+                         "state": s.get("state"), "health": s.get("health"), "since": s.get("since"),
+                         "previous": s.get("previous"), "error": s.get("error")})
+    if args.json:
+        print_json(rows)
+    else:
+        print(f"{'HOST':<14} {'SERVICE':<14} {'RELEASE':<20} {'SLOT':<6} {'STATE':<9} {'HEALTH':<9} SINCE")
+        for r in rows:
+            if "service" not in r:
+                print(f"{r['host']:<14} UNREACHABLE: {r['error']}")
+                continue
+            print(f"{r['host']:<14} {r['service']:<14} {str(r['release']):<20} {str(r['slot']):<6} "
+                  f"{str(r['state']):<9} {str(r['health']):<9} {r['since'] or '-'}")
+    return 1 if errors or fan.failed else 0

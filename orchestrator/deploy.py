@@ -1,0 +1,261 @@
+"""`orch plan` / `orch apply`: load, build, observe, plan, then lock, ship and roll out.
+
+Calls go one way: this module wires the pure parts (manifest model, planner, rollout decisions)
+to the edge modules (SSH, agent client, shipper). The CLI commands are thin wrappers around it.
+"""
+from __future__ import annotations
+
+import base64
+import getpass
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
+
+from orchestrator.agent_client import AgentClient
+from orchestrator.agent_install import ensure_agent
+from orchestrator.errors import LockHeldError, OrchError
+from orchestrator.fanout import fan_out
+from orchestrator.inventory import InventoryHost, fleet_hosts, select_hosts
+from orchestrator.manifest.loader import load_desired
+from orchestrator.manifest.model import Desired
+from orchestrator.planner import DesiredRelease, FleetPlan, HostFacts, plan_fleet
+from orchestrator.rollout import RolloutResult, ServicePolicy, run_rollout
+from orchestrator.shipper import ShipResult, ship_blobs
+from orchestrator.ssh import ConnectionPool
+from orchestrator.store import Store
+from runtime import protocol
+
+LOCK_TTL = 900.0
+MAX_PARALLEL_HOSTS = 16
+
+
+def operator() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry in some containers
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+@dataclass
+class Prepared:
+    desired: Desired
+    store: Store
+    releases: List[DesiredRelease]
+    hosts: List[InventoryHost]
+    agent_pyz: str
+    agent_digest: str
+
+
+@dataclass
+class Observed:
+    facts: Dict[str, HostFacts]
+    clients: Dict[str, AgentClient]
+    plan: FleetPlan
+
+
+@dataclass
+class ApplyReport:
+    plan: FleetPlan
+    shipped: Dict[str, ShipResult] = field(default_factory=dict)
+    ship_failed: Dict[str, str] = field(default_factory=dict)
+    rollout: Optional[RolloutResult] = None
+    final: Dict[str, Dict[str, Optional[str]]] = field(default_factory=dict)   # host -> service -> release
+
+    @property
+    def ok(self) -> bool:
+        return (not self.plan.failed_hosts and not self.ship_failed
+                and (self.rollout is None or self.rollout.ok))
+
+
+def prepare(directory: str, variables: Mapping[str, str], *, progress=None, bring_up_lab: bool = True,
+            store: Optional[Store] = None) -> Prepared:
+    from orchestrator.agent_bundle import build_agent_pyz
+    from orchestrator.build import build_services
+
+    desired = load_desired(directory, dict(variables))
+    store = (store or Store.default()).ensure()
+    hosts = fleet_hosts(desired.fleet, bring_up_lab=bring_up_lab)
+    built = build_services(desired, store, progress=progress)
+    releases = []
+    for name, service in desired.services.items():
+        deploy = service.deploy.to_agent_json()
+        image = built[name]
+        releases.append(DesiredRelease(
+            service=name, release=protocol.release_id(image.index_digest, deploy),
+            index=image.index_digest, manifests=dict(image.manifests), deploy=deploy,
+            host_names=tuple(h.name for h in select_hosts(service.deploy.hosts, hosts))))
+    agent_dir = os.path.join(store.root, "agent")
+    os.makedirs(agent_dir, exist_ok=True)
+    pyz, digest = build_agent_pyz(agent_dir)
+    return Prepared(desired, store, releases, hosts, str(pyz), digest)
+
+
+@dataclass
+class FleetAccess:
+    """The fleet of a manifests directory with the agent ready on each host (no image build)."""
+
+    desired: Desired
+    hosts: List[InventoryHost]
+    pool: ConnectionPool
+    agent_pyz: str
+    agent_digest: str
+
+    def clients(self, names: Optional[Sequence[str]] = None):
+        """(clients by host, errors by host) for the named hosts (default: all)."""
+        hosts = [h for h in self.hosts if names is None or h.name in names]
+        fan = fan_out(hosts, lambda h: ensure_agent(self.pool.get(h.name), self.agent_pyz, self.agent_digest),
+                      max_parallel=MAX_PARALLEL_HOSTS)
+        return fan.ok, fan.failed
+
+
+def open_fleet(directory: str, variables: Mapping[str, str], pool: Optional[ConnectionPool] = None) -> FleetAccess:
+    from orchestrator.agent_bundle import build_agent_pyz
+
+    desired = load_desired(directory, dict(variables))
+    hosts = fleet_hosts(desired.fleet)
+    agent_dir = os.path.join(Store.default().ensure().root, "agent")
+    os.makedirs(agent_dir, exist_ok=True)
+    pyz, digest = build_agent_pyz(agent_dir)
+    pool = pool or ConnectionPool()
+    for h in hosts:
+        pool.add(h.target)
+    return FleetAccess(desired, hosts, pool, str(pyz), digest)
+
+
+def observe(prep: Prepared, pool: ConnectionPool, *, on_host: Optional[Callable[[str], None]] = None) -> Observed:
+    """Install/upgrade the agent where needed, then ask every host what it has and runs."""
+    wanted_hosts = {h for r in prep.releases for h in r.host_names}
+    hosts = [h for h in prep.hosts if h.name in wanted_hosts]
+    digests_by_platform: Dict[str, List[str]] = {}
+    for rel in prep.releases:
+        for platform, manifest in rel.manifests.items():
+            digests_by_platform.setdefault(platform, []).extend(d for d, _ in prep.store.blobs_for(manifest))
+    clients: Dict[str, AgentClient] = {}
+
+    def one(host: InventoryHost) -> HostFacts:
+        client = ensure_agent(pool.get(host.name), prep.agent_pyz, prep.agent_digest)
+        clients[host.name] = client
+        info = client.info()
+        platform = host.platform or info["platform"]
+        have = client.have(sorted(set(digests_by_platform.get(platform, []))))
+        status = client.status()
+        releases = {name: s.get("release") for name, s in (status.get("services") or {}).items()
+                    if s.get("release") and s.get("state") == "running"}
+        if on_host:
+            on_host(host.name)
+        return HostFacts(host.name, platform, frozenset(have.get("present", [])),
+                         dict(have.get("partial", {})), releases)
+
+    fan = fan_out(hosts, one, max_parallel=MAX_PARALLEL_HOSTS)
+    facts = dict(fan.ok)
+    for name, err in fan.failed.items():
+        facts[name] = HostFacts(name, error=str(err))
+    blobs_of = {m: prep.store.blobs_for(m) for r in prep.releases for m in r.manifests.values()}
+    strategies = {}
+    for rel in prep.releases:
+        s = prep.desired.services[rel.service].deploy.strategy
+        strategies[rel.service] = (s.canary, s.wave_size(len(rel.host_names)))
+    return Observed(facts, clients, plan_fleet(prep.releases, facts, blobs_of, strategies))
+
+
+# ---- locking ------------------------------------------------------------------------------
+def acquire_locks(clients: Mapping[str, AgentClient], holder: str) -> List[str]:
+    """Take the fleet lock on every reachable host, or none of them (LockHeldError names the holder)."""
+    fan = fan_out(list(clients.items()), lambda kv: kv[1].lock(holder, LOCK_TTL), name=lambda kv: kv[0],
+                  max_parallel=MAX_PARALLEL_HOSTS)
+    held = [h for h in fan.failed.values() if getattr(h, "code", None) == protocol.E_LOCKED]
+    if held or fan.failed:
+        release_locks({h: clients[h] for h in fan.ok}, holder)
+        first = held[0] if held else next(iter(fan.failed.values()))
+        if held:
+            raise LockHeldError(f"fleet is locked: {first}", hint="wait for it, or use --force-unlock if it is stale")
+        raise first
+    return list(fan.ok)
+
+
+def release_locks(clients: Mapping[str, AgentClient], holder: str, force: bool = False) -> None:
+    fan_out(list(clients.items()), lambda kv: kv[1].unlock(holder, force), name=lambda kv: kv[0],
+            max_parallel=MAX_PARALLEL_HOSTS)
+
+
+# ---- apply --------------------------------------------------------------------------------
+def apply(prep: Prepared, obs: Observed, pool: ConnectionPool, *, who: Optional[str] = None,
+          environ: Optional[Mapping[str, str]] = None, on_bytes: Optional[Callable[[str, int], None]] = None,
+          on_event: Optional[Callable[[str], None]] = None, force_unlock: bool = False) -> ApplyReport:
+    plan = obs.plan
+    report = ApplyReport(plan)
+    if plan.up_to_date:
+        return report
+    who = who or operator()
+    holder = f"{who} pid {os.getpid()}"
+    reachable = {h: c for h, c in obs.clients.items() if not obs.facts[h].error}
+    if force_unlock:
+        release_locks(reachable, holder, force=True)
+    acquire_locks(reachable, holder)
+    try:
+        secrets = {name: {k: base64.b64encode(v).decode() for k, v in
+                          prep.desired.services[name].deploy.read_secrets(environ).items()}
+                   for name in prep.desired.services}
+        _ship(prep, obs, pool, report, on_bytes)
+        releases = {r.service: r for r in prep.releases}
+        manifests = {(c.service, hp.host): c.manifest for hp in plan.hosts for c in hp.changes}
+
+        def apply_one(host: str, service: str) -> dict:
+            rel = releases[service]
+            body = {"release": rel.release, "index": rel.index, "manifest": manifests[(service, host)],
+                    "deploy": rel.deploy, "secrets": secrets[service]}
+            return obs.clients[host].apply({service: body}, who)
+
+        def revert_one(host: str, service: str, old: Optional[str]) -> None:
+            obs.clients[host].rollback(service, old)
+
+        policies = {name: ServicePolicy(s.deploy.strategy.on_failure, MAX_PARALLEL_HOSTS)
+                    for name, s in prep.desired.services.items()}
+        dropped = list(plan.failed_hosts) + list(report.ship_failed)
+        report.rollout = run_rollout(
+            plan, policies, apply_one, revert_one, dropped=dropped,
+            on_wave=(lambda w: on_event(f"{w.service}: {'canary' if w.canary else 'wave ' + str(w.number)} "
+                                        f"-> {', '.join(w.hosts)}")) if on_event else None,
+            on_outcome=(lambda o: on_event(f"{o.host}: {o.service} {'ok ' + (o.release or '') if o.ok else 'FAILED: ' + str(o.error)}"))
+            if on_event else None)
+    finally:
+        release_locks(reachable, holder)
+    report.final = final_releases(prep, obs.clients)
+    return report
+
+
+def _ship(prep: Prepared, obs: Observed, pool: ConnectionPool, report: ApplyReport, on_bytes) -> None:
+    todo = [hp for hp in obs.plan.hosts if hp.blobs and not hp.error]
+
+    def one(hp):
+        def connect() -> AgentClient:
+            client = obs.clients[hp.host]
+            if not client.conn.is_active():
+                pool.drop(hp.host)
+                client = AgentClient(pool.get(hp.host), client.path)
+                obs.clients[hp.host] = client
+            return client
+        return ship_blobs(connect, hp.blobs, prep.store.open_blob, partial=dict(hp.resume),
+                          on_bytes=(lambda n: on_bytes(hp.host, n)) if on_bytes else None)
+
+    fan = fan_out(todo, one, name=lambda hp: hp.host, max_parallel=MAX_PARALLEL_HOSTS)
+    report.shipped.update(fan.ok)
+    report.ship_failed.update({h: str(e) for h, e in fan.failed.items()})
+
+
+def final_releases(prep: Prepared, clients: Mapping[str, AgentClient]) -> Dict[str, Dict[str, Optional[str]]]:
+    names = [r.service for r in prep.releases]
+    fan = fan_out(list(clients.items()), lambda kv: kv[1].status(), name=lambda kv: kv[0],
+                  max_parallel=MAX_PARALLEL_HOSTS)
+    out: Dict[str, Dict[str, Optional[str]]] = {}
+    for host in clients:
+        if host in fan.ok:
+            services = fan.ok[host].get("services") or {}
+            out[host] = {n: (services.get(n) or {}).get("release") for n in names}
+        else:
+            out[host] = {n: "unreachable" for n in names}
+    return out
