@@ -193,26 +193,27 @@ def verb_status(layout: Layout, req: dict) -> dict:
     return {"services": out, "serve_pid": serve_pid(layout)}
 
 
-def verb_logs(layout: Layout, service: str, tail: int, follow: bool, out) -> Optional[dict]:
+def verb_logs(layout: Layout, service: str, tail: int, follow: bool, out) -> None:
+    """Raw log text of the serving slot (stdout and stderr interleaved) on ``out``: the last
+    ``tail`` lines, then, with ``follow``, whatever is appended until the caller hangs up."""
     from runtime.state import State
     st = State(layout).status()
     cur = st["current"].get(service)
     if not cur:
         raise NotFound(f"{service}: not running on this host")
     path = container.log_path(layout, service, cur["slot"])
+    sink = out.buffer if hasattr(out, "buffer") else out
     try:
         with open(path, "rb") as f:
-            lines = f.read().decode(errors="replace").splitlines()[-tail:] if tail else []
+            data = f.read()
             pos = f.tell()
     except FileNotFoundError:
-        lines, pos = [], 0
-    if not follow:
-        return {"service": service, "slot": cur["slot"], "lines": lines}
-    for line in lines:
-        out.write(json.dumps({"line": line}) + "\n")
-    out.flush()
-    buf = b""
-    while True:
+        data, pos = b"", 0
+    lines = data.splitlines(keepends=True)
+    sink.write(b"".join(lines[-tail:]) if tail > 0 else b"")
+    sink.flush()
+    while follow:
+        time.sleep(0.25)
         try:
             with open(path, "rb") as f:
                 if os.fstat(f.fileno()).st_size < pos:
@@ -222,13 +223,9 @@ def verb_logs(layout: Layout, service: str, tail: int, follow: bool, out) -> Opt
                 pos = f.tell()
         except FileNotFoundError:
             data = b""
-        buf += data
-        *done, buf = buf.split(b"\n")
-        for line in done:
-            out.write(json.dumps({"line": line.decode(errors="replace")}) + "\n")
-        if done:
-            out.flush()
-        time.sleep(0.25)
+        if data:
+            sink.write(data)
+            sink.flush()
 
 
 def verb_gc(layout: Layout, req: dict) -> dict:

@@ -67,7 +67,8 @@ def dispatch(args, stdin, stdout) -> int:
     elif v == "receive":
         body = agent.verb_receive(layout, stdin.buffer if hasattr(stdin, "buffer") else stdin)
     elif v == "logs":
-        body = agent.verb_logs(layout, args.service, args.tail, args.follow, stdout)
+        agent.verb_logs(layout, args.service, args.tail, args.follow, stdout)
+        return protocol.EXIT_OK
     elif v == "rollback":
         body = agent.verb_rollback(layout, args.service, args.to, args.who, _log)
     else:

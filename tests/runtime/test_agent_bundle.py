@@ -1,0 +1,35 @@
+"""The agent zipapp is reproducible, named by its digest, and runs on Python 3.9."""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import zipfile
+
+from orchestrator.agent_bundle import build_agent_pyz
+
+
+def test_same_digest_twice_and_named_by_it(tmp_path):
+    p1, d1 = build_agent_pyz(tmp_path / "a")
+    p2, d2 = build_agent_pyz(tmp_path / "b")
+    assert d1 == d2
+    assert p1.read_bytes() == p2.read_bytes()
+    assert d1 == "sha256:" + hashlib.sha256(p1.read_bytes()).hexdigest()
+    assert d1.split(":")[1][:12] in p1.name
+    with zipfile.ZipFile(p1) as z:
+        names = z.namelist()
+        assert names == sorted(names, key=lambda n: (n != "__main__.py", n))
+        assert all(i.date_time == (1980, 1, 1, 0, 0, 0) for i in z.infolist())
+        assert not [n for n in names if n.endswith(".pyc")]
+
+
+def test_runs_on_python39_and_reports_its_digest(tmp_path):
+    py39 = shutil.which("python3.9") or os.path.expanduser("~/.pyenv/versions/3.9.18/bin/python3.9")
+    path, digest = build_agent_pyz(tmp_path)
+    out = subprocess.run([py39, str(path), "--root", str(tmp_path / "r"), "--run",
+                          str(tmp_path / "run"), "info"], capture_output=True, check=True,
+                         env=dict(os.environ, PYENV_VERSION="3.9.18"))
+    info = json.loads(out.stdout)
+    assert info["agent_digest"] == digest
+    assert info["python"].startswith("3.9.")
+    assert info["runtime"] in ("runc", "crun")

@@ -1,0 +1,65 @@
+"""nft and ip rendering (pure), and one real port switch inside a namespace made here."""
+import subprocess
+import uuid
+
+import pytest
+
+from runtime import network
+
+
+def test_port_switch_is_one_flush_and_add_per_map():
+    text = network.render_port_switch([("tcp", 8080, "10.88.0.3", 80),
+                                       ("udp", 53, "10.88.0.3", 53),
+                                       ("tcp", 443, "10.88.0.3", 8443)])
+    assert text == (
+        "flush map ip orch tcp_ports\n"
+        "add element ip orch tcp_ports { 443 : 10.88.0.3 . 8443, 8080 : 10.88.0.3 . 80 }\n"
+        "flush map ip orch udp_ports\n"
+        "add element ip orch udp_ports { 53 : 10.88.0.3 . 53 }\n")
+
+
+def test_empty_switch_only_flushes():
+    assert network.render_port_switch([]) == ("flush map ip orch tcp_ports\n"
+                                              "flush map ip orch udp_ports\n")
+
+
+def test_base_ruleset_has_dnat_maps_and_masquerade():
+    text = network.render_base_ruleset()
+    assert "dnat ip addr . port to tcp dport map @tcp_ports" in text
+    assert "type nat hook output priority -100" in text
+    assert 'ip saddr 10.88.0.0/16 oifname != "orch0" masquerade' in text
+
+
+def test_links():
+    assert network.render_host_link("oabc-web-a", 42) == [
+        f"link add {network.veth_name('oabc-web-a')} type veth peer name eth0 netns 42",
+        f"link set {network.veth_name('oabc-web-a')} master orch0 up"]
+    assert len(network.veth_name("o12345678-some-very-long-service-name-b")) <= 15
+
+
+def test_allocate_ip_rotates_and_skips_used():
+    assert network.allocate_ip([], 1) == ("10.88.0.2", 2)
+    assert network.allocate_ip(["10.88.0.3"], 2) == ("10.88.0.4", 4)
+    ip, n = network.allocate_ip([], 65534)
+    assert ip == "10.88.0.2"
+
+
+@pytest.fixture
+def netns():
+    name = "orch-rt-" + uuid.uuid4().hex[:8]
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=True)
+
+
+def test_real_table_and_atomic_switch_in_a_namespace(netns):
+    code = ("from runtime import network as n; n.run_ensure_host_network(); "
+            "n.run_switch_ports([('tcp', 8080, '10.88.0.7', 80)]); print(n.read_port_map()); "
+            "n.run_ensure_host_network(); n.run_switch_ports([('tcp', 8080, '10.88.0.9', 80)]); "
+            "print(n.read_port_map())")
+    out = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "python3", "-c", code],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["(True, (('tcp', 8080, '10.88.0.7', 80),))",
+                   "(True, (('tcp', 8080, '10.88.0.9', 80),))"]

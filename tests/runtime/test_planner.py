@@ -1,0 +1,113 @@
+"""The pure planner, table-driven: (desired, observed) -> the steps it must emit."""
+import pytest
+
+from runtime.planner import (Box, CheckHealth, Current, EnsureNetwork, Fail, Forget, Observed,
+                             Restart, Restarts, Settle, Start, Stop, Switch, SyncPorts, Unpack,
+                             Wait, Want, backoff, plan)
+
+M = "sha256:" + "1" * 64
+W1 = Want("web", "r1", M, ports=(("tcp", 8080, 80),))
+W2 = Want("web", "r2", M, ports=(("tcp", 8080, 80),))
+W2_MON = Want("web", "r2", M, ports=(("tcp", 8080, 80),), drain=1.0, monitor=2.0)
+W2_SF = Want("web", "r2", M, ports=(("tcp", 8080, 80),), stop_first=True)
+A1 = Box("web", "a", "r1", "i-a1", "running", "10.88.0.2")
+B2 = Box("web", "b", "r2", "i-b2", "running", "10.88.0.3")
+PM_A = (("tcp", 8080, "10.88.0.2", 80),)
+PM_B = (("tcp", 8080, "10.88.0.3", 80),)
+CUR_A1 = (Current("web", "r1", "a"),)
+CUR_B2 = (Current("web", "r2", "b"),)
+
+
+def obs(**kw):
+    kw.setdefault("images", frozenset({M}))
+    return Observed(**kw)
+
+
+CASES = [
+    ("network first", (W1,), obs(network_ready=False), [EnsureNetwork()]),
+    ("unpack before start", (W1,), obs(images=frozenset()), [Unpack(M)]),
+    ("first start in slot a", (W1,), obs(), [Start("web", "a", "r1")]),
+    ("check health of the new slot", (W1,), obs(boxes=(A1,)), [CheckHealth("web", "a", "i-a1")]),
+    ("switch once healthy", (W1,), obs(boxes=(A1,), healthy=frozenset({"i-a1"})),
+     [Switch("web", "a", "r1")]),
+    ("steady: nothing to do", (W1,), obs(boxes=(A1,), current=CUR_A1, port_map=PM_A), []),
+    ("port map drifted: resync", (W1,), obs(boxes=(A1,), current=CUR_A1),
+     [SyncPorts(PM_A)]),
+    ("change: start the other slot", (W2,), obs(boxes=(A1,), current=CUR_A1, port_map=PM_A),
+     [Start("web", "b", "r2")]),
+    ("change: check green", (W2,), obs(boxes=(A1, B2), current=CUR_A1, port_map=PM_A),
+     [CheckHealth("web", "b", "i-b2")]),
+    ("change: switch to green", (W2,), obs(boxes=(A1, B2), current=CUR_A1, port_map=PM_A,
+                                            healthy=frozenset({"i-b2"})),
+     [Switch("web", "b", "r2")]),
+    ("after switch, no drain: stop blue", (W2,), obs(boxes=(A1, B2), current=CUR_B2, port_map=PM_B,
+                                                     healthy=frozenset({"i-b2"})),
+     [Stop("web", "a", "old slot")]),
+    ("after switch with drain/monitor: settle", (W2_MON,),
+     obs(boxes=(A1, B2), current=CUR_B2, port_map=PM_B, healthy=frozenset({"i-b2"})),
+     [Settle("web", "b", "i-b2", "a", 1.0, 2.0)]),
+    ("settled: stop blue", (W2_MON,),
+     obs(boxes=(A1, B2), current=CUR_B2, port_map=PM_B, settled=frozenset({"i-b2"})),
+     [Stop("web", "a", "old slot")]),
+    ("failed health: remove green, keep blue", (W2,),
+     obs(boxes=(A1, B2), current=CUR_A1, port_map=PM_A, failed=frozenset({("web", "r2")})),
+     [Stop("web", "b", "old slot")]),
+    ("failed release: hold blue", (W2,),
+     obs(boxes=(A1,), current=CUR_A1, port_map=PM_A, failed=frozenset({("web", "r2")})), []),
+    ("green exited before healthy: fail", (W2,),
+     obs(boxes=(A1, Box("web", "b", "r2", "i-b2", "stopped", "10.88.0.3")), current=CUR_A1,
+         port_map=PM_A), [Fail("web", "r2", "container exited before it became healthy")]),
+    ("interrupted start (kill -9): clean and retry", (W2,),
+     obs(boxes=(A1, Box("web", "b", "r2", "i-b2", "created", "10.88.0.3")), current=CUR_A1,
+         port_map=PM_A), [Stop("web", "b", "interrupted start")]),
+    ("stale other slot is removed first", (W2,),
+     obs(boxes=(A1, Box("web", "b", "r0", "i-b0", "running", "10.88.0.9")), current=CUR_A1,
+         port_map=PM_A), [Stop("web", "b", "stale slot")]),
+    ("serving slot crashed: restart", (W1,),
+     obs(boxes=(Box("web", "a", "r1", "i-a1", "stopped", "10.88.0.2"),), current=CUR_A1,
+         port_map=PM_A), [SyncPorts(()), Restart("web", "a")]),
+    ("serving slot crashed again: back off", (W1,),
+     obs(boxes=(), current=CUR_A1, restarts=(Restarts("web", "a", 3, 100.0),), now=100.5),
+     [Wait(1.5)]),
+    ("backoff over: restart", (W1,),
+     obs(boxes=(), current=CUR_A1, restarts=(Restarts("web", "a", 3, 100.0),), now=103.0),
+     [Restart("web", "a")]),
+    ("no room, no stop-first: fail clearly", (W2,),
+     obs(boxes=(A1,), current=CUR_A1, port_map=PM_A, no_room=frozenset({"web"})),
+     [Fail("web", "r2", "not enough free disk or memory for a second slot (set stop_first "
+           "to allow stop-first)")]),
+    ("no room, stop-first allowed: stop blue first", (W2_SF,),
+     obs(boxes=(A1,), current=CUR_A1, port_map=PM_A, no_room=frozenset({"web"})),
+     [Stop("web", "a", "stop-first: blue/green does not fit")]),
+    ("stop-first, blue gone: start green", (W2_SF,),
+     obs(boxes=(), current=CUR_A1, no_room=frozenset({"web"})), [Start("web", "b", "r2")]),
+    ("service removed: stop and forget", (),
+     obs(boxes=(A1,), current=CUR_A1, port_map=PM_A),
+     [SyncPorts(()), Stop("web", "a", "service removed")]),
+    ("service removed, nothing left: forget", (), obs(current=CUR_A1), [Forget("web")]),
+]
+
+
+@pytest.mark.parametrize("desired,observed,expected",
+                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_plan(desired, observed, expected):
+    assert plan(desired, observed) == expected
+
+
+def test_waits_come_after_work_and_only_the_shortest():
+    other = Want("api", "x1", M)
+    o = obs(boxes=(), current=CUR_A1 + (Current("api", "x0", "a"),),
+            restarts=(Restarts("web", "a", 3, 100.0), Restarts("api", "a", 1, 100.0)),
+            now=100.2)
+    steps = plan((W1, other), o)
+    assert steps == [Start("api", "b", "x1"), Wait(1.8)]
+
+
+def test_backoff_grows_and_is_capped():
+    assert [backoff(n) for n in range(0, 4)] == [0.0, 0.5, 1.0, 2.0]
+    assert backoff(50) == 30.0
+
+
+def test_plan_is_deterministic_and_pure():
+    o = obs(boxes=(A1, B2), current=CUR_A1, port_map=PM_A, healthy=frozenset({"i-b2"}))
+    assert plan((W2,), o) == plan((W2,), o)

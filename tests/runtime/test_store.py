@@ -1,0 +1,65 @@
+"""Blob store: verified before kept, resumable, corrupted and truncated blobs refused."""
+import io
+import os
+
+import pytest
+
+from runtime import protocol, store
+from runtime.errors import DigestMismatch
+from runtime.layout import Layout
+
+
+@pytest.fixture
+def layout(tmp_path):
+    lay = Layout(str(tmp_path / "root"), str(tmp_path / "run"))
+    lay.ensure()
+    return lay
+
+
+def frame(digest, data, size=None, offset=0):
+    return protocol.frame_header(digest, len(data) + offset if size is None else size,
+                                 offset) + data
+
+
+def test_receive_and_have(layout):
+    data = b"x" * 1000
+    d = protocol.sha256_digest(data)
+    out = store.receive(layout, io.BytesIO(frame(d, data)))
+    assert out == {"stored": [d], "partial": {}}
+    assert store.have(layout, [d]) == {"present": [d], "partial": {}}
+    assert store.read_verified(layout, d) == data
+
+
+def test_truncated_stream_is_partial_then_resumes(layout):
+    data = os.urandom(5000)
+    d = protocol.sha256_digest(data)
+    cut = frame(d, data)[:-3000]
+    out = store.receive(layout, io.BytesIO(cut))
+    assert out["stored"] == [] and out["partial"] == {d: 2000}
+    assert store.have(layout, [d]) == {"present": [], "partial": {d: 2000}}
+    assert not os.path.exists(layout.blob(protocol.split_digest(d)))
+    out = store.receive(layout, io.BytesIO(protocol.frame_header(d, 5000, 2000) + data[2000:]))
+    assert out["stored"] == [d]
+    assert store.read_verified(layout, d) == data
+
+
+def test_corrupted_blob_is_refused_and_never_kept(layout):
+    good = b"good data"
+    d = protocol.sha256_digest(good)
+    other = b"ok"
+    d2 = protocol.sha256_digest(other)
+    with pytest.raises(DigestMismatch) as exc:
+        store.receive(layout, io.BytesIO(frame(d, b"evil data") + frame(d2, other)))
+    assert exc.value.extra["refused"] == [d]
+    assert exc.value.extra["stored"] == [d2]
+    assert store.have(layout, [d]) == {"present": [], "partial": {}}
+
+
+def test_corruption_on_disk_is_detected_at_use(layout):
+    data = b"manifest"
+    d = protocol.sha256_digest(data)
+    store.receive(layout, io.BytesIO(frame(d, data)))
+    with open(layout.blob(protocol.split_digest(d)), "wb") as f:
+        f.write(b"tampered")
+    with pytest.raises(DigestMismatch):
+        store.read_verified(layout, d)

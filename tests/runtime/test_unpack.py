@@ -1,0 +1,112 @@
+"""Image unpack: layers in order, whiteouts, opaque dirs, and refusal of escaping entries."""
+import io
+import os
+import tarfile
+
+import pytest
+
+from runtime import protocol, store, unpack
+from runtime.errors import DigestMismatch, UnsafeImage
+from runtime.layout import Layout
+from tests.runtime import imagekit as ik
+
+
+def layer(*entries, gz=False):
+    return ik.tar_bytes(list(entries), gz=gz)
+
+
+def dev(name):
+    ti = tarfile.TarInfo(name)
+    ti.type = tarfile.CHRTYPE
+    ti.devmajor, ti.devminor = 1, 3
+    return ti, None
+
+
+@pytest.mark.parametrize("entry,what", [
+    (ik.file_entry("../evil", b"x"), "escapes the root"),
+    (ik.file_entry("a/../../evil", b"x"), "escapes the root"),
+    (ik.file_entry("/etc/evil", b"x"), "absolute path"),
+    (ik.link_entry("bin/x", "../../../etc/shadow"), "symlink escapes"),
+    (ik.link_entry("x", ".."), "symlink escapes"),
+    (ik.link_entry("bin/x", "/etc/passwd", hard=True), "hardlink escapes"),
+    (ik.link_entry("bin/x", "../../etc/passwd", hard=True), "hardlink escapes"),
+    (dev("dev/null"), "device node"),
+])
+def test_unsafe_entries_are_refused(tmp_path, entry, what):
+    root = tmp_path / "rootfs"
+    root.mkdir()
+    with pytest.raises(UnsafeImage, match=what):
+        unpack.apply_layer(str(root), io.BytesIO(layer(ik.dir_entry("bin"), entry)))
+    assert not (tmp_path / "evil").exists()
+
+
+def test_absolute_symlinks_are_resolved_inside_the_root(tmp_path):
+    root = tmp_path / "rootfs"
+    root.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    # an absolute link to the host's dir, then a file written "through" it
+    data = layer(ik.link_entry("link", str(outside)), ik.file_entry("link/pwned", b"x"))
+    unpack.apply_layer(str(root), io.BytesIO(data))
+    assert not (outside / "pwned").exists()
+    assert (root / outside.relative_to("/") / "pwned").exists()
+    assert os.readlink(root / "link") == str(outside)
+
+
+def test_layers_whiteouts_and_opaque_dirs(tmp_path):
+    root = tmp_path / "rootfs"
+    root.mkdir()
+    l1 = layer(ik.dir_entry("etc"), ik.file_entry("etc/a", b"1"), ik.file_entry("etc/b", b"1"),
+               ik.dir_entry("var"), ik.file_entry("var/old", b"1"),
+               ik.file_entry("bin-x", b"#!", 0o4755))
+    l2 = layer(ik.file_entry("etc/.wh.a", b""), ik.file_entry("etc/b", b"2"),
+               ik.dir_entry("var"), ik.file_entry("var/new", b"2"),
+               ik.file_entry("var/.wh..wh..opq", b""), gz=True)
+    for x in (l1, l2):
+        unpack.apply_layer(str(root), io.BytesIO(x))
+    assert sorted(os.listdir(root / "etc")) == ["b"]
+    assert (root / "etc/b").read_bytes() == b"2"
+    assert sorted(os.listdir(root / "var")) == ["new"]
+    assert unpack.mode_of(str(root / "bin-x")) == 0o4755
+
+
+def test_truncated_layer_is_refused(tmp_path):
+    root = tmp_path / "rootfs"
+    root.mkdir()
+    data = layer(ik.file_entry("big", os.urandom(100000)), gz=True)
+    with pytest.raises(UnsafeImage, match="truncated or corrupt"):
+        unpack.apply_layer(str(root), io.BytesIO(data[: len(data) // 2]))
+
+
+def _store(lay, blobs):
+    for d, data in blobs.items():
+        store.receive(lay, io.BytesIO(protocol.frame_header(d, len(data)) + data))
+
+
+def test_unpack_image_verifies_layers_and_leaves_nothing_on_failure(tmp_path):
+    lay = Layout(str(tmp_path / "root"), str(tmp_path / "run"))
+    lay.ensure()
+    img = ik.make_image({"linux/amd64": [layer(ik.file_entry("hello", b"hi"), gz=True)]})
+    _store(lay, img.blobs)
+    m = img.manifests["linux/amd64"]
+    layer_digest = [d for d, v in img.blobs.items() if v[:2] == b"\x1f\x8b"][0]
+    path = lay.blob(protocol.split_digest(layer_digest))
+    good = open(path, "rb").read()
+    open(path, "wb").write(layer(ik.file_entry("hello", b"ho"), gz=True))  # corrupted on disk
+    with pytest.raises(DigestMismatch):
+        unpack.unpack_image(lay, m)
+    assert os.listdir(lay.images) == []
+    open(path, "wb").write(good)
+    d = unpack.unpack_image(lay, m)
+    assert open(os.path.join(d, "rootfs", "hello"), "rb").read() == b"hi"
+    assert unpack.is_unpacked(lay, m)
+
+
+def test_select_manifest():
+    idx = {"manifests": [
+        {"digest": "a", "platform": {"os": "linux", "architecture": "amd64"}},
+        {"digest": "b", "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+        {"digest": "c", "platform": {"os": "linux", "architecture": "arm", "variant": "v7"}}]}
+    assert unpack.select_manifest(idx, "linux/amd64") == "a"
+    assert unpack.select_manifest(idx, "linux/arm64") == "b"
+    assert unpack.select_manifest(idx, "linux/arm/v7") == "c"
