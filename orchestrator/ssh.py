@@ -48,17 +48,23 @@ class CommandResult:
 
 
 def resolve_target(target: SSHTarget, config_path: Optional[str] = None) -> SSHTarget:
-    """Apply ~/.ssh/config (HostName, User, Port, IdentityFile, UserKnownHostsFile, ProxyJump)."""
+    """Apply ~/.ssh/config (HostName, User, Port, IdentityFile, UserKnownHostsFile, ProxyJump).
+
+    `Host` patterns may name the host as the manifest does or by its address; settings written
+    in the manifest win over the config file, as options on an ssh command line would.
+    """
     path = Path(config_path or os.path.expanduser("~/.ssh/config"))
     if not path.exists():
         return target
     config = paramiko.SSHConfig.from_path(str(path))
-    found = config.lookup(target.name) if target.name in config.get_hostnames() or "*" in config.get_hostnames() \
-        else config.lookup(target.address)
+    found = dict(config.lookup(target.address))
+    found.pop("hostname", None)
+    by_name = config.lookup(target.name)
+    found.update(by_name)
     changes: dict = {}
-    if "hostname" in found and found["hostname"] != target.name:
-        changes["address"] = found["hostname"]
-    if "user" in found and target.user == "root" and found["user"]:
+    if by_name.get("hostname") not in (None, target.name):
+        changes["address"] = by_name["hostname"]
+    if "user" in found and target.user == "root":
         changes["user"] = found["user"]
     if "port" in found and target.port == 22:
         changes["port"] = int(found["port"])
@@ -72,7 +78,8 @@ def resolve_target(target: SSHTarget, config_path: Optional[str] = None) -> SSHT
         host, _, port = hostport.partition(":")
         changes["proxy_jump"] = resolve_target(
             SSHTarget(name=host, address=host, port=int(port or 22), user=user or "root",
-                      key_path=target.key_path, known_hosts=target.known_hosts), config_path)
+                      key_path=changes.get("key_path", target.key_path),
+                      known_hosts=changes.get("known_hosts", target.known_hosts)), config_path)
     return replace(target, **changes) if changes else target
 
 
