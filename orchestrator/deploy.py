@@ -23,7 +23,7 @@ from orchestrator.manifest.loader import load_desired
 from orchestrator.manifest.model import Desired
 from orchestrator.planner import DesiredRelease, FleetPlan, HostFacts, plan_fleet
 from orchestrator.rollout import RolloutResult, ServicePolicy, run_rollout
-from orchestrator.shipper import ShipResult, ship_blobs
+from orchestrator.shipper import ShipResult, reconnecting_client, ship_blobs
 from orchestrator.ssh import ConnectionPool
 from orchestrator.store import Store
 from runtime import protocol
@@ -232,13 +232,7 @@ def _ship(prep: Prepared, obs: Observed, pool: ConnectionPool, report: ApplyRepo
     todo = [hp for hp in obs.plan.hosts if hp.blobs and not hp.error]
 
     def one(hp):
-        def connect() -> AgentClient:
-            client = obs.clients[hp.host]
-            if not client.conn.is_active():
-                pool.drop(hp.host)
-                client = AgentClient(pool.get(hp.host), client.path)
-                obs.clients[hp.host] = client
-            return client
+        connect = reconnecting_client(pool, hp.host, obs.clients[hp.host].path)
         return ship_blobs(connect, hp.blobs, prep.store.open_blob, partial=dict(hp.resume),
                           on_bytes=(lambda n: on_bytes(hp.host, n)) if on_bytes else None)
 

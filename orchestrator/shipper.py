@@ -9,6 +9,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from orchestrator.agent_client import AgentClient
 from orchestrator.errors import TransportError
+from orchestrator.ssh import ConnectionPool
 from runtime import protocol
 
 
@@ -18,6 +19,11 @@ class ShipResult:
     blobs: int
     bytes_sent: int                          # on the wire, all attempts together
     attempts: int
+
+
+def reconnecting_client(pool: ConnectionPool, host: str, agent_path: str) -> Callable[[], AgentClient]:
+    """A `connect` for `ship_blobs`: the pooled connection (the pool reconnects a dropped link)."""
+    return lambda: AgentClient(pool.get(host), agent_path)
 
 
 def ship_blobs(connect: Callable[[], AgentClient], blobs: Sequence[Tuple[str, int]], open_blob,
@@ -32,7 +38,7 @@ def ship_blobs(connect: Callable[[], AgentClient], blobs: Sequence[Tuple[str, in
     sizes = dict(blobs)
     sent = 0
     lock = threading.Lock()
-    state = {"partial": dict(partial or {}), "attempt": 0, "client": None}
+    state = {"partial": dict(partial or {}), "attempt": 0, "host": ""}
 
     def count(n: int) -> None:
         nonlocal sent
@@ -44,6 +50,7 @@ def ship_blobs(connect: Callable[[], AgentClient], blobs: Sequence[Tuple[str, in
     def attempt() -> None:
         state["attempt"] += 1
         client = connect()
+        state["host"] = client.host
         todo = dict(sizes)
         if state["attempt"] > 1:
             have = client.have(list(sizes))
@@ -60,10 +67,9 @@ def ship_blobs(connect: Callable[[], AgentClient], blobs: Sequence[Tuple[str, in
 
     if not sizes:
         return ShipResult("", 0, 0, 0)
-    host = ""
     for try_ in Retrying(stop=stop_after_attempt(attempts), reraise=True,
                          wait=wait_exponential(multiplier=0.2, max=max_wait),
                          retry=retry_if_exception_type(TransportError)):
         with try_:
             attempt()
-    return ShipResult(host, len(sizes), sent, state["attempt"])
+    return ShipResult(state["host"], len(sizes), sent, state["attempt"])
