@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 import paramiko
 
 from orchestrator.errors import AgentError, TransportError
-from orchestrator.ssh import SSHConnection
+from orchestrator.ssh import SSHConnection, close_quietly
 from runtime import protocol
 
 REMOTE_ROOT = protocol.DEFAULT_ROOT
@@ -132,7 +132,7 @@ class AgentClient:
                     break
                 sink(chunk)
         finally:
-            channel.close()
+            close_quietly(channel)
 
     def send_blobs(self, frames: Iterable[bytes], on_bytes=None) -> Dict[str, Any]:
         """Stream `receive` frames over one raw channel (no SFTP round trips)."""
@@ -153,7 +153,7 @@ class AgentClient:
         except (socket.timeout, paramiko.SSHException, OSError, EOFError) as exc:
             raise TransportError(f"blob transfer interrupted: {exc}", host=self.host) from exc
         finally:
-            channel.close()
+            close_quietly(channel)
         ok, body = protocol.parse_answer(rc, bytes(out))
         if not ok:
             err = body.get("error") or {}

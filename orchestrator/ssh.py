@@ -213,8 +213,7 @@ class SSHConnection:
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise TransportError(f"connection lost running {argv[0]}: {exc}", host=self.target.name) from exc
         finally:
-            channel.close()
-
+            close_quietly(channel)
 
     def put_file(self, local_path: str, remote_path: str, mode: int = 0o644) -> None:
         """Copy a small file (e.g. the agent) with SFTP; written to a temp name, then renamed."""
@@ -230,6 +229,14 @@ class SSHConnection:
                 sftp.close()
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise TransportError(f"cannot copy {local_path} to {remote_path}: {exc}", host=self.target.name) from exc
+
+
+def close_quietly(channel: paramiko.Channel) -> None:
+    """Close a channel whose link may already be gone (closing must not mask the real error)."""
+    try:
+        channel.close()
+    except (paramiko.SSHException, OSError, EOFError):
+        pass
 
 
 def _drain(stream, sink: bytearray) -> None:
