@@ -45,8 +45,9 @@ def agent_digest() -> str:
 
 
 def make_host(layout: Layout, log=None):
-    from runtime import host, oci
+    from runtime import cgroups, host, oci
     layout.ensure()
+    cgroups.run_ensure_cgroups()
     rt = oci.choose_runtime(layout.run)
     return host.Host(layout, rt, log=log or (lambda m: None))
 
@@ -136,8 +137,10 @@ def verb_apply(layout: Layout, req: dict, log=None) -> dict:
         h.state.save_target(target)
         for n, t in checked.items():
             h.state.audit(who, "apply", n, t["release"])
-        if req.get("wait", True):
-            h.converge(services=list(checked))
+        if not req.get("wait", True):
+            return {"services": {n: {"ok": True, "accepted": True, "wanted": t["release"]}
+                                 for n, t in checked.items()}}
+        h.converge(services=list(checked))
     from runtime.host import result_of
     return {"services": {n: result_of(h, n) for n in checked}}
 

@@ -49,6 +49,11 @@ def container_id(host_id: str, service: str, slot: str) -> str:
     return f"o{host_id}-{service}-{slot}"
 
 
+def veth_key(meta: "Meta") -> str:
+    """Host-side veth names are per instance: a dying netns releases its veth lazily."""
+    return f"{meta.id}/{meta.instance}"
+
+
 def cdir(layout: Layout, cid: str) -> str:
     return os.path.join(layout.containers, cid)
 
@@ -167,7 +172,7 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
                                   log_path(layout, service, slot))
         meta.starttime = oci.proc_starttime(meta.pid)
         meta.save(meta_path)
-        network.run_wire_container(cid, meta.pid, ip)
+        network.run_wire_container(veth_key(meta), meta.pid, ip)
         oci.run_start(rt, cid)
         meta.started = True
         meta.save(meta_path)
@@ -180,6 +185,7 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
 def remove(layout: Layout, rt: oci.Runtime, meta: Meta, stop_timeout: float) -> None:
     """Stop (TERM, wait, KILL), delete from the runtime, unmount, remove every file."""
     oci.run_stop(rt, meta.id, meta.pid, meta.starttime, stop_timeout)
+    network.run_unwire(veth_key(meta))
     d = cdir(layout, meta.id)
     rootfs = os.path.join(d, "rootfs")
     if os.path.exists(rootfs) and mounted(rootfs):

@@ -251,8 +251,6 @@ def ex_settle(h: Host, step: Settle, obs: Observed) -> None:
     started = h.clock()
     ok, why = True, None
     if step.monitor > 0:
-        if spec.kind == "none":
-            spec = health.HealthSpec(kind="none", interval=0.2)
         ok, why = health.watch(spec, meta.ip,
                                lambda cmd, t: oci.run_exec(h.rt, meta.id, list(cmd), t),
                                lambda: oci.proc_alive(meta.pid, meta.starttime), step.monitor,

@@ -19,6 +19,7 @@ from runtime.errors import RuntimeFailure
 BRIDGE = "orch0"
 SUBNET = "10.88.0.0/16"
 GATEWAY = "10.88.0.1"
+BRIDGE_MAC = "02:42:0a:58:00:01"
 TABLE = "orch"
 MAPS = {"tcp": "tcp_ports", "udp": "udp_ports"}
 
@@ -88,7 +89,9 @@ def render_container_link(ip: str, prefix: int = 16, gateway: str = GATEWAY) -> 
 
 
 def render_bridge(bridge: str = BRIDGE, gateway: str = GATEWAY, prefix: int = 16) -> List[str]:
-    return [f"link add {bridge} type bridge", f"addr add {gateway}/{prefix} dev {bridge}",
+    # A fixed MAC: otherwise the bridge takes its lowest port's MAC, which changes whenever a
+    # container's veth joins or leaves, and containers keep sending to the old gateway MAC.
+    return [f"link add {bridge} address {BRIDGE_MAC} type bridge", f"addr add {gateway}/{prefix} dev {bridge}",
             f"link set {bridge} up"]
 
 
@@ -156,6 +159,13 @@ def run_wire_container(container_id: str, pid: int, ip: str) -> None:
     _ip_batch(render_host_link(container_id, pid))
     _ip_batch(render_container_link(ip), prefix=("nsenter", "-t", str(pid), "-n"))
     subprocess.run(["ip", "neigh", "flush", "to", ip], capture_output=True)
+
+
+def run_unwire(key: str) -> None:
+    """Delete the host end of a container's veth now (the kernel would, later)."""
+    name = veth_name(key)
+    if bridge_exists(name):
+        subprocess.run(["ip", "link", "del", name], capture_output=True)
 
 
 def run_switch_ports(entries: Iterable[Entry]) -> None:

@@ -141,34 +141,89 @@ def deploy_spec(port: int = 8080, **over) -> dict:
     return spec
 
 
-class Agent:
-    """Runs agent verbs as a subprocess, optionally inside a network namespace."""
+def hammer_get(address: str, port: int, timeout: float = 2.0) -> bytes:
+    """One HTTP GET on a fresh connection; returns the body (raises on any failure)."""
+    import socket
+    with socket.create_connection((address, port), timeout=timeout) as s:
+        s.settimeout(timeout)
+        s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        data = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            data += b
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.") or b" 200 " not in head.split(b"\r\n")[0]:
+        raise OSError(f"bad answer: {head[:80]!r}")
+    return body
 
-    def __init__(self, root: str, run: str, netns: Optional[str] = None,
-                 pyz: Optional[str] = None, python: str = sys.executable):
-        self.root, self.run_dir, self.netns, self.pyz, self.python = root, run, netns, pyz, python
+
+class Hammer:
+    """A client loop in a thread: new connection per request, counts ok and failed."""
+
+    def __init__(self, address: str, port: int):
+        import threading
+        self.address, self.port = address, port
+        self.ok = 0
+        self.failed: List[str] = []
+        self.bodies: Dict[bytes, int] = {}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                body = hammer_get(self.address, self.port)
+                self.ok += 1
+                self.bodies[body] = self.bodies.get(body, 0) + 1
+            except OSError as exc:
+                self.failed.append(str(exc))
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join(10)
+
+
+def local_runner(netns: Optional[str] = None):
+    def run(argv: List[str], input: bytes, timeout: float):
+        base = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
+        env = dict(os.environ, PYTHONPATH=REPO)
+        p = subprocess.run(base + argv, input=input, capture_output=True, timeout=timeout,
+                           env=env, cwd=REPO)
+        return p.returncode, p.stdout, p.stderr
+    return run
+
+
+class Agent:
+    """Runs agent verbs through ``runner(argv, input, timeout) -> (rc, out, err)``: locally
+    (optionally in a network namespace) or on a lab host over SSH."""
+
+    def __init__(self, runner, prog: Sequence[str], root: Optional[str] = None,
+                 run: Optional[str] = None):
+        self.runner = runner
+        self.prog = list(prog)
+        self.opts = (["--root", root] if root else []) + (["--run", run] if run else [])
 
     def argv(self, verb: str, *args: str) -> List[str]:
-        base = ["nsenter", f"--net=/run/netns/{self.netns}"] if self.netns else []
-        prog = [self.pyz] if self.pyz else ["-m", "runtime"]
-        return base + [self.python] + prog + ["--root", self.root, "--run", self.run_dir,
-                                               verb] + list(args)
+        return self.prog + self.opts + [verb] + list(args)
 
     def call(self, verb: str, *args: str, req=None, data: Optional[bytes] = None,
              timeout: float = 120) -> Tuple[int, dict]:
         stdin = data if data is not None else (json.dumps(req).encode() if req is not None
                                                else b"")
-        env = dict(os.environ, PYTHONPATH=REPO)
-        p = subprocess.run(self.argv(verb, *args), input=stdin, capture_output=True,
-                           timeout=timeout, env=env, cwd=REPO)
+        rc, out, err = self.runner(self.argv(verb, *args), stdin, timeout)
         try:
-            body = json.loads(p.stdout.decode().strip().splitlines()[-1])
+            body = json.loads(out.decode().strip().splitlines()[-1])
         except (ValueError, IndexError):
-            body = {"raw": p.stdout.decode(errors="replace"),
-                    "stderr": p.stderr.decode(errors="replace")}
-        if p.returncode and "error" in body:
-            body.setdefault("stderr", p.stderr.decode(errors="replace")[-2000:])
-        return p.returncode, body
+            body = {"raw": out.decode(errors="replace")}
+        if rc:
+            body["stderr"] = err.decode(errors="replace")[-2000:]
+        return rc, body
 
     def ship(self, image: Image) -> dict:
         rc, body = self.call("receive", data=receive_stream(image.blobs))
@@ -176,10 +231,10 @@ class Agent:
         return body
 
     def apply(self, services: Dict[str, Tuple[Image, dict]], who: str = "test",
-              secrets: Optional[Dict[str, Dict[str, str]]] = None) -> Tuple[int, dict]:
-        sys.path.insert(0, REPO)
+              secrets: Optional[Dict[str, Dict[str, str]]] = None, wait: bool = True,
+              ) -> Tuple[int, dict]:
         from runtime import protocol
-        req = {"who": who, "services": {
+        req = {"who": who, "wait": wait, "services": {
             name: {"release": protocol.release_id(img.index, spec), "index": img.index,
                    "deploy": spec, "secrets": (secrets or {}).get(name, {})}
             for name, (img, spec) in services.items()}}

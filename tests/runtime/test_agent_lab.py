@@ -1,0 +1,342 @@
+"""The agent on real lab hosts (sshd, runc, nftables, qemu-user): what issue 4 must show."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from orchestrator.agent_bundle import build_agent_pyz
+from runtime import protocol
+from tests.runtime import imagekit as ik
+
+pytestmark = pytest.mark.lab
+
+REMOTE = "/var/lib/orch/agent/test-agent.pyz"
+
+
+@pytest.fixture(scope="module")
+def pyz(tmp_path_factory):
+    path, _ = build_agent_pyz(tmp_path_factory.mktemp("agent"))
+    return path
+
+
+def make_agent(lab, host, pyz):
+    lab.run(host, ["mkdir", "-p", "/var/lib/orch/agent"])
+    lab.put(host, pyz, REMOTE)
+    return ik.Agent(lambda argv, input, timeout: lab.run(host, argv, input, timeout),
+                    ["python3", REMOTE])
+
+
+@pytest.fixture(scope="module")
+def amd(lab, pyz):
+    host = lab.by_platform("linux/amd64")[0]
+    return host, make_agent(lab, host, pyz)
+
+
+@pytest.fixture(scope="module")
+def amd2(lab, pyz):
+    host = lab.by_platform("linux/amd64")[1]
+    return host, make_agent(lab, host, pyz)
+
+
+@pytest.fixture(scope="module")
+def base_layer(static_busybox):
+    return ik.busybox_layer(str(static_busybox["linux/amd64"]), page=b"base\n")
+
+
+def page_layer(text: str) -> bytes:
+    return ik.tar_bytes([ik.dir_entry("www"), ik.file_entry("www/index.html",
+                                                            text.encode() + b"\n")])
+
+
+def image(base: bytes, page: str, cmd=ik.HTTPD_CMD) -> ik.Image:
+    return ik.make_image({"linux/amd64": [base, page_layer(page)]}, cmd=cmd)
+
+
+def status(agent) -> dict:
+    rc, body = agent.call("status")
+    assert rc == 0, body
+    return body["services"]
+
+
+def wait_for(fn, timeout=30.0, every=0.1):
+    end = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v:
+            return v
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached in time")
+        time.sleep(every)
+
+
+def leaks(lab, host) -> dict:
+    """What is on the host: runtime containers, overlay mounts, map elements, veths, dirs."""
+    code = (
+        "import json, os, subprocess\n"
+        "r = subprocess.run(['runc', '--root', '/run/orch/runc', 'list', '-q'], "
+        "capture_output=True, text=True).stdout.split()\n"
+        "m = [l.split()[4] for l in open('/proc/self/mountinfo') "
+        "if '/var/lib/orch/containers/' in l.split()[4]]\n"
+        "nft = json.loads(subprocess.run(['nft', '-j', 'list', 'table', 'ip', 'orch'], "
+        "capture_output=True, text=True).stdout or '{\"nftables\": []}')\n"
+        "el = [e for i in nft['nftables'] if 'map' in i for e in i['map'].get('elem', [])]\n"
+        "v = subprocess.run(['ip', '-o', 'link', 'show', 'type', 'veth'], capture_output=True, "
+        "text=True).stdout\n"
+        "veth = [l.split(':')[1].strip().split('@')[0] for l in v.splitlines() "
+        "if ': ov' in l]\n"
+        "d = sorted(os.listdir('/var/lib/orch/containers'))\n"
+        "print(json.dumps({'runc': sorted(r), 'mounts': m, 'map': el, 'veth': veth, 'dirs': d}))\n")
+    rc, out, err = lab.run(host, ["python3", "-c", code])
+    assert rc == 0, err
+    return json.loads(out)
+
+
+def test_info_reports_platform_runtime_and_digest(amd, lab, pyz):
+    host, agent = amd
+    rc, info = agent.call("info")
+    assert rc == 0, info
+    assert info["platform"] == "linux/amd64"
+    assert info["runtime"] == "runc"            # crun refuses hybrid cgroups on this machine
+    assert info["agent_digest"].startswith("sha256:") and info["nft"] is True
+
+
+def test_twenty_replacements_under_load_fail_no_request(amd, base_layer):
+    host, agent = amd
+    spec = ik.deploy_spec(port=8080, drain=0.3)
+    images = [image(base_layer, f"v{i}") for i in range(21)]
+    for img in images:
+        agent.ship(img)
+    rc, body = agent.apply({"web": (images[0], spec)})
+    assert rc == 0 and body["services"]["web"]["ok"], body
+    assert ik.hammer_get(host.address, 8080) == b"v0\n"
+    times = []
+    with ik.Hammer(host.address, 8080) as h:
+        time.sleep(0.3)
+        for img in images[1:]:
+            t = time.monotonic()
+            rc, body = agent.apply({"web": (img, spec)})
+            times.append(time.monotonic() - t)
+            assert rc == 0 and body["services"]["web"]["ok"], body
+        time.sleep(0.3)
+    assert h.failed == [], h.failed[:5]
+    assert h.ok > 100
+    assert len([b for b in h.bodies if b.startswith(b"v")]) >= 10, h.bodies
+    assert ik.hammer_get(host.address, 8080) == b"v20\n"
+    st = status(agent)["web"]
+    assert st["release"] == protocol.release_id(images[20].index, spec)
+    assert list(st["slots"]) == [st["slot"]]
+    assert len(st["previous"]) == 3                      # keep_releases
+    print(f"apply (incl. ssh + drain 0.3 s): median {sorted(times)[10]:.3f} s, "
+          f"{h.ok} requests, 0 failed")
+
+
+def test_failing_health_leaves_the_old_release_serving(amd, base_layer):
+    host, agent = amd
+    good = image(base_layer, "good")
+    bad = image(base_layer, "bad")
+    for img in (good, bad):
+        agent.ship(img)
+    spec = ik.deploy_spec(port=8081)
+    rc, body = agent.apply({"hc": (good, spec)})
+    assert rc == 0, body
+    bad_spec = ik.deploy_spec(port=8081)
+    bad_spec["health"] = dict(bad_spec["health"], path="/missing", interval=0.3, retries=2)
+    with ik.Hammer(host.address, 8081) as h:
+        rc, body = agent.apply({"hc": (bad, bad_spec)})
+    assert rc == protocol.EXIT_PARTIAL
+    res = body["services"]["hc"]
+    assert res["ok"] is False and "HTTP 404" in res["error"]
+    assert res["release"] == protocol.release_id(good.index, spec)
+    assert h.failed == [] and set(h.bodies) == {b"good\n"}
+    st = status(agent)["hc"]
+    assert list(st["slots"]) == [st["slot"]] and "HTTP 404" in st["error"]
+
+
+def test_monitor_window_reverts_a_release_that_dies(amd, base_layer):
+    host, agent = amd
+    good = image(base_layer, "stable")
+    dying = image(base_layer, "dying", cmd=["/bin/busybox", "sh", "-c",
+                                            "/bin/busybox httpd -f -p 80 -h /www & "
+                                            "sleep 1; exit 3"])
+    for img in (good, dying):
+        agent.ship(img)
+    rc, body = agent.apply({"mon": (good, ik.deploy_spec(port=8082))})
+    assert rc == 0, body
+    spec = ik.deploy_spec(port=8082, monitor=4.0, drain=0.2)
+    t = time.monotonic()
+    rc, body = agent.apply({"mon": (dying, spec)})
+    assert time.monotonic() - t < 4.0                    # reverted at the death, not at the end
+    res = body["services"]["mon"]
+    assert rc == protocol.EXIT_PARTIAL and not res["ok"] and "reverted" in res["error"]
+    assert ik.hammer_get(host.address, 8082) == b"stable\n"
+    st = status(agent)["mon"]
+    assert list(st["slots"]) == [st["slot"]]
+
+
+def test_kill9_mid_swap_converges_to_one_slot_and_leaks_nothing(lab, amd2, base_layer):
+    host, agent = amd2
+    slow = ["/bin/busybox", "sh", "-c",
+            "trap 'exit 0' TERM; sleep 1.5; /bin/busybox httpd -f -p 80 -h /www & wait"]
+    v1, v2, v3 = image(base_layer, "k1"), image(base_layer, "k2", cmd=slow), \
+        image(base_layer, "k3")
+    for img in (v1, v2, v3):
+        agent.ship(img)
+    rc, started = agent.call("serve", "--daemon")
+    assert rc == 0 and started["started"], started
+    spec = ik.deploy_spec(port=8080, drain=0.2)
+    rc, body = agent.apply({"k": (v1, spec)})
+    assert rc == 0, body
+    adopted = status(agent)["k"]
+
+    # 1) kill -9 serve while the new slot is being health-checked
+    rc, body = agent.apply({"k": (v2, spec)}, wait=False)
+    assert rc == 0, body
+    wait_for(lambda: len(status(agent)["k"]["slots"]) == 2, 10, 0.05)
+    assert lab.run(host, ["kill", "-9", str(started["pid"])])[0] == 0
+    time.sleep(0.5)
+    assert len(status(agent)["k"]["slots"]) == 2          # mid-swap: both slots are there
+    rc, started = agent.call("serve", "--daemon")
+    assert rc == 0 and started["started"], started
+    want = protocol.release_id(v2.index, spec)
+    wait_for(lambda: (lambda s: s["release"] == want and len(s["slots"]) == 1)(
+        status(agent)["k"]), 20)
+    assert ik.hammer_get(host.address, 8080) == b"k2\n"
+
+    # 2) kill -9 during the monitor window (after the switch, old slot still draining)
+    spec_mon = ik.deploy_spec(port=8080, drain=0.2, monitor=3.0)
+    rc, body = agent.apply({"k": (v3, spec_mon)}, wait=False)
+    want3 = protocol.release_id(v3.index, spec_mon)
+    wait_for(lambda: status(agent)["k"]["release"] == want3, 10, 0.05)
+    assert len(status(agent)["k"]["slots"]) == 2
+    assert lab.run(host, ["kill", "-9", str(started["pid"])])[0] == 0
+    rc, started = agent.call("serve", "--daemon")
+    assert rc == 0 and started["started"], started
+    wait_for(lambda: len(status(agent)["k"]["slots"]) == 1, 20)
+    st = status(agent)["k"]
+    assert st["release"] == want3 and st["state"] == "running"
+    assert ik.hammer_get(host.address, 8080) == b"k3\n"
+    found = leaks(lab, host)
+    ip = st["slots"][st["slot"]]["ip"]
+    assert len(found["runc"]) == 1 and len(found["mounts"]) == 1 and len(found["dirs"]) == 1
+    assert len(found["veth"]) == 1
+    assert len(found["map"]) == 1 and json.dumps(found["map"]).count(ip) == 1, found
+    assert adopted["slot"] != st["slot"] or adopted["release"] != st["release"]
+
+    # 3) a crashed container is restarted by serve (and a restarted serve re-adopts it)
+    before = leaks(lab, host)["runc"]
+    rc, out, err = lab.run(host, ["runc", "--root", "/run/orch/runc", "kill", before[0], "KILL"])
+    assert rc == 0, err
+    wait_for(lambda: status(agent)["k"]["state"] == "running"
+             and _answers(host.address, 8080), 15, 0.2)
+    assert ik.hammer_get(host.address, 8080) == b"k3\n"
+    lab.run(host, ["kill", str(started["pid"])])
+
+
+def _answers(address, port) -> bool:
+    try:
+        ik.hammer_get(address, port)
+        return True
+    except OSError:
+        return False
+
+
+def test_corrupted_and_truncated_blobs_are_refused(amd2):
+    host, agent = amd2
+    data = b"some layer bytes" * 1000
+    d = ik.digest(data)
+    bad = data[:-1] + b"X"
+    rc, body = agent.call("receive", data=json.dumps({"digest": d, "size": len(bad),
+                                                      "offset": 0}).encode() + b"\n" + bad)
+    assert rc != 0 and body["error"]["code"] == protocol.E_DIGEST
+    rc, body = agent.call("receive", data=json.dumps({"digest": d, "size": len(data),
+                                                      "offset": 0}).encode() + b"\n" + data[:5000])
+    assert rc == 0 and body["partial"] == {d: 5000} and body["stored"] == []
+    rc, have = agent.call("have", req={"digests": [d]})
+    assert have == {"present": [], "partial": {d: 5000}}
+    rc, body = agent.call("receive", data=json.dumps({"digest": d, "size": len(data),
+                                                      "offset": 5000}).encode() + b"\n" + data[5000:])
+    assert rc == 0 and body["stored"] == [d]
+    # an apply naming blobs the host does not have is refused before anything changes
+    img = ik.make_image({"linux/amd64": [page_layer("never shipped")]})
+    rc, body = agent.apply({"ghost": (img, ik.deploy_spec(port=8090))})
+    assert rc != 0 and body["error"]["code"] in (protocol.E_MISSING_BLOB, protocol.E_DIGEST)
+
+
+@pytest.mark.parametrize("entry,words", [
+    (ik.file_entry("../../etc/evil", b"x"), "escapes the root"),
+    (ik.link_entry("www/up", "../../../../etc"), "symlink escapes"),
+    (ik.link_entry("www/hard", "/etc/shadow", hard=True), "hardlink escapes"),
+])
+def test_path_escaping_tars_are_refused(amd2, base_layer, entry, words):
+    host, agent = amd2
+    img = ik.make_image({"linux/amd64": [base_layer, ik.tar_bytes([entry])]})
+    agent.ship(img)
+    rc, body = agent.apply({"evil": (img, ik.deploy_spec(port=8091))})
+    res = body["services"]["evil"]
+    assert rc == protocol.EXIT_PARTIAL and not res["ok"]
+    assert words in res["error"] and res["release"] is None
+
+
+def test_device_node_is_refused(amd2, base_layer):
+    import tarfile
+    host, agent = amd2
+    ti = tarfile.TarInfo("dev/mem")
+    ti.type = tarfile.CHRTYPE
+    ti.devmajor, ti.devminor = 1, 1
+    img = ik.make_image({"linux/amd64": [base_layer, ik.tar_bytes([(ti, None)])]})
+    agent.ship(img)
+    rc, body = agent.apply({"devnode": (img, ik.deploy_spec(port=8092))})
+    assert rc == protocol.EXIT_PARTIAL and "device node" in body["services"]["devnode"]["error"]
+
+
+def test_arm64_image_runs_on_the_arm64_host(lab, pyz, static_busybox):
+    host = lab.by_platform("linux/arm64")[0]
+    agent = make_agent(lab, host, pyz)
+    rc, info = agent.call("info")
+    assert info["platform"] == "linux/arm64"
+    img = ik.make_image({
+        "linux/amd64": [ik.busybox_layer(str(static_busybox["linux/amd64"]), b"amd64\n")],
+        "linux/arm64": [ik.busybox_layer(str(static_busybox["linux/arm64"]), b"arm64\n")]},
+        cmd=["/bin/busybox", "sh", "-c", "/bin/busybox uname -m > /tmp/m; "
+             "trap 'exit 0' TERM; /bin/busybox httpd -f -p 80 -h /www & wait"])
+    agent.ship(img)
+    spec = ik.deploy_spec(port=8080)
+    spec["health"] = dict(spec["health"], interval=1.0, retries=10)
+    rc, body = agent.apply({"pi": (img, spec)})
+    assert rc == 0 and body["services"]["pi"]["ok"], body
+    assert ik.hammer_get(host.address, 8080) == b"arm64\n"
+    rc, out, err = lab.run(host, ["python3", REMOTE, "logs", "pi"])
+    assert rc == 0
+
+
+def test_secrets_volumes_logs_audit_lock(amd2, base_layer):
+    host, agent = amd2
+    cmd = ["/bin/busybox", "sh", "-c",
+           "cp /run/secrets/pw /data/index.html; echo started-ok; "
+           "trap 'exit 0' TERM; /bin/busybox httpd -f -p 80 -h /data & wait"]
+    img = image(base_layer, "s", cmd=cmd)
+    agent.ship(img)
+    spec = ik.deploy_spec(port=8093, volumes=[{"name": "data", "dest": "/data",
+                                               "readonly": False}],
+                          secrets=[{"name": "pw", "dest": "/run/secrets/pw"}])
+    import base64
+    rc, body = agent.apply({"sec": (img, spec)}, who="alice",
+                           secrets={"sec": {"pw": base64.b64encode(b"s3cret-value").decode()}})
+    assert rc == 0, body
+    assert ik.hammer_get(host.address, 8093) == b"s3cret-value"
+    rc, out, err = agent.runner(agent.argv("logs", "sec", "--tail", "5"), b"", 30)
+    assert rc == 0 and b"started-ok" in out
+    rc, audit = agent.call("audit")
+    assert any(a["who"] == "alice" and a["service"] == "sec" for a in audit["lines"])
+    assert "s3cret" not in json.dumps(audit) and "s3cret" not in json.dumps(status(agent))
+    rc, body = agent.call("lock", req={"holder": "alice", "ttl": 60})
+    assert rc == 0
+    rc, body = agent.call("lock", req={"holder": "bob", "ttl": 60})
+    assert rc == protocol.EXIT_LOCKED and body["error"]["code"] == protocol.E_LOCKED
+    assert body["error"]["holder"] == "alice"
+    rc, body = agent.call("unlock", req={"holder": "alice"})
+    assert rc == 0
+    rc, body = agent.call("gc")
+    assert rc == 0 and "freed" in body
