@@ -189,6 +189,8 @@ def apply(prep: Prepared, obs: Observed, pool: ConnectionPool, *, who: Optional[
     plan = obs.plan
     report = ApplyReport(plan)
     if plan.up_to_date:
+        names = [r.service for r in prep.releases]
+        report.final = {h: {n: f.releases.get(n) for n in names} for h, f in obs.facts.items()}
         return report
     who = who or operator()
     holder = f"{who} pid {os.getpid()}"

@@ -1,0 +1,166 @@
+"""`orch apply` end to end on a real lab fleet (2 amd64 + 1 arm64): build, ship, blue/green, waves."""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from orchestrator.agent_client import AgentClient
+from orchestrator.deploy import apply, observe, prepare
+from orchestrator.errors import LockHeldError
+from orchestrator.ssh import ConnectionPool
+from tests.conftest import REPO
+
+LAB = f"test-apply-{secrets.token_hex(2)}"
+
+
+def write_fleet(directory: Path) -> None:
+    (directory / "fleet.yaml").write_text(f"kind: Fleet\nname: {LAB}\nlab: {{hosts: 2, arm64: 1}}\n")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A copy of the default manifests aimed at this module's own lab; removed afterwards."""
+    from orchestrator.lab.layout import LabLayout, LabSpec
+    from orchestrator.lab.machine import LabMachine
+
+    home = tmp_path_factory.mktemp("orch-home")
+    old_home = os.environ.get("ORCH_HOME")
+    os.environ["ORCH_HOME"] = str(home)
+    directory = tmp_path_factory.mktemp("project") / "manifests"
+    shutil.copytree(REPO / "manifests", directory)
+    write_fleet(directory)
+    try:
+        yield directory
+    finally:
+        LabMachine(LabLayout(LabSpec(LAB))).down()
+        if old_home is None:
+            os.environ.pop("ORCH_HOME", None)
+        else:
+            os.environ["ORCH_HOME"] = old_home
+
+
+def run_apply(directory: Path, **kw):
+    prep = prepare(str(directory), {})
+    with ConnectionPool(h.target for h in prep.hosts) as pool:
+        obs = observe(prep, pool)
+        report = apply(prep, obs, pool, **kw)
+    return prep, obs.plan, report
+
+
+def fetch(address: str, path: str = "/", timeout: float = 2.0) -> bytes:
+    with urllib.request.urlopen(f"http://{address}:8080{path}", timeout=timeout) as resp:
+        assert resp.status == 200
+        return resp.read()
+
+
+class Hammer:
+    """A client loop against every host while something else happens; counts failures."""
+
+    def __init__(self, addresses):
+        self.addresses = list(addresses)
+        self.ok = 0
+        self.failures = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            for a in self.addresses:
+                try:
+                    fetch(a, "/style.css")
+                    self.ok += 1
+                except Exception as exc:  # noqa: BLE001 - every failure counts
+                    self.failures.append(f"{a}: {exc}")
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(10)
+
+
+def test_first_apply_serves_the_page_on_every_host(project):
+    prep, plan, report = run_apply(project)
+    assert report.ok, report
+    assert {hp.platform for hp in plan.hosts} == {"linux/amd64", "linux/arm64"}
+    for host in prep.hosts:
+        assert b"Hello from orch" in fetch(host.target.address)
+    arm = next(hp for hp in plan.hosts if hp.platform == "linux/arm64")
+    amd_manifest = next(c.manifest for hp in plan.hosts if hp.platform == "linux/amd64" for c in hp.changes)
+    assert amd_manifest not in {d for d, _ in arm.blobs}          # an arm host never gets amd64 blobs
+    assert all(r == {"hello": report.final[h]["hello"]} for h, r in report.final.items())
+
+
+def test_one_file_change_ships_only_that_layer_with_zero_failed_requests(project):
+    before = prepare(str(project), {})
+    old_layers = {p: {l["digest"] for l in before.store.read_json(m)["layers"]}
+                  for p, m in before.releases[0].manifests.items()}
+    css = project / "hello" / "www" / "style.css"
+    css.write_text(css.read_text() + f"\n/* change {secrets.token_hex(4)} */\n")
+    prep = prepare(str(project), {})
+    with ConnectionPool(h.target for h in prep.hosts) as pool:
+        obs = observe(prep, pool)
+        for hp in obs.plan.hosts:
+            assert len(hp.changes) == 1
+            manifest = prep.store.read_json(hp.changes[0].manifest)
+            changed = {l["digest"] for l in manifest["layers"]} - old_layers[hp.platform]
+            assert len(changed) == 1, "a one-file change must change exactly one layer"
+            expected = {hp.changes[0].manifest, manifest["config"]["digest"]} | changed
+            assert {d for d, _ in hp.blobs} == expected, "more than the changed layer would travel"
+        with Hammer(h.target.address for h in prep.hosts) as hammer:
+            report = apply(prep, obs, pool)
+            time.sleep(0.5)
+    assert report.ok
+    assert hammer.ok > 20 and hammer.failures == []
+    for host, shipped in report.shipped.items():
+        hp = report.plan.host(host)
+        assert shipped.bytes_sent == sum(size for _, size in hp.blobs) + _frame_overhead(hp.blobs)
+
+
+def _frame_overhead(blobs):
+    from runtime.protocol import frame_header
+    return sum(len(frame_header(d, s, 0)) for d, s in blobs)
+
+
+def test_third_apply_changes_nothing(project):
+    prep, plan, report = run_apply(project)
+    assert plan.up_to_date and report.rollout is None and report.shipped == {}
+
+
+def test_failing_canary_halts_with_no_other_host_changed(project, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(project, bad)
+    text = (bad / "hello.yaml").read_text().replace("health: {http: /,", "health: {http: /no-such-page,")
+    (bad / "hello.yaml").write_text(text.replace("on_failure: rollback", "on_failure: halt"))
+    before = run_apply(project)[2].final
+    prep, plan, report = run_apply(bad)
+    assert not report.ok and "canary failed" in report.rollout.halted
+    assert report.final == before                          # every host still runs the old release
+    for host in prep.hosts:
+        assert b"Hello from orch" in fetch(host.target.address)
+
+
+def test_second_apply_refuses_while_the_fleet_is_locked(project):
+    css = project / "hello" / "www" / "style.css"
+    css.write_text(css.read_text() + "\n/* locked change */\n")
+    prep = prepare(str(project), {})
+    with ConnectionPool(h.target for h in prep.hosts) as pool:
+        obs = observe(prep, pool)
+        other = obs.clients[prep.hosts[1].name]
+        other.lock("alice@ci pid 42", 600)
+        try:
+            with pytest.raises(LockHeldError, match="alice@ci pid 42"):
+                apply(prep, obs, pool)
+        finally:
+            other.unlock("alice@ci pid 42")
+        report = apply(prep, obs, pool)
+    assert report.ok
