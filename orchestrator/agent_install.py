@@ -6,7 +6,7 @@ containers are run detached by the OCI runtime and keep serving.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 from orchestrator.agent_client import AGENT_DIR, AgentClient, install_agent
 from orchestrator.errors import AgentError
@@ -52,6 +52,11 @@ def render_unit(agent_path: str) -> str:
 
 def ensure_agent(conn: SSHConnection, local_pyz: str, digest: str) -> AgentClient:
     """Install the agent if its digest is new there, and make sure `serve` runs that agent."""
+    return ensure_agent_info(conn, local_pyz, digest)[0]
+
+
+def ensure_agent_info(conn: SSHConnection, local_pyz: str, digest: str) -> Tuple[AgentClient, dict]:
+    """`ensure_agent`, also returning the agent's `info` answer (one round trip saved)."""
     installed = install_agent(conn, local_pyz, digest)
     client = AgentClient(conn, installed.path)
     info = client.info()
@@ -72,7 +77,7 @@ def ensure_agent(conn: SSHConnection, local_pyz: str, digest: str) -> AgentClien
         serve_pid = None
     if not serve_pid:
         _start_serve(conn, installed.path)
-    return client
+    return client, info
 
 
 def _serve_runs(conn: SSHConnection, pid: int, agent_path: str) -> bool:

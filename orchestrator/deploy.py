@@ -11,11 +11,12 @@ import os
 import socket
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from orchestrator.agent_client import AgentClient
-from orchestrator.agent_install import ensure_agent
+from orchestrator.agent_install import ensure_agent, ensure_agent_info
 from orchestrator.errors import LockHeldError, OrchError
 from orchestrator.fanout import fan_out
 from orchestrator.inventory import InventoryHost, fleet_hosts, select_hosts
@@ -137,12 +138,13 @@ def observe(prep: Prepared, pool: ConnectionPool, *, on_host: Optional[Callable[
     clients: Dict[str, AgentClient] = {}
 
     def one(host: InventoryHost) -> HostFacts:
-        client = ensure_agent(pool.get(host.name), prep.agent_pyz, prep.agent_digest)
+        client, info = ensure_agent_info(pool.get(host.name), prep.agent_pyz, prep.agent_digest)
         clients[host.name] = client
-        info = client.info()
         platform = host.platform or info["platform"]
-        have = client.have(sorted(set(digests_by_platform.get(platform, []))))
-        status = client.status()
+        with ThreadPoolExecutor(max_workers=2) as both:    # two channels on one connection
+            have_call = both.submit(client.have, sorted(set(digests_by_platform.get(platform, []))))
+            status = both.submit(client.status).result()
+            have = have_call.result()
         releases = {name: s.get("release") for name, s in (status.get("services") or {}).items()
                     if s.get("release") and s.get("state") == "running"}
         if on_host:
