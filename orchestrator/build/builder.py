@@ -32,7 +32,7 @@ BUILDER_VERSION = 1          # part of every cache key: bump when layer bytes wo
 
 @dataclass(frozen=True)
 class BuildEvent:
-    """One progress report: ``state`` is start | cached | built | emulated | done."""
+    """One progress report: ``state`` is start | cached | built | emulated | warning | done."""
 
     service: str
     platform: str
@@ -92,14 +92,21 @@ class Builder:
         if self.progress:
             self.progress(BuildEvent(svc, platform, step, total, label, state, seconds))
 
+    def _write(self, entries) -> Layer:
+        """Write a layer and remember its paths (later steps ask which directories exist)."""
+        entries = list(entries)
+        layer = write_layer(self.store, entries, self.epoch)
+        self.cache.save_paths(_layer_dict(layer), (e.path for e in entries))
+        return layer
+
     # ---------------------------------------------------------------- bases
 
-    def _base(self, base, platform: str) -> Tuple[str, List[Dict[str, Any]], Dict[str, Any], List[Dict], bool]:
+    def _base(self, base, platform: str, warn=None) -> Tuple[str, List[Dict[str, Any]], Dict[str, Any], List[Dict], bool]:
         """-> (key, layers, base config section, history, cached?)"""
         if isinstance(base, ScratchBase):
             return chain_key(BUILDER_VERSION, "scratch", platform), [], {}, [], True
         if isinstance(base, DebianBase):
-            return self._debian(base, platform)
+            return self._debian(base, platform, warn)
         if isinstance(base, OciBase):
             source = LayoutSource(base.dir, base.tag)
         elif isinstance(base, RegistryBase):
@@ -111,7 +118,7 @@ class Builder:
         key = chain_key(BUILDER_VERSION, "image", platform, imported.manifest_digest)
         return key, imported.layers, imported.config.get("config", {}) or {}, history, False
 
-    def _debian(self, base: DebianBase, platform: str):
+    def _debian(self, base: DebianBase, platform: str, warn=None):
         deb_arch = PLATFORM_ARCH[platform][2]
         lkey = deb.lock_key(base.suite, deb_arch, base.packages)
         pins = self.lock.get(lkey)
@@ -122,9 +129,9 @@ class Builder:
                 return key, hit["layers"], {}, hit["history"], True
         work = deb.make_workdir(self.workroot)
         try:
-            rootfs, versions = deb.run_mmdebstrap(base.suite, deb_arch, base.packages, pins, work)
+            rootfs, versions = deb.run_mmdebstrap(base.suite, deb_arch, base.packages, pins, work, warn)
             entries = list(walk_tree(rootfs, exclude=deb.EXCLUDE)) + deb.mountpoint_entries()
-            layer = write_layer(self.store, entries, self.epoch)
+            layer = self._write(entries)
         finally:
             deb.cleanup(work)
         missing = [p for p in base.packages if p not in versions]
@@ -143,10 +150,10 @@ class Builder:
                     platform: str, svc: Service) -> Layer:
         if isinstance(step, CopyStep):
             existing = self.cache.chain_paths(self.store, layers)
-            return write_layer(self.store, copy_entries(step, existing), self.epoch)
+            return self._write(copy_entries(step, existing))
         if isinstance(step, TemplateStep):
             existing = self.cache.chain_paths(self.store, layers)
-            return write_layer(self.store, template_entries(step, existing), self.epoch)
+            return self._write(template_entries(step, existing))
         if isinstance(step, RunStep):
             os.makedirs(self.workroot, exist_ok=True)
             work = tempfile.mkdtemp(prefix="run-", dir=self.workroot)
@@ -156,8 +163,7 @@ class Builder:
             cwd = svc.image.config.workdir or base_config.get("WorkingDir") or "/"
             try:
                 upper = sandbox.run_in_sandbox(self.store, layers, step.command, env, cwd, platform, work, name)
-                entries = walk_tree(upper, overlay_upper=True, exclude=sandbox.SANDBOX_MOUNTPOINTS)
-                return write_layer(self.store, entries, self.epoch)
+                return self._write(list(walk_tree(upper, overlay_upper=True, exclude=sandbox.SANDBOX_MOUNTPOINTS)))
             finally:
                 subprocess_umount_quiet(os.path.join(work, "bundle", "rootfs"))
                 shutil.rmtree(work, ignore_errors=True)
@@ -171,7 +177,8 @@ class Builder:
         total = len(steps) + 2
         self._emit(svc.name, platform, 0, total, f"base {svc.image.base.kind}", "start")
         t0 = time.monotonic()
-        key, layers, base_config, history, base_cached = self._base(svc.image.base, platform)
+        key, layers, base_config, history, base_cached = self._base(
+            svc.image.base, platform, lambda msg: self._emit(svc.name, platform, 0, total, msg, "warning"))
         layers = list(layers)
         history = list(history)
         built = 0 if base_cached else 1

@@ -62,6 +62,10 @@ class LayerCache:
         _write(path, canonical_json(sorted(names)))
         return names
 
+    def save_paths(self, layer: Dict[str, Any], names: Iterable[str]) -> None:
+        hexd = layer["diff_id"].split(":", 1)[1]
+        _write(self._path("paths", hexd), canonical_json(sorted(set(names))))
+
     def chain_paths(self, store: Store, layers: Iterable[Dict[str, Any]]) -> Set[str]:
         out: Set[str] = set()
         for layer in layers:

@@ -9,14 +9,16 @@ device nodes) are left out.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import tempfile
 import urllib.parse
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from orchestrator.errors import BuildError
 from orchestrator.store import canonical_json
@@ -85,27 +87,97 @@ def parse_deb_names(listing: str) -> Dict[str, str]:
     return out
 
 
+def parse_sources(deb822: Sequence[str], one_line: Sequence[str]) -> List[Tuple[str, str, str]]:
+    """(uri, suite, components) of the ``deb`` entries in apt sources texts (pure)."""
+    out: List[Tuple[str, str, str]] = []
+    for text in deb822:
+        for stanza in re.split(r"\n\s*\n", text):
+            fields = {}
+            for line in stanza.splitlines():
+                if line.startswith("#") or ":" not in line or line[:1].isspace():
+                    continue
+                k, _, v = line.partition(":")
+                fields[k.strip().lower()] = v.strip()
+            if "deb" not in fields.get("types", "").split() or fields.get("enabled", "yes") == "no":
+                continue
+            for uri in fields.get("uris", "").split():
+                for suite in fields.get("suites", "").split():
+                    out.append((uri, suite, fields.get("components", "main")))
+    for text in one_line:
+        for line in text.splitlines():
+            words = line.split("#", 1)[0].split()
+            if not words or words[0] != "deb":
+                continue
+            words = [w for w in words[1:] if not (w.startswith("[") or w.endswith("]"))]
+            if len(words) >= 2:
+                out.append((words[0], words[1], " ".join(words[2:]) or "main"))
+    return out
+
+
+def machine_mirrors(suite: str, with_security: bool = True) -> List[str]:
+    """``deb URI SUITE[-updates|-security] COMPONENTS`` lines for ``suite`` from this machine's apt
+    sources (the Debian archive entries only); [] lets mmdebstrap pick its defaults."""
+    deb822, one_line = [], []
+    for path in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
+        with open(path, errors="replace") as fh:
+            deb822.append(fh.read())
+    for path in ["/etc/apt/sources.list"] + sorted(glob.glob("/etc/apt/sources.list.d/*.list")):
+        if os.path.exists(path):
+            with open(path, errors="replace") as fh:
+                one_line.append(fh.read())
+    lines = []
+    for uri, host_suite, components in parse_sources(deb822, one_line):
+        base, dash, kind = host_suite.partition("-")
+        if not re.fullmatch(r"[a-z]+", base) or kind not in ("", "updates", "security"):
+            continue
+        if kind == "security" and not with_security:
+            continue
+        if "debian" not in uri:
+            continue
+        comps = " ".join(c for c in components.split() if c in ("main", "contrib", "non-free", "non-free-firmware"))
+        line = f"deb {uri} {suite}{dash}{kind} {comps or 'main'}"
+        if line not in lines:
+            lines.append(line)
+    return lines
+
+
 def mmdebstrap_argv(suite: str, deb_arch: str, packages, pins: Optional[Dict[str, str]], target: str,
-                    listing: str) -> list:
+                    listing: str, mirrors: Sequence[str] = ()) -> list:
     """The argv that extracts a base (pure; tested as data)."""
     include = [f"{n}={v}" for n, v in sorted(pins.items())] if pins else sorted(packages)
     argv = ["mmdebstrap", "--variant=extract", f"--arch={deb_arch}", "--mode=root",
             f"--extract-hook=ls \"$1\"/var/cache/apt/archives > {shlex.quote(listing)}"]
     if include:
         argv.append("--include=" + ",".join(include))
-    return argv + [suite, target]
+    return argv + [suite, target] + list(mirrors)
 
 
 def run_mmdebstrap(suite: str, deb_arch: str, packages, pins: Optional[Dict[str, str]],
-                   workdir: str) -> Tuple[str, Dict[str, str]]:
-    """Extract a rootfs into ``workdir/rootfs``; returns (rootfs, {package: version})."""
+                   workdir: str, warn=None) -> Tuple[str, Dict[str, str]]:
+    """Extract a rootfs into ``workdir/rootfs``; returns (rootfs, {package: version}).
+
+    When only the security suite's index cannot be fetched (a mirror mid-sync), the base is
+    extracted without it and ``warn`` says so.
+    """
     tool = find_tool("mmdebstrap", "debian base images")
     target = os.path.join(workdir, "rootfs")
     listing = os.path.join(workdir, "debs.txt")
-    argv = mmdebstrap_argv(suite, deb_arch, packages, pins, target, listing)
-    argv[0] = tool
     env = dict(os.environ, SOURCE_DATE_EPOCH=os.environ.get("SOURCE_DATE_EPOCH", "0"))
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = None
+    for with_security in (True, False):
+        argv = mmdebstrap_argv(suite, deb_arch, packages, pins, target, listing,
+                               machine_mirrors(suite, with_security))
+        argv[0] = tool
+        shutil.rmtree(target, ignore_errors=True)
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        err = proc.stderr.decode(errors="replace")
+        if proc.returncode == 0 or not with_security:
+            break
+        if not re.search(r"Failed to fetch \S*-security/", err):
+            break
+        if warn:
+            warn(f"{suite}-security index for {deb_arch} unavailable on the mirror; "
+                 f"extracting {suite}/{deb_arch} without security updates")
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.decode(errors="replace").splitlines() if ln.startswith("E:")]
         reason = lines[0][3:].strip() if lines else proc.stderr.decode(errors="replace").strip()[-300:]

@@ -51,8 +51,10 @@ class _RichProgress:
         if key not in self.tasks:
             self.tasks[key] = self.progress.add_task("", total=ev.total, name=f"{ev.service} {ev.platform}")
         task = self.tasks[key]
-        if ev.state == "emulated":
+        if ev.state in ("emulated", "warning"):
             self.console.print(f"[yellow]{ev.service} {ev.platform}: {ev.label}[/yellow]")
+            if ev.state == "warning":
+                return
         if ev.state == "done":
             self.progress.update(task, completed=ev.total, description=f"done in {ev.seconds:.1f}s")
         else:

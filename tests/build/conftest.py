@@ -74,3 +74,31 @@ def registry(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="session")
+def debian_home(tmp_path_factory):
+    """A session ORCH_HOME shared by the tests that need debian bases (mmdebstrap runs once per arch)."""
+    return str(tmp_path_factory.mktemp("debian-home"))
+
+
+@pytest.fixture(scope="session")
+def hello(debian_home, tmp_path_factory):
+    """The default service (manifests/, copied with its lock) built for amd64 + arm64."""
+    from orchestrator.build import build_services
+    from orchestrator.manifest import load_desired
+    src = tmp_path_factory.mktemp("hello") / "manifests"
+    shutil.copytree(os.path.join(REPO, "manifests"), src)
+    store = Store(os.path.join(debian_home, "store"))
+    events = []
+    built = build_services(load_desired(str(src), {}), store, progress=events.append)["hello"]
+    return {"dir": str(src), "store": store, "built": built, "events": events}
+
+
+def copy_lock(hello_dir, target_dir):
+    lock = os.path.join(hello_dir, "orch.lock")
+    if os.path.exists(lock):
+        shutil.copy(lock, os.path.join(str(target_dir), "orch.lock"))
