@@ -168,6 +168,20 @@ def verb_rollback(layout: Layout, service: str, to: Optional[str], who: str, log
     return {"services": {service: result_of(h, service)}}
 
 
+def verb_remove(layout: Layout, service: str, who: str, log=None) -> dict:
+    """Stop a service's containers, drop its published ports and forget its target."""
+    h = make_host(layout, log)
+    with h.state.flock("converge.lock"):
+        target = h.state.target()
+        if service not in target and service not in h.state.status()["current"]:
+            raise NotFound(f"{service}: not deployed on this host")
+        old = (target.pop(service, None) or {}).get("release", "")
+        h.state.save_target(target)
+        h.state.audit(who, "remove", service, old)
+        h.converge(services=[service])
+    return {"services": {service: {"ok": True, "removed": True, "release": None}}}
+
+
 def verb_status(layout: Layout, req: dict) -> dict:
     from runtime import oci
     layout.ensure()

@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("service")
     rb.add_argument("--to", default=None)
     rb.add_argument("--who", default="unknown")
+    rm = sub.add_parser("remove")
+    rm.add_argument("service")
+    rm.add_argument("--who", default="unknown")
     sv = sub.add_parser("serve")
     sv.add_argument("--daemon", action="store_true",
                     help="start detached, print {pid, pidfile} and return")
@@ -69,6 +72,8 @@ def dispatch(args, stdin, stdout) -> int:
     elif v == "logs":
         agent.verb_logs(layout, args.service, args.tail, args.follow, stdout)
         return protocol.EXIT_OK
+    elif v == "remove":
+        body = agent.verb_remove(layout, args.service, args.who, _log)
     elif v == "rollback":
         body = agent.verb_rollback(layout, args.service, args.to, args.who, _log)
     else:
@@ -77,7 +82,7 @@ def dispatch(args, stdin, stdout) -> int:
         body = fn(layout, req, _log) if v == "apply" else fn(layout, req)
     stdout.write(json.dumps(body, sort_keys=True) + "\n")
     stdout.flush()
-    if v in ("apply", "rollback") and not all(s.get("ok") for s in body["services"].values()):
+    if v in ("apply", "rollback", "remove") and not all(s.get("ok") for s in body["services"].values()):
         return protocol.EXIT_PARTIAL
     return protocol.EXIT_OK
 

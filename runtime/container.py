@@ -4,6 +4,7 @@ inspect, stop and remove, leaving nothing behind (no mount, no runtime state, no
 from __future__ import annotations
 
 import base64
+import ctypes
 import json
 import os
 import secrets as _secrets
@@ -92,6 +93,24 @@ def mounted(path: str) -> bool:
     return False
 
 
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def sys_mount(source: str, target: str, fstype: str, options: str) -> None:
+    """mount(2) directly (no ``mount`` process on the start path)."""
+    rc = _libc().mount(source.encode(), target.encode(), fstype.encode(), 0, options.encode())
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise RuntimeFailure(f"mount {fstype} on {target}: {os.strerror(err)}")
+
+
+def sys_umount(target: str) -> None:
+    if _libc().umount2(target.encode(), 0) != 0:
+        err = ctypes.get_errno()
+        raise RuntimeFailure(f"umount {target}: {os.strerror(err)}")
+
+
 def _run(argv: List[str]) -> None:
     p = subprocess.run(argv, capture_output=True, text=True)
     if p.returncode != 0:
@@ -124,8 +143,8 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
         rootfs = os.path.join(d, "rootfs")
         for sub in ("rootfs", "upper", "work"):
             os.makedirs(os.path.join(d, sub), mode=0o755, exist_ok=True)
-        _run(["mount", "-t", "overlay", "overlay", "-o",
-              f"lowerdir={img}/rootfs,upperdir={d}/upper,workdir={d}/work", rootfs])
+        sys_mount("overlay", rootfs, "overlay",
+                  f"lowerdir={img}/rootfs,upperdir={d}/upper,workdir={d}/work")
         vols = []
         for v in deploy.get("volumes") or []:
             host = os.path.join(layout.volumes, v["name"])
@@ -189,7 +208,7 @@ def remove(layout: Layout, rt: oci.Runtime, meta: Meta, stop_timeout: float) -> 
     d = cdir(layout, meta.id)
     rootfs = os.path.join(d, "rootfs")
     if os.path.exists(rootfs) and mounted(rootfs):
-        _run(["umount", rootfs])
+        sys_umount(rootfs)
     sdir = os.path.join(layout.secrets, meta.id)
     if os.path.isdir(sdir):
         shutil.rmtree(sdir)

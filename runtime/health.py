@@ -92,7 +92,7 @@ def run_until_healthy(spec: HealthSpec, ip: str, run_exec, alive: Callable[[], b
     start = clock()
     counted = 0
     next_count = start + spec.start_period + spec.interval
-    delay = 0.01
+    delay = 0.005
     last = "not checked"
     while True:
         if not alive():

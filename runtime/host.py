@@ -56,6 +56,12 @@ class Host:
         self.log = log
         self.host_id = layout.host_id()
         self._metas: Dict[Tuple[str, str], container.Meta] = {}
+        # The agent is the only writer of its nft table: read it once per process, then track
+        # what this process wrote (a later process reads it again).
+        self._port_map: Optional[Tuple] = None
+
+    def forget_cache(self) -> None:
+        self._port_map = None
 
     # --- observe ------------------------------------------------------------------------
     def wants(self) -> Tuple[Want, ...]:
@@ -71,7 +77,11 @@ class Host:
             status = container.status_of(m, self.rt)
             boxes.append(planner.Box(m.service, m.slot, m.release, m.instance, status, m.ip))
             container.bound_log(container.log_path(self.layout, m.service, m.slot))
-        table, port_map = network.read_port_map()
+        if self._port_map is None:
+            table, port_map = network.read_port_map()
+            self._port_map = port_map if table else None
+        else:
+            table, port_map = True, self._port_map
         ready = table and network.bridge_exists()
         current = tuple(planner.Current(s, c["release"], c["slot"])
                         for s, c in sorted(st["current"].items()))
@@ -180,7 +190,12 @@ class Host:
         current = {s: planner.Current(s, c["release"], c["slot"])
                    for s, c in st["current"].items()}
         boxes = {(b.service, b.slot): b for b in obs_boxes}
-        network.run_switch_ports(planner.desired_ports(wants, current, boxes))
+        self.switch_ports(planner.desired_ports(wants, current, boxes))
+
+    def switch_ports(self, entries) -> None:
+        self._port_map = None
+        network.run_switch_ports(entries)
+        self._port_map = tuple(sorted(entries))
 
     def fresh_boxes(self):
         out = []
@@ -193,6 +208,7 @@ class Host:
 # --- executors: one thin function per step type ----------------------------------------
 
 def ex_ensure_network(h: Host, step: EnsureNetwork, obs: Observed) -> None:
+    h._port_map = None
     network.run_ensure_host_network()
 
 
@@ -297,7 +313,7 @@ def ex_restart(h: Host, step: Restart, obs: Observed) -> None:
 
 
 def ex_sync_ports(h: Host, step: SyncPorts, obs: Observed) -> None:
-    network.run_switch_ports(step.entries)
+    h.switch_ports(step.entries)
 
 
 def ex_fail(h: Host, step: Fail, obs: Observed) -> None:

@@ -83,7 +83,9 @@ class Layout:
         return hid
 
 
-def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
+def write_atomic(path: str, data: bytes, mode: int = 0o644, sync_dir: bool = False) -> None:
+    """tmp -> fsync -> rename. The rename is atomic; ``sync_dir`` also makes it durable
+    across a power cut (state files do not need it: the agent re-observes after a reboot)."""
     tmp = f"{path}.tmp.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
@@ -92,6 +94,8 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    if not sync_dir:
+        return
     dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
     try:
         os.fsync(dfd)
@@ -99,8 +103,9 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
         os.close(dfd)
 
 
-def write_json(path: str, obj: Any, mode: int = 0o644) -> None:
-    write_atomic(path, json.dumps(obj, sort_keys=True, indent=1).encode() + b"\n", mode)
+def write_json(path: str, obj: Any, mode: int = 0o644, sync_dir: bool = False) -> None:
+    write_atomic(path, json.dumps(obj, sort_keys=True, indent=1).encode() + b"\n", mode,
+                 sync_dir)
 
 
 def read_json(path: str, default: Any = None) -> Any:

@@ -158,7 +158,6 @@ def run_ensure_host_network() -> None:
 def run_wire_container(container_id: str, pid: int, ip: str) -> None:
     _ip_batch(render_host_link(container_id, pid))
     _ip_batch(render_container_link(ip), prefix=("nsenter", "-t", str(pid), "-n"))
-    subprocess.run(["ip", "neigh", "flush", "to", ip], capture_output=True)
 
 
 def run_unwire(key: str) -> None:

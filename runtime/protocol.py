@@ -22,7 +22,7 @@ PIDFILE = "serve.pid"  # under the run dir: /run/orch/serve.pid
 VERBS = {
     "info": False, "have": True, "receive": False, "apply": True, "status": False,
     "logs": False, "rollback": False, "gc": False, "lock": True, "unlock": True,
-    "audit": False, "serve": False,
+    "audit": False, "serve": False, "remove": False,
 }
 
 # exit codes (stable)

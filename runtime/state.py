@@ -35,7 +35,7 @@ class State:
         return read_json(self._p("target.json"), {}) or {}
 
     def save_target(self, target: Dict[str, Any]) -> None:
-        write_json(self._p("target.json"), target, 0o600)
+        write_json(self._p("target.json"), target, 0o600, sync_dir=True)
 
     def secrets(self, service: str) -> Dict[str, str]:
         return read_json(os.path.join(self.dir, "secrets", service + ".json"), {}) or {}

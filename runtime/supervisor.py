@@ -71,7 +71,11 @@ def run_serve(layout: Layout) -> int:
     signal.signal(signal.SIGINT, on_term)
     _log(f"serve: pid {os.getpid()}, runtime {h.rt.name}, root {layout.root}")
     errors = 0
+    refreshed = time.monotonic()
     while not stop["now"]:
+        if time.monotonic() - refreshed > 5.0:
+            h.forget_cache()  # re-read the nft table now and then (someone may have flushed it)
+            refreshed = time.monotonic()
         try:
             delay = tick(h)
             errors = 0

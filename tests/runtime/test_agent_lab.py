@@ -16,6 +16,22 @@ REMOTE = "/var/lib/orch/agent/test-agent.pyz"
 
 
 @pytest.fixture(scope="module")
+def lab():
+    """A lab of our own (shadows the shared session lab): these tests start and kill -9 the
+    agent's serve loop and publish ports, which must not meet other tests' deployments."""
+    import os
+    import secrets
+    from tests.conftest import make_lab, remove_lab
+    if os.geteuid() != 0:
+        pytest.fail("lab tests need root (network and mount namespaces)")
+    the_lab = make_lab(f"rt-{secrets.token_hex(2)}", amd64=2, arm64=1, armv7=1)
+    try:
+        yield the_lab
+    finally:
+        remove_lab(the_lab)
+
+
+@pytest.fixture(scope="module")
 def pyz(tmp_path_factory):
     path, _ = build_agent_pyz(tmp_path_factory.mktemp("agent"))
     return path
@@ -291,24 +307,48 @@ def test_device_node_is_refused(amd2, base_layer):
     assert rc == protocol.EXIT_PARTIAL and "device node" in body["services"]["devnode"]["error"]
 
 
-def test_arm64_image_runs_on_the_arm64_host(lab, pyz, static_busybox):
-    host = lab.by_platform("linux/arm64")[0]
+@pytest.mark.parametrize("platform,arch", [("linux/arm64", b"aarch64"),
+                                           ("linux/arm/v7", b"armv7l")])
+def test_arm_image_runs_on_an_arm_host(lab, pyz, static_busybox, platform, arch):
+    host = lab.by_platform(platform)[0]
     agent = make_agent(lab, host, pyz)
     rc, info = agent.call("info")
-    assert info["platform"] == "linux/arm64"
+    assert info["platform"] == platform
     img = ik.make_image({
-        "linux/amd64": [ik.busybox_layer(str(static_busybox["linux/amd64"]), b"amd64\n")],
-        "linux/arm64": [ik.busybox_layer(str(static_busybox["linux/arm64"]), b"arm64\n")]},
-        cmd=["/bin/busybox", "sh", "-c", "/bin/busybox uname -m > /tmp/m; "
+        p: [ik.busybox_layer(str(static_busybox[p]), p.encode() + b"\n")]
+        for p in ("linux/amd64", platform)},
+        cmd=["/bin/busybox", "sh", "-c", "/bin/busybox uname -m; "
              "trap 'exit 0' TERM; /bin/busybox httpd -f -p 80 -h /www & wait"])
     agent.ship(img)
     spec = ik.deploy_spec(port=8080)
     spec["health"] = dict(spec["health"], interval=1.0, retries=10)
     rc, body = agent.apply({"pi": (img, spec)})
     assert rc == 0 and body["services"]["pi"]["ok"], body
-    assert ik.hammer_get(host.address, 8080) == b"arm64\n"
-    rc, out, err = lab.run(host, ["python3", REMOTE, "logs", "pi"])
+    assert ik.hammer_get(host.address, 8080) == platform.encode() + b"\n"
+    rc, out, err = agent.runner(agent.argv("logs", "pi"), b"", 30)
+    assert rc == 0 and arch in out                     # the emulated kernel arch, via qemu
+
+
+def test_rollback_and_remove(amd, base_layer):
+    host, agent = amd
+    v1, v2 = image(base_layer, "r1"), image(base_layer, "r2")
+    for img in (v1, v2):
+        agent.ship(img)
+    spec = ik.deploy_spec(port=8085)
+    assert agent.apply({"rb": (v1, spec)})[0] == 0
+    assert agent.apply({"rb": (v2, spec)})[0] == 0
+    assert ik.hammer_get(host.address, 8085) == b"r2\n"
+    with ik.Hammer(host.address, 8085) as h:
+        rc, body = agent.call("rollback", "rb")
+    assert rc == 0 and body["services"]["rb"]["release"] == protocol.release_id(v1.index, spec)
+    assert h.failed == []
+    assert ik.hammer_get(host.address, 8085) == b"r1\n"
+    rc, body = agent.call("rollback", "rb", "--to", "r-0000000000000000")
+    assert rc != 0 and body["error"]["code"] == protocol.E_NOT_FOUND
+    rc, body = agent.call("remove", "rb")
     assert rc == 0
+    assert "rb" not in status(agent)
+    assert not _answers(host.address, 8085)
 
 
 def test_secrets_volumes_logs_audit_lock(amd2, base_layer):
