@@ -150,3 +150,17 @@ def test_cli_bad_manifest_writes_nothing(tmp_path, home, capsys):
     assert 'services/bad/deploy/ports/0: expected "HOST:CONTAINER", got "80"' in err
     assert not out.exists() and not os.path.exists(os.environ["ORCH_HOME"])
     assert not os.path.exists(os.path.join(src, "orch.lock"))
+
+
+def test_secrets_never_reach_a_blob(tmp_path, home, monkeypatch):
+    secret = "orch-test-secret-value-7f3a"
+    monkeypatch.setenv("ORCH_TEST_SECRET", secret)
+    text = APP + "deploy:\n  secrets:\n    token: {env: ORCH_TEST_SECRET}\n    key: {file: key.txt}\n"
+    src = project(tmp_path, **{"m/app.yaml": "vars: {version: '1'}\n" + text, "m/key.txt": secret + "-file"})
+    desired = load_desired(src, {})
+    build_services(desired, home)
+    assert desired.services["app"].deploy.read_secrets()["token"] == secret.encode()
+    for name in os.listdir(os.path.join(home.root, "blobs", "sha256")):
+        data = open(os.path.join(home.root, "blobs", "sha256", name), "rb").read()
+        for blob in (data, gzip.decompress(data) if data[:2] == b"\x1f\x8b" else b""):
+            assert secret.encode() not in blob
