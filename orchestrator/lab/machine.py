@@ -107,11 +107,10 @@ class LabMachine:
         for stale in self._recorded_hosts():
             if stale.name not in wanted:
                 self._teardown_host(stale)
-        for host in lay.hosts():
-            self._ensure_host(host)
+        started = [host for host in lay.hosts() if self._ensure_host(host)]
         self._write_known_hosts()
         self._write_record(registered)
-        for host in lay.hosts():
+        for host in started:        # a host that was already up may be unreachable on purpose (link down)
             self._wait_ssh(host)
         return self.status()
 
@@ -182,11 +181,12 @@ class LabMachine:
                 registered.append(name)
         return registered
 
-    def _ensure_host(self, host: HostLayout) -> None:
+    def _ensure_host(self, host: HostLayout) -> bool:
+        """Make the host exist and run sshd; True when sshd was (re)started by this call."""
         pid = _read_pid(host.pid_file)
         if pid and _pid_alive(pid) and _netns_exists(host.netns):
             self._apply_link_rate(host)
-            return
+            return False
         self._teardown_host(host)
         ip = self.tools["ip"]
         for d in (host.state_dir, host.var_lib_orch, host.etc_orch, host.run_dir, host.root_home):
@@ -222,6 +222,7 @@ class LabMachine:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                     start_new_session=True, env=env, cwd="/")
         _write_atomic(host.pid_file, f"{proc.pid}\n")
+        return True
 
     def _apply_link_rate(self, host: HostLayout) -> None:
         rate = self.layout.spec.link_rate

@@ -164,3 +164,73 @@ def test_second_apply_refuses_while_the_fleet_is_locked(project):
             other.unlock("alice@ci pid 42")
         report = apply(prep, obs, pool)
     assert report.ok
+
+
+def _variant(project: Path, tmp_path: Path, name: str, edit) -> Path:
+    out = tmp_path / name
+    shutil.copytree(project, out)
+    manifest = out / "hello.yaml"
+    manifest.write_text(edit(manifest.read_text()))
+    return out
+
+
+def test_rollback_policy_reverts_the_first_wave_when_the_second_fails(project, tmp_path):
+    """Health passes only where /flag/ok exists in the host's volume: the canary host."""
+    from orchestrator.lab.layout import LabLayout, LabSpec
+
+    def edit(text):
+        text = text.replace("health: {http: /, port: 80,", "volumes: [\"flag:/flag:ro\"]\n  health: {exec: "
+                            "[/bin/busybox, test, -e, /flag/ok],")
+        return text.replace("monitor: 2s", "monitor: 0s")
+    variant = _variant(project, tmp_path, "flagged", edit)
+    before = run_apply(project)[2].final
+    prep = prepare(str(variant), {})
+    canary = prep.hosts[0].name
+    flag = LabLayout(LabSpec(LAB)).host(canary).var_lib_orch / "volumes" / "flag"
+    flag.mkdir(parents=True, exist_ok=True)
+    (flag / "ok").write_text("yes")
+    with ConnectionPool(h.target for h in prep.hosts) as pool:
+        obs = observe(prep, pool)
+        assert [w.hosts for w in obs.plan.waves] == [(canary,), (prep.hosts[1].name,), (prep.hosts[2].name,)]
+        report = apply(prep, obs, pool)
+    assert not report.ok and "wave 1 failed" in report.rollout.halted
+    outcomes = {o.host: o for o in report.rollout.outcomes}
+    assert outcomes[canary].ok and outcomes[canary].reverted
+    assert not outcomes[prep.hosts[1].name].ok
+    assert prep.hosts[2].name not in outcomes                       # the third host was never touched
+    assert report.final == before                                   # the whole fleet is back where it was
+    for host in prep.hosts:
+        assert b"Hello from orch" in fetch(host.target.address)
+
+
+def test_an_unreachable_host_is_reported_and_a_later_apply_converges_it(project):
+    import subprocess
+
+    from orchestrator.lab.layout import LabLayout, LabSpec
+
+    css = project / "hello" / "www" / "style.css"
+    css.write_text(css.read_text() + f"\n/* while one host is away {secrets.token_hex(4)} */\n")
+    layout = LabLayout(LabSpec(LAB))
+    away = layout.hosts()[1]
+    subprocess.run(["ip", "link", "set", away.veth_root, "down"], check=True)   # its uplink drops
+    try:
+        prep = prepare(str(project), {})
+        prep.hosts = [h if h.name != away.name else h.__class__(
+            h.name, h.target.__class__(**{**h.target.__dict__, "connect_timeout": 2.0}), h.labels, h.platform)
+            for h in prep.hosts]
+        with ConnectionPool(h.target for h in prep.hosts) as pool:
+            obs = observe(prep, pool)
+            report = apply(prep, obs, pool)
+        assert not report.ok
+        assert report.plan.failed_hosts == (away.name,)
+        new = {hp.changes[0].new_release for hp in report.plan.hosts if hp.changes}
+        assert len(new) == 1
+        for host in prep.hosts:
+            if host.name != away.name:
+                assert report.final[host.name]["hello"] in new
+    finally:
+        subprocess.run(["ip", "link", "set", away.veth_root, "up"], check=True)
+    prep2, plan2, report2 = run_apply(project)
+    assert report2.ok
+    assert [hp.host for hp in plan2.hosts if hp.changes] == [away.name]      # only the one that missed it
+    assert {r["hello"] for r in report2.final.values()} == new
