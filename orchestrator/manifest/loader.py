@@ -119,9 +119,9 @@ def _collect_vars(docs: List[Doc]) -> Dict[str, Any]:
 # ---------------------------------------------------------------- fleet
 
 def _fleet(body: LMap, doc: Doc) -> Fleet:
-    ctx = Ctx(doc.file, ("fleet",), doc.line)
+    ctx = Ctx(doc.file, ("fleet",) + ((body["name"],) if isinstance(body.get("name"), str) else ()), doc.line)
     S.mapping(body, ctx, ("kind", "name", "lab", "hosts"), required=("name",))
-    name = S.convert(check_name, body["name"], ctx.key(body, "name"))
+    name = S.convert(check_name, body["name"], Ctx(doc.file, ("fleet",), doc.line).key(body, "name"))
     ctx = Ctx(doc.file, ("fleet", name), doc.line)
     which = S.one_of_keys(body, ctx, ("lab", "hosts"))
     if which == "lab":
@@ -187,9 +187,9 @@ def fleet_platforms(fleet: Fleet) -> Tuple[str, ...]:
 # ---------------------------------------------------------------- service
 
 def _service(body: LMap, doc: Doc, fleet: Fleet, env, variables) -> Service:
-    ctx = Ctx(doc.file, ("services",), doc.line)
+    ctx = Ctx(doc.file, ("services",) + ((body["name"],) if isinstance(body.get("name"), str) else ()), doc.line)
     S.mapping(body, ctx, ("kind", "name", "image", "deploy"), required=("name", "image"))
-    name = S.convert(check_name, body["name"], ctx.key(body, "name"))
+    name = S.convert(check_name, body["name"], Ctx(doc.file, ("services",), doc.line).key(body, "name"))
     ctx = Ctx(doc.file, ("services", name), doc.line)
     directory = os.path.dirname(doc.path)
     image = _image(body["image"], ctx.key(body, "image"), directory, fleet, env, variables, name)
