@@ -111,6 +111,19 @@ def _check_service(layout: Layout, name: str, s: dict, plat: str) -> dict:
     return {"release": rel, "index": index, "manifest": manifest, "deploy": deploy}
 
 
+def _check_ports(existing: dict, new: dict) -> None:
+    """Refuse a target where two services publish the same host port (names the new one)."""
+    seen: Dict[tuple, str] = {}
+    order = [(n, existing[n]) for n in sorted(existing)] + [(n, new[n]) for n in sorted(new)]
+    for name, t in order:
+        for p in (t.get("deploy") or {}).get("ports") or []:
+            key = (p.get("protocol", "tcp"), int(p["host"]))
+            if key in seen:
+                raise BadRequest(f"services/{name}/deploy/ports: {key[1]}/{key[0]} is already "
+                                 f"published by service {seen[key]}")
+            seen[key] = name
+
+
 def _records(layout: Layout) -> dict:
     return read_json(os.path.join(layout.state, "releases.json"), {}) or {}
 
@@ -125,6 +138,7 @@ def verb_apply(layout: Layout, req: dict, log=None) -> dict:
     checked = {n: _check_service(layout, n, s, plat) for n, s in sorted(services.items())}
     with h.state.flock("converge.lock"):
         target = h.state.target()
+        _check_ports({n: t for n, t in target.items() if n not in checked}, checked)
         records = _records(layout)
         st = h.state.status()
         for n, t in checked.items():
@@ -133,7 +147,7 @@ def verb_apply(layout: Layout, req: dict, log=None) -> dict:
             h.state.save_secrets(n, dict(services[n].get("secrets") or {}))
             (st["failed"].get(n) or {}).pop(t["release"], None)
         h.state.save_status(st)
-        write_json(os.path.join(layout.state, "releases.json"), records, 0o600)
+        write_json(os.path.join(layout.state, "releases.json"), records, 0o600, durable=True)
         h.state.save_target(target)
         for n, t in checked.items():
             h.state.audit(who, "apply", n, t["release"])

@@ -7,7 +7,6 @@ mounts) attaches to the very same trees; nothing new is created.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 from typing import List, Tuple
 
@@ -59,7 +58,3 @@ def run_ensure_cgroups() -> None:
         p = subprocess.run(argv, capture_output=True, text=True)
         if p.returncode != 0:
             raise RuntimeFailure(f"{' '.join(argv)}: {p.stderr.strip()}")
-
-
-def cgroup_v2_only() -> bool:
-    return os.path.exists("/sys/fs/cgroup/cgroup.controllers")

@@ -76,7 +76,15 @@ def list_metas(layout: Layout) -> List[Meta]:
     return out
 
 
+def rt_of(meta: Meta, rt: oci.Runtime) -> oci.Runtime:
+    """The runtime that created this container (it alone knows its state)."""
+    if meta.runtime == rt.name:
+        return rt
+    return oci.runtime_named(meta.runtime, os.path.dirname(rt.root))
+
+
 def status_of(m: Meta, rt: oci.Runtime) -> str:
+    rt = rt_of(m, rt)
     alive = oci.proc_alive(m.pid, m.starttime) if m.pid else False
     if m.started:
         return "running" if alive else "stopped"
@@ -203,6 +211,7 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
 
 def remove(layout: Layout, rt: oci.Runtime, meta: Meta, stop_timeout: float) -> None:
     """Stop (TERM, wait, KILL), delete from the runtime, unmount, remove every file."""
+    rt = rt_of(meta, rt)
     oci.run_stop(rt, meta.id, meta.pid, meta.starttime, stop_timeout)
     network.run_unwire(veth_key(meta))
     d = cdir(layout, meta.id)

@@ -96,8 +96,7 @@ class Host:
                            if unpack.is_unpacked(self.layout, w.manifest))
         cur_rel = {c.service: c.release for c in current}
         no_room = frozenset(w.service for w in wants
-                            if cur_rel.get(w.service) not in (None, w.release)
-                            and not self.fits(w))
+                            if cur_rel.get(w.service) != w.release and not self.fits(w))
         failed = frozenset((s, r) for s, rels in st["failed"].items() for r in rels)
         return Observed(boxes=tuple(boxes), current=current,
                         healthy=frozenset(st["healthy"]), settled=frozenset(st["settled"]),
@@ -207,6 +206,11 @@ class Host:
 
 # --- executors: one thin function per step type ----------------------------------------
 
+def _exec_in(h: Host, meta: container.Meta):
+    rt = container.rt_of(meta, h.rt)
+    return lambda cmd, timeout: oci.run_exec(rt, meta.id, list(cmd), timeout)
+
+
 def ex_ensure_network(h: Host, step: EnsureNetwork, obs: Observed) -> None:
     h._port_map = None
     network.run_ensure_host_network()
@@ -238,7 +242,7 @@ def ex_check_health(h: Host, step: CheckHealth, obs: Observed) -> None:
     meta = h._metas[(step.service, step.slot)]
     spec = health.HealthSpec.from_deploy(h.target_of(step.service).get("deploy") or {})
     ok, msg = health.run_until_healthy(
-        spec, meta.ip, lambda cmd, t: oci.run_exec(h.rt, meta.id, list(cmd), t),
+        spec, meta.ip, _exec_in(h, meta),
         lambda: oci.proc_alive(meta.pid, meta.starttime))
     if not ok:
         raise HealthFailure(f"{step.service}: new release {meta.release} is unhealthy: {msg}")
@@ -268,7 +272,7 @@ def ex_settle(h: Host, step: Settle, obs: Observed) -> None:
     ok, why = True, None
     if step.monitor > 0:
         ok, why = health.watch(spec, meta.ip,
-                               lambda cmd, t: oci.run_exec(h.rt, meta.id, list(cmd), t),
+                               _exec_in(h, meta),
                                lambda: oci.proc_alive(meta.pid, meta.starttime), step.monitor,
                                sleep=h.sleep)
     if not ok:

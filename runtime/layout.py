@@ -79,22 +79,25 @@ class Layout:
         except FileNotFoundError:
             pass
         hid = _secrets.token_hex(4)
-        write_atomic(path, hid.encode() + b"\n")
+        write_atomic(path, hid.encode() + b"\n", durable=True)
         return hid
 
 
-def write_atomic(path: str, data: bytes, mode: int = 0o644, sync_dir: bool = False) -> None:
-    """tmp -> fsync -> rename. The rename is atomic; ``sync_dir`` also makes it durable
-    across a power cut (state files do not need it: the agent re-observes after a reboot)."""
+def write_atomic(path: str, data: bytes, mode: int = 0o644, durable: bool = False) -> None:
+    """tmp -> rename, atomic against a crash of the agent (kill -9 never tears a file).
+    ``durable`` adds fsync of the file and its directory, for what must survive a power cut
+    (the target, blobs). Bookkeeping of running containers does not need it: a power cut
+    takes the containers with it, and the agent re-observes and converges after boot."""
     tmp = f"{path}.tmp.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         os.write(fd, data)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    if not sync_dir:
+    if not durable:
         return
     dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
     try:
@@ -103,9 +106,9 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644, sync_dir: bool = Fal
         os.close(dfd)
 
 
-def write_json(path: str, obj: Any, mode: int = 0o644, sync_dir: bool = False) -> None:
+def write_json(path: str, obj: Any, mode: int = 0o644, durable: bool = False) -> None:
     write_atomic(path, json.dumps(obj, sort_keys=True, indent=1).encode() + b"\n", mode,
-                 sync_dir)
+                 durable)
 
 
 def read_json(path: str, default: Any = None) -> Any:

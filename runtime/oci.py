@@ -25,18 +25,43 @@ class Runtime:
         return [self.binary, "--root", self.root]
 
 
-def cgroup_v2_only() -> bool:
-    return os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+def cgroup_mode(mountinfo: str) -> str:
+    """``unified`` (cgroup v2 only), ``hybrid`` (v1 controllers + a v2 mount) or ``legacy``."""
+    v1 = v2 = False
+    for line in mountinfo.splitlines():
+        fstype = line.partition(" - ")[2].split(" ", 1)[0]
+        v1 = v1 or fstype == "cgroup"
+        v2 = v2 or fstype == "cgroup2"
+    if v2 and not v1:
+        return "unified"
+    return "hybrid" if v2 else "legacy"
+
+
+def runtime_order(mode: str, prefer: str = "") -> List[str]:
+    """crun is preferred (smaller, faster to start) except in hybrid mode, which it refuses
+    ("cgroups in hybrid mode not supported"); runc is the fallback."""
+    if prefer:
+        return [prefer]
+    return ["runc", "crun"] if mode == "hybrid" else ["crun", "runc"]
+
+
+def runtime_named(name: str, run_dir: str) -> Runtime:
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/local/bin")
+    if not path:
+        raise RuntimeFailure(f"{name} is not installed (apt-get install {name})")
+    return Runtime(name, path, os.path.join(run_dir, name))
 
 
 def choose_runtime(run_dir: str, prefer: Optional[str] = None) -> Runtime:
-    """crun where it works (cgroup v2 only), otherwise runc. ``ORCH_RUNTIME`` forces one."""
-    prefer = prefer or os.environ.get("ORCH_RUNTIME") or ""
-    order = [prefer] if prefer else (["crun", "runc"] if cgroup_v2_only() else ["runc", "crun"])
-    for name in order:
-        path = shutil.which(name)
-        if path:
-            return Runtime(name, path, os.path.join(run_dir, name))
+    """Detect the cgroup mode and pick a runtime that works in it. ``ORCH_RUNTIME`` forces
+    one."""
+    with open("/proc/self/mountinfo") as f:
+        mode = cgroup_mode(f.read())
+    for name in runtime_order(mode, prefer or os.environ.get("ORCH_RUNTIME") or ""):
+        try:
+            return runtime_named(name, run_dir)
+        except RuntimeFailure:
+            continue
     raise RuntimeFailure("no OCI runtime found (install the runc or crun package)")
 
 

@@ -35,7 +35,7 @@ class State:
         return read_json(self._p("target.json"), {}) or {}
 
     def save_target(self, target: Dict[str, Any]) -> None:
-        write_json(self._p("target.json"), target, 0o600, sync_dir=True)
+        write_json(self._p("target.json"), target, 0o600, durable=True)
 
     def secrets(self, service: str) -> Dict[str, str]:
         return read_json(os.path.join(self.dir, "secrets", service + ".json"), {}) or {}
@@ -43,7 +43,7 @@ class State:
     def save_secrets(self, service: str, values: Dict[str, str]) -> None:
         d = os.path.join(self.dir, "secrets")
         os.makedirs(d, mode=0o700, exist_ok=True)
-        write_json(os.path.join(d, service + ".json"), values, 0o600)
+        write_json(os.path.join(d, service + ".json"), values, 0o600, durable=True)
 
     # --- status ------------------------------------------------------------------------
     def status(self) -> Dict[str, Any]:
@@ -127,7 +127,7 @@ class State:
                              since=cur["since"], expires=cur["expires"])
             since = cur["since"] if cur and cur.get("holder") == holder else now
             rec = {"holder": holder, "since": since, "expires": now + float(ttl)}
-            write_json(self._p("lock.json"), rec)
+            write_json(self._p("lock.json"), rec, durable=True)
             return rec
 
     def unlock(self, holder: str, force: bool = False) -> Optional[Dict[str, Any]]:

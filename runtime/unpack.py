@@ -10,14 +10,14 @@ Each layer is hashed while it is read; a mismatch throws the whole unpack away.
 """
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import shutil
 import stat
-import tarfile
-import zlib
-from typing import Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Dict, List, Optional, Set
+
+if TYPE_CHECKING:
+    import tarfile
 
 from runtime import protocol, store
 from runtime.errors import BadRequest, DigestMismatch, UnsafeImage
@@ -59,7 +59,7 @@ def select_manifest(index: dict, platform: str) -> str:
     raise BadRequest(f"image index has no manifest for {platform}")
 
 
-def _names(member: tarfile.TarInfo) -> List[str]:
+def _names(member: "tarfile.TarInfo") -> List[str]:
     name = member.name
     if name.startswith("/"):
         raise UnsafeImage(f"absolute path in layer: {name!r}")
@@ -120,7 +120,7 @@ def _remove(path: str) -> None:
         shutil.rmtree(path)
 
 
-def check_member(member: tarfile.TarInfo) -> List[str]:
+def check_member(member: "tarfile.TarInfo") -> List[str]:
     """The pure safety rules for one tar entry; returns its path components."""
     parts = _names(member)
     if member.ischr() or member.isblk():
@@ -138,7 +138,7 @@ def check_member(member: tarfile.TarInfo) -> List[str]:
     return parts
 
 
-def _apply_meta(path: str, m: tarfile.TarInfo) -> None:
+def _apply_meta(path: str, m: "tarfile.TarInfo") -> None:
     os.lchown(path, m.uid, m.gid)
     if not m.issym():
         os.chmod(path, m.mode & 0o7777)
@@ -150,8 +150,11 @@ def _apply_meta(path: str, m: tarfile.TarInfo) -> None:
 
 def apply_layer(root: str, fileobj, created: Optional[Set[str]] = None) -> None:
     """Extract one layer (tar or tar+gzip stream) on top of ``root``."""
+    import gzip
+    import tarfile
+    import zlib
     created = set() if created is None else created
-    dir_meta: Dict[str, tarfile.TarInfo] = {}
+    dir_meta: Dict[str, "tarfile.TarInfo"] = {}
     try:
         tf = tarfile.open(fileobj=fileobj, mode="r|*")
     except tarfile.TarError as exc:

@@ -170,6 +170,20 @@ def test_failing_health_leaves_the_old_release_serving(amd, base_layer):
     assert list(st["slots"]) == [st["slot"]] and "HTTP 404" in st["error"]
 
 
+def test_no_room_fails_clearly_and_port_clash_is_refused(amd, base_layer):
+    host, agent = amd                                   # after the test above: "hc" serves
+    img = image(base_layer, "huge")
+    agent.ship(img)
+    spec = ik.deploy_spec(port=8081, resources={"memory": 1 << 50, "pids": 64, "cpus": None})
+    rc, body = agent.apply({"hc": (img, spec)})
+    res = body["services"]["hc"]
+    assert rc == protocol.EXIT_PARTIAL and "not enough free disk or memory" in res["error"]
+    assert ik.hammer_get(host.address, 8081) == b"good\n"
+    rc, body = agent.apply({"dup": (img, ik.deploy_spec(port=8081))})
+    assert rc == protocol.EXIT_USAGE and "already published by service hc" in \
+        body["error"]["message"]
+
+
 def test_monitor_window_reverts_a_release_that_dies(amd, base_layer):
     host, agent = amd
     good = image(base_layer, "stable")

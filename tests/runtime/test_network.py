@@ -63,3 +63,35 @@ def test_real_table_and_atomic_switch_in_a_namespace(netns):
                          capture_output=True, text=True, check=True).stdout.splitlines()
     assert out == ["(True, (('tcp', 8080, '10.88.0.7', 80),))",
                    "(True, (('tcp', 8080, '10.88.0.9', 80),))"]
+
+
+def test_cgroup_mode_and_runtime_choice():
+    from runtime import oci
+    hybrid = ("35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+              "41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n")
+    unified = "30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n"
+    legacy = "35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+    assert [oci.cgroup_mode(x) for x in (hybrid, unified, legacy)] == ["hybrid", "unified",
+                                                                        "legacy"]
+    assert oci.runtime_order("hybrid") == ["runc", "crun"]
+    assert oci.runtime_order("unified") == ["crun", "runc"]
+    assert oci.runtime_order("hybrid", "crun") == ["crun"]
+
+
+def test_cgroup_mounts_are_copied_from_init_only_when_missing():
+    from runtime import cgroups
+    init = cgroups.parse_mountinfo(
+        "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n"
+        "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n"
+        "40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd\n"
+        "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n"
+        "22 1 0:21 / /proc rw - proc proc rw\n")
+    assert cgroups.render_cgroup_mounts(init, []) == [
+        ["mount", "-t", "tmpfs", "-o", "mode=755,nosuid,nodev,noexec", "tmpfs", "/sys/fs/cgroup"],
+        ["mkdir", "-p", "/sys/fs/cgroup/memory"],
+        ["mount", "-t", "cgroup", "-o", "memory", "cgroup", "/sys/fs/cgroup/memory"],
+        ["mkdir", "-p", "/sys/fs/cgroup/systemd"],
+        ["mount", "-t", "cgroup", "-o", "name=systemd", "cgroup", "/sys/fs/cgroup/systemd"],
+        ["mkdir", "-p", "/sys/fs/cgroup/unified"],
+        ["mount", "-t", "cgroup2", "-o", "defaults", "cgroup2", "/sys/fs/cgroup/unified"]]
+    assert cgroups.render_cgroup_mounts(init, init) == []
