@@ -34,7 +34,9 @@ def cgroup_mode(mountinfo: str) -> str:
         v2 = v2 or fstype == "cgroup2"
     if v2 and not v1:
         return "unified"
-    return "hybrid" if v2 else "legacy"
+    if v1:
+        return "hybrid" if v2 else "legacy"
+    return "none"
 
 
 def runtime_order(mode: str, prefer: str = "") -> List[str]:
@@ -42,7 +44,7 @@ def runtime_order(mode: str, prefer: str = "") -> List[str]:
     ("cgroups in hybrid mode not supported"); runc is the fallback."""
     if prefer:
         return [prefer]
-    return ["runc", "crun"] if mode == "hybrid" else ["crun", "runc"]
+    return ["crun", "runc"] if mode in ("unified", "legacy") else ["runc", "crun"]
 
 
 def runtime_named(name: str, run_dir: str) -> Runtime:
@@ -57,6 +59,12 @@ def choose_runtime(run_dir: str, prefer: Optional[str] = None) -> Runtime:
     one."""
     with open("/proc/self/mountinfo") as f:
         mode = cgroup_mode(f.read())
+    if mode == "none":  # /sys remounted here (see cgroups.py): the machine's mode is init's
+        try:
+            with open("/proc/1/mountinfo") as f:
+                mode = cgroup_mode(f.read())
+        except OSError:
+            pass
     for name in runtime_order(mode, prefer or os.environ.get("ORCH_RUNTIME") or ""):
         try:
             return runtime_named(name, run_dir)

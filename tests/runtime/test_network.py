@@ -71,8 +71,8 @@ def test_cgroup_mode_and_runtime_choice():
               "41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n")
     unified = "30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n"
     legacy = "35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
-    assert [oci.cgroup_mode(x) for x in (hybrid, unified, legacy)] == ["hybrid", "unified",
-                                                                        "legacy"]
+    assert [oci.cgroup_mode(x) for x in (hybrid, unified, legacy, "")] == ["hybrid", "unified",
+                                                                              "legacy", "none"]
     assert oci.runtime_order("hybrid") == ["runc", "crun"]
     assert oci.runtime_order("unified") == ["crun", "runc"]
     assert oci.runtime_order("hybrid", "crun") == ["crun"]
