@@ -27,8 +27,11 @@ def human_size(n: int) -> str:
     return f"{n} B"
 
 
-class _RichProgress:
-    """Maps build events onto a rich progress display (one bar per service/platform) on stderr."""
+class BuildProgress:
+    """Maps build events onto a rich progress display (one bar per service/platform) on stderr.
+
+    Usable by other verbs: ``with BuildProgress() as p: build_services(..., progress=p)``.
+    """
 
     def __init__(self):
         from rich.console import Console
@@ -70,7 +73,7 @@ def run(args) -> int:
 
     desired = load_desired(args.directory, parse_vars(args.var))
     store = Store.default()
-    with _RichProgress() as progress:
+    with BuildProgress() as progress:
         built = build_services(desired, store, platforms=args.platform or None, progress=progress,
                                services=args.service or None)
     if args.out:
