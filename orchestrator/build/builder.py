@@ -78,7 +78,7 @@ def _layer_dict(layer: Layer) -> Dict[str, Any]:
 
 class Builder:
     def __init__(self, store: Store, cache: LayerCache, lock: deb.LockFile, *, epoch: int,
-                 progress: Progress = None, workroot: Optional[str] = None):
+                 progress: Progress = None, workroot: Optional[str] = None, update_lock: bool = False):
         self.store = store.ensure()
         self.cache = cache
         self.lock = lock
@@ -86,6 +86,7 @@ class Builder:
         self.progress = progress
         self.workroot = workroot or os.path.join(os.path.dirname(cache.directory), "work")
         self._run_counter = 0
+        self.update_lock = update_lock
 
     def _emit(self, svc: str, platform: str, step: int, total: int, label: str, state: str,
               seconds: float = 0.0) -> None:
@@ -121,7 +122,7 @@ class Builder:
     def _debian(self, base: DebianBase, platform: str, warn=None):
         deb_arch = PLATFORM_ARCH[platform][2]
         lkey = deb.lock_key(base.suite, deb_arch, base.packages)
-        pins = self.lock.get(lkey)
+        pins = None if self.update_lock else self.lock.get(lkey)
         if pins:
             key = chain_key(BUILDER_VERSION, *deb.base_record_key(base.suite, deb_arch, base.packages, pins))
             hit = self.cache.get(key, self.store)
@@ -240,11 +241,13 @@ def subprocess_umount_quiet(path: str) -> None:
 
 def build_services(desired: Desired, store: Store, platforms: Optional[Sequence[str]] = None,
                    progress: Progress = None, services: Optional[Sequence[str]] = None,
-                   cache_dir: Optional[str] = None, epoch: Optional[int] = None) -> Dict[str, BuiltImage]:
+                   cache_dir: Optional[str] = None, epoch: Optional[int] = None,
+                   update_lock: bool = False) -> Dict[str, BuiltImage]:
     """Build every (or the named) service of ``desired``; returns {service: BuiltImage}.
 
     The store keeps the layers and JSON; ``cache_dir`` (default: next to the store, ``cache``)
-    keeps step records; ``orch.lock`` next to the manifests records debian package versions.
+    keeps step records; ``orch.lock`` next to the manifests records debian package versions
+    (``update_lock`` re-resolves them from the mirror instead of requesting the locked ones).
     """
     names = list(services) if services else list(desired.services)
     unknown = [n for n in names if n not in desired.services]
@@ -258,7 +261,7 @@ def build_services(desired: Desired, store: Store, platforms: Optional[Sequence[
     cache = LayerCache(cache_dir or os.path.join(os.path.dirname(store.root), "cache"))
     lock = deb.LockFile(desired.lock_path)
     builder = Builder(store, cache, lock, epoch=source_date_epoch() if epoch is None else epoch,
-                      progress=progress)
+                      progress=progress, update_lock=update_lock)
     out: Dict[str, BuiltImage] = {}
     try:
         for name in names:

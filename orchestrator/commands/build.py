@@ -15,6 +15,8 @@ def add_arguments(parser) -> None:
                         help="build only this service (repeatable)")
     parser.add_argument("--platform", action="append", default=[], metavar="P",
                         help="build only this platform, e.g. linux/arm64 (repeatable)")
+    parser.add_argument("--update-lock", action="store_true",
+                        help="re-resolve debian package versions from the mirror and rewrite orch.lock")
     parser.add_argument("--out", metavar="OCI_DIR",
                         help="also write a standalone OCI image layout, one index.json entry per service")
 
@@ -75,7 +77,7 @@ def run(args) -> int:
     store = Store.default()
     with BuildProgress() as progress:
         built = build_services(desired, store, platforms=args.platform or None, progress=progress,
-                               services=args.service or None)
+                               services=args.service or None, update_lock=args.update_lock)
     if args.out:
         store.export_layout(args.out, {name: b.index_digest for name, b in built.items()})
     if args.json:

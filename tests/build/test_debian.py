@@ -96,3 +96,15 @@ def test_a_lock_version_gone_from_the_mirror_is_a_clear_error(hello, tmp_path, m
     (src / "orch.lock").write_text(json.dumps(lock))
     with pytest.raises(BuildError, match="orch.lock"):
         build_services(load_desired(str(src), {}), Store(str(tmp_path / "h" / "store")), platforms=["linux/amd64"])
+
+
+def test_update_lock_re_resolves(hello, tmp_path):
+    src = tmp_path / "m"
+    shutil.copytree(hello["dir"], src)
+    lock = json.load(open(src / "orch.lock"))
+    good = dict(lock["debian"]["bookworm/amd64/busybox-static"])
+    lock["debian"]["bookworm/amd64/busybox-static"]["busybox-static"] = "0.0-orch-test"
+    (src / "orch.lock").write_text(json.dumps(lock))
+    built = build_services(load_desired(str(src), {}), hello["store"], platforms=["linux/amd64"], update_lock=True)
+    assert json.load(open(src / "orch.lock"))["debian"]["bookworm/amd64/busybox-static"] == good
+    assert built["hello"].manifests["linux/amd64"] == hello["built"].manifests["linux/amd64"]
