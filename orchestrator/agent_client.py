@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import json
 import posixpath
-import socket
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
-import paramiko
-
-from orchestrator.errors import AgentError, TransportError
-from orchestrator.ssh import SSHConnection, close_quietly
+from orchestrator.errors import AgentError
+from orchestrator.ssh import SSHConnection
 from runtime import protocol
 
 REMOTE_ROOT = protocol.DEFAULT_ROOT
@@ -135,26 +132,9 @@ class AgentClient:
             close_quietly(channel)
 
     def send_blobs(self, frames: Iterable[bytes], on_bytes=None) -> Dict[str, Any]:
-        """Stream `receive` frames over one raw channel (no SFTP round trips)."""
-        channel = self.conn.open_command(self.argv("receive"))
-        try:
-            for chunk in frames:
-                channel.sendall(chunk)
-                if on_bytes:
-                    on_bytes(len(chunk))
-            channel.shutdown_write()
-            out = bytearray()
-            while True:
-                chunk = channel.recv(65536)
-                if not chunk:
-                    break
-                out += chunk
-            rc = channel.recv_exit_status()
-        except (socket.timeout, paramiko.SSHException, OSError, EOFError) as exc:
-            raise TransportError(f"blob transfer interrupted: {exc}", host=self.host) from exc
-        finally:
-            close_quietly(channel)
-        ok, body = protocol.parse_answer(rc, bytes(out))
+        """Stream `receive` frames to the agent in one command (no per-blob round trips)."""
+        res = self.conn.stream_to(self.argv("receive"), frames, on_bytes)
+        ok, body = protocol.parse_answer(res.exit_code, res.stdout)
         if not ok:
             err = body.get("error") or {}
             raise AgentError(f"receive: {err.get('message', 'failed')}", host=self.host, code=err.get("code"))
