@@ -82,7 +82,8 @@ def dispatch(args, stdin, stdout) -> int:
         body = fn(layout, req, _log) if v == "apply" else fn(layout, req)
     stdout.write(json.dumps(body, sort_keys=True) + "\n")
     stdout.flush()
-    if v in ("apply", "rollback", "remove") and not all(s.get("ok") for s in body["services"].values()):
+    if v in ("apply", "rollback", "remove") and \
+            not all(s.get("ok") for s in body["services"].values()):
         return protocol.EXIT_PARTIAL
     return protocol.EXIT_OK
 

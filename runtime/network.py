@@ -91,7 +91,8 @@ def render_container_link(ip: str, prefix: int = 16, gateway: str = GATEWAY) -> 
 def render_bridge(bridge: str = BRIDGE, gateway: str = GATEWAY, prefix: int = 16) -> List[str]:
     # A fixed MAC: otherwise the bridge takes its lowest port's MAC, which changes whenever a
     # container's veth joins or leaves, and containers keep sending to the old gateway MAC.
-    return [f"link add {bridge} address {BRIDGE_MAC} type bridge", f"addr add {gateway}/{prefix} dev {bridge}",
+    return [f"link add {bridge} address {BRIDGE_MAC} type bridge",
+            f"addr add {gateway}/{prefix} dev {bridge}",
             f"link set {bridge} up"]
 
 

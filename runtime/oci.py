@@ -115,7 +115,8 @@ def run_create(rt: Runtime, cid: str, bundle: str, pidfile: str, log_path: str) 
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
     try:
         start = os.lseek(fd, 0, os.SEEK_END)
-        p = _run(argv_create(rt, cid, bundle, pidfile), stdout=fd, stderr=fd, timeout=60)
+        # no timeout: with one, subprocess polls the child with sleeps of up to 50 ms
+        p = _run(argv_create(rt, cid, bundle, pidfile), stdout=fd, stderr=fd)
     finally:
         os.close(fd)
     if p.returncode != 0:
@@ -127,8 +128,8 @@ def run_create(rt: Runtime, cid: str, bundle: str, pidfile: str, log_path: str) 
         return int(f.read().strip())
 
 
-def _checked(argv: List[str], what: str, timeout: float = 30) -> None:
-    p = _run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+def _checked(argv: List[str], what: str) -> None:
+    p = _run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if p.returncode != 0:
         raise RuntimeFailure(f"{what} failed: {p.stderr.decode(errors='replace').strip()}")
 
@@ -179,8 +180,7 @@ def run_stop(rt: Runtime, cid: str, pid: int, starttime: str, timeout: float) ->
             while proc_alive(pid, starttime) and time.monotonic() < deadline:
                 time.sleep(0.01)
     if known(rt, cid):
-        p = _run(argv_delete(rt, cid), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                 timeout=30)
+        p = _run(argv_delete(rt, cid), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         if p.returncode != 0 and known(rt, cid):
             raise RuntimeFailure(f"{rt.name} delete {cid} failed: "
                                  f"{p.stderr.decode(errors='replace').strip()}")

@@ -1,11 +1,33 @@
 """The agent protocol: the one module both the orchestrator and the agent import.
 
-Stdlib only, Python 3.9+. It fixes verb names, error codes, the framing of
+Stdlib only, Python 3.9+. It fixes verb names, exit and error codes, the framing of
 ``receive`` and how a release is named, so both sides agree byte for byte.
 
-Invocation: ``python3 AGENT.pyz [--root DIR] [--run DIR] VERB [ARGS]``; a request (where a
-verb takes one) is one JSON object on stdin; the answer is one JSON object on stdout.
-Exit 0 means ok; any other exit code comes with ``{"error": {"code", "message"}}``.
+Invocation: ``python3 AGENT.pyz [--root /var/lib/orch] [--run /run/orch] VERB [ARGS]``; a
+request (where a verb takes one) is one JSON object on stdin; the answer is one JSON object on
+stdout. Exit 0 means ok; otherwise ``{"error": {"code", "message", ...}}`` and EXIT_* below
+(``apply``/``rollback``/``remove`` exit EXIT_PARTIAL with the per-service body when a service
+failed).
+
+  info                  -> {platform, agent_digest, runtime, runtime_version, python, free_disk,
+                            free_memory, nft, protocol, host_id, serve_pid}
+  have {digests}        -> {present: [...], partial: {digest: bytes}}
+  receive (frames)      -> {stored: [...], partial: {digest: bytes}}   (see frame_header)
+  apply {services: {NAME: {release?, index, manifest?, deploy, secrets: {name: b64}}},
+         who, wait=true} -> {services: {NAME: {ok, release, slot, wanted, error?}}}
+                           returns once the new release serves (or failed, old one kept);
+                           with wait=false: persists the target, `serve` converges.
+  status                -> {services: {NAME: {release, slot, state, health, since, previous,
+                            wanted, slots: {a|b: {release, state, ip}}, error?}}, serve_pid}
+  logs NAME [--tail N] [--follow]   raw text of the serving slot's stdout+stderr (not JSON)
+  rollback NAME [--to RELEASE] [--who W]   -> like apply
+  remove NAME [--who W] -> {services: {NAME: {ok, removed}}}
+  gc                    -> {removed_images, removed_blobs, freed}
+  lock {holder, ttl}    -> {ok, lock: {holder, since, expires}} | error "locked" (+holder...)
+  unlock {holder, force} -> {ok, released}
+  audit                 -> {lines: [{when, who, action, service, release}]}
+  serve [--daemon]      the supervisor loop; pidfile <run>/serve.pid (/run/orch/serve.pid);
+                        --daemon starts it detached and answers {pid, pidfile, started}
 """
 from __future__ import annotations
 

@@ -103,7 +103,10 @@ def leaks(lab, host) -> dict:
         "veth = [l.split(':')[1].strip().split('@')[0] for l in v.splitlines() "
         "if ': ov' in l]\n"
         "d = sorted(os.listdir('/var/lib/orch/containers'))\n"
-        "print(json.dumps({'runc': sorted(r), 'mounts': m, 'map': el, 'veth': veth, 'dirs': d}))\n")
+        "hid = open('/var/lib/orch/state/host-id').read().strip()\n"
+        "cg = [x for x in os.listdir('/sys/fs/cgroup/memory/orch') if x.startswith('o' + hid)]\n"
+        "print(json.dumps({'runc': sorted(r), 'mounts': m, 'map': el, 'veth': veth, 'dirs': d, "
+        "'cgroups': cg}))\n")
     rc, out, err = lab.run(host, ["python3", "-c", code])
     assert rc == 0, err
     return json.loads(out)
@@ -250,7 +253,7 @@ def test_kill9_mid_swap_converges_to_one_slot_and_leaks_nothing(lab, amd2, base_
     found = leaks(lab, host)
     ip = st["slots"][st["slot"]]["ip"]
     assert len(found["runc"]) == 1 and len(found["mounts"]) == 1 and len(found["dirs"]) == 1
-    assert len(found["veth"]) == 1
+    assert len(found["veth"]) == 1 and len(found["cgroups"]) == 1
     assert len(found["map"]) == 1 and json.dumps(found["map"]).count(ip) == 1, found
     assert adopted["slot"] != st["slot"] or adopted["release"] != st["release"]
 
@@ -285,8 +288,8 @@ def test_corrupted_and_truncated_blobs_are_refused(amd2):
     assert rc == 0 and body["partial"] == {d: 5000} and body["stored"] == []
     rc, have = agent.call("have", req={"digests": [d]})
     assert have == {"present": [], "partial": {d: 5000}}
-    rc, body = agent.call("receive", data=json.dumps({"digest": d, "size": len(data),
-                                                      "offset": 5000}).encode() + b"\n" + data[5000:])
+    rc, body = agent.call("receive", data=protocol.frame_header(d, len(data), 5000)
+                          + data[5000:])
     assert rc == 0 and body["stored"] == [d]
     # an apply naming blobs the host does not have is refused before anything changes
     img = ik.make_image({"linux/amd64": [page_layer("never shipped")]})

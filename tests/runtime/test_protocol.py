@@ -33,7 +33,8 @@ def test_frames_roundtrip_with_offset():
 
 
 @pytest.mark.parametrize("line", [b"{}", b"not json", b'{"digest": "sha256:x", "size": 1}',
-                                  b'{"digest": "sha256:' + b"a" * 64 + b'", "size": 1, "offset": 2}'])
+                                  b'{"digest": "sha256:' + b"a" * 64
+                                  + b'", "size": 1, "offset": 2}'])
 def test_bad_frame_headers(line):
     with pytest.raises(ValueError):
         protocol.parse_frame_header(line)

@@ -1,0 +1,35 @@
+"""Container bookkeeping that needs no runtime: ids, log bounding, mount detection."""
+import os
+
+from runtime import container
+
+
+def test_container_id_is_per_host_and_slot():
+    assert container.container_id("1a2b3c4d", "web", "a") == "o1a2b3c4d-web-a"
+
+
+def test_bound_log_keeps_one_previous_file(tmp_path):
+    log = tmp_path / "web.a.log"
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)   # like the container's stdout
+    os.write(fd, b"x" * 2000)
+    container.bound_log(str(log), limit=1000)
+    assert (tmp_path / "web.a.log.1").read_bytes() == b"x" * 2000
+    assert log.stat().st_size == 0
+    os.write(fd, b"after\n")                                     # O_APPEND: lands at 0
+    os.close(fd)
+    assert log.read_bytes() == b"after\n"
+    container.bound_log(str(log), limit=1000)                    # under the limit: untouched
+    assert log.read_bytes() == b"after\n"
+
+
+def test_mounted():
+    assert container.mounted("/proc")
+    assert not container.mounted("/proc/self/fd")
+
+
+def test_meta_roundtrip(tmp_path):
+    m = container.Meta(id="o1-web-a", service="web", slot="a", release="r-1", instance="i",
+                       runtime="runc", ip="10.88.0.2", pid=42, starttime="7", started=True)
+    m.save(str(tmp_path / "meta.json"))
+    assert container.Meta.load(str(tmp_path / "meta.json")) == m
+    assert container.Meta.load(str(tmp_path / "missing.json")) is None
