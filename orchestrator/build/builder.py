@@ -166,7 +166,7 @@ class Builder:
                 upper = sandbox.run_in_sandbox(self.store, layers, step.command, env, cwd, platform, work, name)
                 return self._write(list(walk_tree(upper, overlay_upper=True, exclude=sandbox.SANDBOX_MOUNTPOINTS)))
             finally:
-                subprocess_umount_quiet(os.path.join(work, "bundle", "rootfs"))
+                sandbox.umount_quiet(os.path.join(work, "bundle", "rootfs"))
                 shutil.rmtree(work, ignore_errors=True)
         raise BuildError(f"unknown step {step!r}")
 
@@ -231,12 +231,6 @@ class Builder:
         index_digest, _ = self.store.put_json(render_index(entries))
         self.store.tag(svc.name, index_digest)
         return BuiltImage(svc.name, index_digest, {p: images[p].manifest_digest for p in wanted}, images)
-
-
-def subprocess_umount_quiet(path: str) -> None:
-    if os.path.ismount(path):
-        import subprocess
-        subprocess.run(["umount", "-l", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def build_services(desired: Desired, store: Store, platforms: Optional[Sequence[str]] = None,

@@ -10,14 +10,14 @@ Foreign platforms run through qemu-user registered in binfmt_misc with the F fla
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import platform as _platform
 import shutil
 import subprocess
 import tarfile
-import gzip
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 from orchestrator.errors import BuildError
 from orchestrator.store import Store
@@ -127,6 +127,12 @@ def _apply(tar: tarfile.TarFile, root: str) -> None:
             continue
         tar.extract(member, root, set_attrs=True, numeric_owner=True,
                     **({"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}))
+
+
+def umount_quiet(path: str) -> None:
+    """Detach a leftover build overlay (after an interrupted run step)."""
+    if os.path.ismount(path):
+        subprocess.run(["umount", "-l", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def runc_config(argv: Sequence[str], env: Sequence[str], cwd: str, hostname: str = "orch-build") -> Dict:

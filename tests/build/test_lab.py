@@ -1,5 +1,4 @@
 """The arm64 image's binary runs on an arm64 lab host (qemu-user via binfmt), the amd64 one on amd64."""
-import os
 
 import pytest
 

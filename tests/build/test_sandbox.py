@@ -7,7 +7,6 @@ import tarfile
 from orchestrator.build import build_services
 from orchestrator.build.sandbox import SANDBOX_MOUNTPOINTS, host_platform, runc_config
 from orchestrator.manifest import load_desired
-from orchestrator.store import Store
 from tests.build.conftest import copy_lock, write_tree
 
 RUN = """\
