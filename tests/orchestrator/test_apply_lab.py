@@ -234,3 +234,38 @@ def test_an_unreachable_host_is_reported_and_a_later_apply_converges_it(project)
     assert report2.ok
     assert [hp.host for hp in plan2.hosts if hp.changes] == [away.name]      # only the one that missed it
     assert {r["hello"] for r in report2.final.values()} == new
+
+
+def test_a_secret_reaches_the_container_but_no_layer_log_or_audit_line(project, tmp_path):
+    import subprocess
+
+    from orchestrator.lab.layout import LabLayout, LabSpec
+
+    value = f"s3cret-{secrets.token_hex(8)}"
+
+    def edit(text):
+        text = text.replace("health: {http: /, port: 80,",
+                            "secrets: {token: {env: ORCH_TEST_TOKEN}}\n"
+                            f"  health: {{exec: [/bin/busybox, grep, -q, {value}, /run/secrets/token],")
+        return text.replace("monitor: 2s", "monitor: 0s")
+    variant = _variant(project, tmp_path, "with-secret", edit)
+    prep, plan, report = (lambda p: (p,) + _apply_with_env(p, {"ORCH_TEST_TOKEN": value}))(prepare(str(variant), {}))
+    assert report.ok, report.rollout        # the health check itself proves the container reads the value
+    needle = value.encode()
+    for host in LabLayout(LabSpec(LAB)).hosts():
+        root = host.var_lib_orch
+        assert (root / "blobs").is_dir() and (root / "images").is_dir() and (root / "state" / "audit.log").is_file()
+        hits = subprocess.run(["grep", "-rl", "--", value, str(root / "blobs"), str(root / "images"),
+                               str(root / "agent"), str(root / "state" / "audit.log")],
+                              capture_output=True, text=True).stdout.split()
+        assert hits == [], f"secret found on {host.name} in {hits}"
+    store_hits = subprocess.run(["grep", "-rl", "--", value, prep.store.root], capture_output=True, text=True)
+    assert store_hits.stdout == ""
+    assert needle not in repr(report).encode()
+
+
+def _apply_with_env(prep, environ):
+    with ConnectionPool(h.target for h in prep.hosts) as pool:
+        obs = observe(prep, pool)
+        report = apply(prep, obs, pool, environ=environ)
+    return obs.plan, report
