@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import List, Optional
 
@@ -71,6 +72,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         if cause is not None and str(cause) and str(cause) not in str(err):
             print(f"  caused by: {type(cause).__name__}: {cause}", file=sys.stderr)
         return err.exit_code
+    except BrokenPipeError:          # `orch ... | head`: the reader left, not an error of ours
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
     except KeyboardInterrupt:
         print("orch: interrupted", file=sys.stderr)
         return 130

@@ -7,6 +7,7 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+from orchestrator.commands.build import BuildProgress
 from orchestrator.commands._common import add_source_arguments, parse_vars, print_json
 from orchestrator.deploy import apply, observe, prepare
 from orchestrator.errors import RolloutError
@@ -24,7 +25,11 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     console = Console(stderr=True)
     started = time.monotonic()
-    prep = prepare(args.directory, parse_vars(args.var))
+    if args.json:
+        prep = prepare(args.directory, parse_vars(args.var))
+    else:
+        with BuildProgress() as progress:
+            prep = prepare(args.directory, parse_vars(args.var), progress=progress)
     with ConnectionPool(h.target for h in prep.hosts) as pool:
         obs = observe(prep, pool)
         if not args.json:

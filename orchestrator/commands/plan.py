@@ -1,6 +1,7 @@
 """`orch plan [DIR]`: what `apply` would change on each host, touching nothing."""
 from __future__ import annotations
 
+from orchestrator.commands.build import BuildProgress
 from orchestrator.commands._common import add_source_arguments, parse_vars, print_json
 from orchestrator.deploy import observe, prepare
 from orchestrator.report import plan_to_json, render_plan
@@ -14,7 +15,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    prep = prepare(args.directory, parse_vars(args.var))
+    if args.json:
+        prep = prepare(args.directory, parse_vars(args.var))
+    else:
+        with BuildProgress() as progress:
+            prep = prepare(args.directory, parse_vars(args.var), progress=progress)
     with ConnectionPool(h.target for h in prep.hosts) as pool:
         obs = observe(prep, pool)
     if args.json:
