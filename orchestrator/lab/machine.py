@@ -185,7 +185,8 @@ class LabMachine:
         """Make the host exist and run sshd; True when sshd was (re)started by this call."""
         pid = _read_pid(host.pid_file)
         if pid and _pid_alive(pid) and _netns_exists(host.netns):
-            self._apply_link_rate(host)
+            if self._recorded().get("spec", {}).get("link_rate") != self.layout.spec.link_rate:
+                self._apply_link_rate(host)
             return False
         self._teardown_host(host)
         ip = self.tools["ip"]
