@@ -83,6 +83,25 @@ def rt_of(meta: Meta, rt: oci.Runtime) -> oci.Runtime:
     return oci.runtime_named(meta.runtime, os.path.dirname(rt.root))
 
 
+def list_orphans(layout: Layout, host_id: str, metas: List[Meta]) -> List[Meta]:
+    """Containers the runtime knows (ours, by id prefix) that have no container dir: left by
+    an agent killed while ``runc create`` was still running. Returned as minimal metas."""
+    known = {m.id for m in metas}
+    prefix = f"o{host_id}-"
+    out = []
+    for name in ("runc", "crun"):
+        try:
+            ids = sorted(os.listdir(os.path.join(layout.run, name)))
+        except FileNotFoundError:
+            continue
+        for cid in ids:
+            if cid.startswith(prefix) and cid not in known:
+                service, _, slot = cid[len(prefix):].rpartition("-")
+                out.append(Meta(id=cid, service=service, slot=slot, release="", instance="",
+                                runtime=name))
+    return out
+
+
 def status_of(m: Meta, rt: oci.Runtime) -> str:
     rt = rt_of(m, rt)
     alive = oci.proc_alive(m.pid, m.starttime) if m.pid else False
@@ -140,6 +159,8 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
     d = cdir(layout, cid)
     if os.path.exists(d):
         raise RuntimeFailure(f"container dir {d} already exists")
+    if oci.known(rt, cid):  # an orphan from an interrupted create: it holds the id
+        oci.run_stop(rt, cid, 0, "", 0.0)
     deploy = target.get("deploy") or {}
     meta = Meta(id=cid, service=service, slot=slot, release=target["release"],
                 instance=_secrets.token_hex(6), runtime=rt.name, ip=ip, created=time.time())
@@ -195,8 +216,10 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
             raise BadRequest(str(exc)) from None
         with open(os.path.join(d, "config.json"), "w") as f:
             json.dump(config, f)
-        meta.pid = oci.run_create(rt, cid, d, os.path.join(d, "init.pid"),
-                                  log_path(layout, service, slot))
+        log = log_path(layout, service, slot)
+        if os.path.exists(log):  # a fresh log per container; the previous one stays as .1
+            os.replace(log, log + ".1")
+        meta.pid = oci.run_create(rt, cid, d, os.path.join(d, "init.pid"), log)
         meta.starttime = oci.proc_starttime(meta.pid)
         meta.save(meta_path)
         network.run_wire_container(veth_key(meta), meta.pid, ip)

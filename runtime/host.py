@@ -71,6 +71,7 @@ class Host:
         st = self.state.status()
         now = self.clock()
         metas = container.list_metas(self.layout)
+        metas += container.list_orphans(self.layout, self.host_id, metas)
         self._metas = {(m.service, m.slot): m for m in metas}
         boxes = []
         for m in metas:

@@ -233,8 +233,14 @@ def test_kill9_mid_swap_converges_to_one_slot_and_leaks_nothing(lab, amd2, base_
     rc, started = agent.call("serve", "--daemon")
     assert rc == 0 and started["started"], started
     want = protocol.release_id(v2.index, spec)
-    wait_for(lambda: (lambda s: s["release"] == want and len(s["slots"]) == 1)(
-        status(agent)["k"]), 20)
+    try:
+        wait_for(lambda: (lambda s: s["release"] == want and len(s["slots"]) == 1)(
+            status(agent)["k"]), 20)
+    except AssertionError:
+        print(json.dumps(status(agent), indent=1))
+        print(lab.run(host, ["tail", "-30", "/var/lib/orch/logs/agent.log"])[1].decode())
+        print(lab.run(host, ["tail", "-30", "/var/lib/orch/state/journal.log"])[1].decode())
+        raise
     assert ik.hammer_get(host.address, 8080) == b"k2\n"
 
     # 2) kill -9 during the monitor window (after the switch, old slot still draining)
@@ -264,6 +270,17 @@ def test_kill9_mid_swap_converges_to_one_slot_and_leaks_nothing(lab, amd2, base_
     wait_for(lambda: status(agent)["k"]["state"] == "running"
              and _answers(host.address, 8080), 15, 0.2)
     assert ik.hammer_get(host.address, 8080) == b"k3\n"
+
+    # 4) kill -9 of serve in a steady state: the new serve adopts the running container as is
+    before = status(agent)["k"]
+    assert lab.run(host, ["kill", "-9", str(started["pid"])])[0] == 0
+    rc, started = agent.call("serve", "--daemon")
+    assert rc == 0 and started["started"], started
+    time.sleep(2.0)
+    after = status(agent)["k"]
+    # same slot, same address (a restarted container would get a fresh one), same since
+    assert after["slots"] == before["slots"] and after["since"] == before["since"]
+    assert after["state"] == "running"
     lab.run(host, ["kill", str(started["pid"])])
 
 

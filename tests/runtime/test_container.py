@@ -33,3 +33,15 @@ def test_meta_roundtrip(tmp_path):
     m.save(str(tmp_path / "meta.json"))
     assert container.Meta.load(str(tmp_path / "meta.json")) == m
     assert container.Meta.load(str(tmp_path / "missing.json")) is None
+
+
+def test_orphans_are_runtime_states_of_ours_without_a_container_dir(tmp_path):
+    from runtime.layout import Layout
+    lay = Layout(str(tmp_path / "root"), str(tmp_path / "run"))
+    for cid in ("o1a2b3c4d-web-a", "o1a2b3c4d-my-api-b", "offffffff-web-a"):
+        os.makedirs(tmp_path / "run" / "runc" / cid)
+    kept = container.Meta(id="o1a2b3c4d-web-a", service="web", slot="a", release="r",
+                          instance="i", runtime="runc")
+    orphans = container.list_orphans(lay, "1a2b3c4d", [kept])
+    assert [(o.id, o.service, o.slot, o.runtime) for o in orphans] == [
+        ("o1a2b3c4d-my-api-b", "my-api", "b", "runc")]
