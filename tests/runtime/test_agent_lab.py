@@ -218,7 +218,9 @@ def test_kill9_mid_swap_converges_to_one_slot_and_leaks_nothing(lab, amd2, base_
         agent.ship(img)
     rc, started = agent.call("serve", "--daemon")
     assert rc == 0 and started["started"], started
-    spec = ik.deploy_spec(port=8080, drain=0.2)
+    lenient = {"kind": "http", "path": "/", "port": 80, "command": [], "interval": 0.5,
+               "timeout": 0.5, "retries": 10, "start_period": 0.0}     # CI machines are slow
+    spec = ik.deploy_spec(port=8080, drain=0.2, health=lenient)
     rc, body = agent.apply({"k": (v1, spec)})
     assert rc == 0, body
     adopted = status(agent)["k"]
@@ -244,7 +246,7 @@ def test_kill9_mid_swap_converges_to_one_slot_and_leaks_nothing(lab, amd2, base_
     assert ik.hammer_get(host.address, 8080) == b"k2\n"
 
     # 2) kill -9 during the monitor window (after the switch, old slot still draining)
-    spec_mon = ik.deploy_spec(port=8080, drain=0.2, monitor=3.0)
+    spec_mon = ik.deploy_spec(port=8080, drain=0.2, monitor=3.0, health=lenient)
     rc, body = agent.apply({"k": (v3, spec_mon)}, wait=False)
     want3 = protocol.release_id(v3.index, spec_mon)
     wait_for(lambda: status(agent)["k"]["release"] == want3, 10, 0.05)
@@ -414,3 +416,39 @@ def test_secrets_volumes_logs_audit_lock(amd2, base_layer):
     assert rc == 0
     rc, body = agent.call("gc")
     assert rc == 0 and "freed" in body
+
+
+def test_outbound_nat_tcp_and_exec_health_and_a_portless_service(lab, amd, amd2, base_layer):
+    """A container on one host fetches from a service on another (outbound NAT); tcp and exec
+    health checks; a service without ports is replaced start-first."""
+    (h1, a1), (h2, a2) = amd, amd2
+    origin = image(base_layer, "from-origin")
+    a2.ship(origin)
+    tcp = {"kind": "tcp", "path": "/", "port": 80, "command": [], "interval": 0.5,
+           "timeout": 0.5, "retries": 6, "start_period": 0.0}
+    rc, body = a2.apply({"origin": (origin, ik.deploy_spec(port=8094, health=tcp))})
+    assert rc == 0, body
+    fetch = ["/bin/busybox", "sh", "-c",
+             f"mkdir -p /tmp/www; until /bin/busybox wget -q -O /tmp/www/index.html "
+             f"http://{h2.address}:8094/; do sleep 0.1; done; "
+             "trap 'exit 0' TERM; /bin/busybox httpd -f -p 80 -h /tmp/www & wait"]
+    client = image(base_layer, "client", cmd=fetch)
+    a1.ship(client)
+    exe = {"kind": "exec", "path": "/", "port": 0, "interval": 0.5, "timeout": 2.0,
+           "retries": 10, "start_period": 0.0,
+           "command": ["/bin/busybox", "test", "-s", "/tmp/www/index.html"]}
+    rc, body = a1.apply({"client": (client, ik.deploy_spec(port=8095, health=exe))})
+    assert rc == 0 and body["services"]["client"]["ok"], body
+    assert ik.hammer_get(h1.address, 8095) == b"from-origin\n"
+
+    loop = ["/bin/busybox", "sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+    w1, w2 = image(base_layer, "w1", cmd=loop), image(base_layer, "w2", cmd=loop)
+    for img in (w1, w2):
+        a1.ship(img)
+    none = {"kind": "none", "path": "/", "port": 0, "command": [], "interval": 1.0,
+            "timeout": 1.0, "retries": 3, "start_period": 0.0}
+    for img in (w1, w2):
+        rc, body = a1.apply({"worker": (img, ik.deploy_spec(port=0, ports=[], health=none))})
+        assert rc == 0 and body["services"]["worker"]["ok"], body
+    st = status(a1)["worker"]
+    assert st["state"] == "running" and list(st["slots"]) == [st["slot"]] == ["b"]
