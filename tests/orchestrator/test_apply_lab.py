@@ -269,3 +269,31 @@ def _apply_with_env(prep, environ):
         obs = observe(prep, pool)
         report = apply(prep, obs, pool, environ=environ)
     return obs.plan, report
+
+
+def test_a_new_agent_is_installed_without_stopping_the_containers(project, tmp_path):
+    import dataclasses
+    import hashlib
+    import zipfile
+
+    prep = prepare(str(project), {})
+    newer = tmp_path / "agent.pyz"
+    shutil.copy(prep.agent_pyz, newer)
+    with zipfile.ZipFile(newer, "a") as zf:                  # same code, one more entry: another digest
+        zf.writestr("upgrade-marker.txt", secrets.token_hex(8))
+    digest = "sha256:" + hashlib.sha256(newer.read_bytes()).hexdigest()
+    upgraded = dataclasses.replace(prep, agent_pyz=str(newer), agent_digest=digest)
+    with ConnectionPool(h.target for h in prep.hosts) as pool:
+        before_obs = observe(prep, pool)
+        before = {h: (c.info()["serve_pid"], c.status()["services"]["hello"]) for h, c in before_obs.clients.items()}
+        with Hammer(h.target.address for h in prep.hosts) as hammer:
+            obs = observe(upgraded, pool)
+            time.sleep(1.0)
+        assert obs.plan.up_to_date
+        for host, client in obs.clients.items():
+            info = client.info()
+            assert info["agent_digest"] == digest and info["serve_pid"] not in (None, before[host][0])
+            now = client.status()["services"]["hello"]
+            assert (now["release"], now["slot"], now["since"]) == (
+                before[host][1]["release"], before[host][1]["slot"], before[host][1]["since"])
+    assert hammer.ok > 10 and hammer.failures == []
