@@ -17,6 +17,7 @@ from runtime.planner import (CheckHealth, EnsureNetwork, Fail, Forget, Observed,
                              Settle, Start, Stop, Switch, SyncPorts, Unpack, Wait, Want)
 from runtime.state import State
 
+RELEASE_STEPS = (Start, CheckHealth, Switch)
 RESTART_RESET_AFTER = 60.0
 MIN_FREE_MEMORY = 32 << 20
 MIN_FREE_DISK = 64 << 20
@@ -133,10 +134,30 @@ class Host:
         self.state.save_status(st)
         self.log(f"{service}: release {release} failed: {why}")
 
-    def converge(self, services: Optional[Iterable[str]] = None, deadline: float = 0.0,
-                 max_errors: int = 3) -> None:
+    def attempt(self, step, wants: Tuple[Want, ...], obs: Observed) -> Optional[str]:
+        """Run one step. A failure of a step that belongs to a release (unpack, start, health
+        check, switch) marks that release failed, so the old slot keeps serving and the
+        planner unwinds the new one; that failure is returned. Any other failure raises."""
+        try:
+            self.execute(step, obs)
+            return None
+        except Exception as exc:
+            msg = exc.message if isinstance(exc, AgentFailure) else \
+                f"{type(exc).__name__}: {exc}"
+            self.log(f"{type(step).__name__} failed: {msg}")
+            if isinstance(step, Unpack):
+                owners = [w for w in wants if w.manifest == step.manifest]
+            elif isinstance(step, RELEASE_STEPS):
+                owners = [w for w in wants if w.service == step.service]
+            else:
+                raise
+            for w in owners:
+                self.mark_failed(w.service, w.release, msg)
+            return msg
+
+    def converge(self, services: Optional[Iterable[str]] = None, max_errors: int = 3) -> None:
         """Run steps until nothing is left for ``services`` (all when None); waits are slept
-        only when nothing else is to be done."""
+        only when nothing else is to be done; a step failing ``max_errors`` times raises."""
         only: Optional[Set[str]] = set(services) if services is not None else None
         errors: Dict[str, int] = {}
         while True:
@@ -148,34 +169,21 @@ class Host:
                          or isinstance(s, (SyncPorts, EnsureNetwork))
                          or (isinstance(s, Unpack) and any(
                              w.manifest == s.manifest for w in wants if w.service in only))]
-                steps = [s for s in steps if not isinstance(s, Wait)]
             if not steps:
                 return
-            if deadline and self.clock() > deadline:
-                raise AgentFailure("timed out converging")
             step = steps[0]
             if isinstance(step, Wait):
                 self.sleep(min(max(step.seconds, 0.01), 1.0))
                 continue
             key = repr(step)
             try:
-                self.execute(step, obs)
+                self.attempt(step, wants, obs)
                 errors.pop(key, None)
-            except AgentFailure as exc:
-                self.log(f"{type(step).__name__} failed: {exc.message}")
-                wmap = {w.service: w for w in wants}
-                svc = getattr(step, "service", None)
-                if isinstance(step, Unpack):
-                    for w in wants:
-                        if w.manifest == step.manifest:
-                            self.mark_failed(w.service, w.release, exc.message)
-                elif isinstance(step, (Start, CheckHealth, Switch)) and svc in wmap:
-                    self.mark_failed(svc, wmap[svc].release, exc.message)
-                else:
-                    errors[key] = errors.get(key, 0) + 1
-                    if errors[key] >= max_errors:
-                        raise
-                    self.sleep(0.2 * errors[key])
+            except Exception:
+                errors[key] = errors.get(key, 0) + 1
+                if errors[key] >= max_errors:
+                    raise
+                self.sleep(0.2 * errors[key])
 
     # --- helpers for executors ----------------------------------------------------------
     def target_of(self, service: str) -> dict:

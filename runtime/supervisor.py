@@ -26,7 +26,8 @@ def _log(msg: str) -> None:
 
 
 def tick(h) -> float:
-    """Run at most one step; return how long to sleep before the next tick."""
+    """Run at most one step (under the converge lock, so it never interleaves with an
+    ``apply``); return how long to sleep before the next tick."""
     with h.state.flock("converge.lock", blocking=False) as got:
         if not got:
             return 0.1
@@ -34,17 +35,8 @@ def tick(h) -> float:
         obs = h.observe(wants)
         steps = planner.plan(wants, obs)
         work = [s for s in steps if not isinstance(s, planner.Wait)]
-        if work:
-            try:
-                h.execute(work[0], obs)
-            except AgentFailure as exc:
-                _log(f"{type(work[0]).__name__}: {exc.message}")
-                w = {x.service: x for x in wants}
-                svc = getattr(work[0], "service", None)
-                if isinstance(work[0], (planner.Start, planner.CheckHealth)) and svc in w:
-                    h.mark_failed(svc, w[svc].release, exc.message)
-                    return 0.0
-                return 1.0
+        if work:  # a failure that is not a release's own raises: run_serve backs off
+            h.attempt(work[0], wants, obs)
             return 0.0
         if steps:
             return max(0.01, min(steps[-1].seconds, 1.0))
