@@ -186,7 +186,8 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
             os.makedirs(sdir, mode=0o700, exist_ok=True)
             for s in deploy["secrets"]:
                 if s["name"] not in secret_values:
-                    raise BadRequest(f"secret {s['name']!r} was not sent with the apply")
+                    raise BadRequest(f"secret {s['name']!r} is not on this host (secrets live "
+                                     "on tmpfs only: apply again after a reboot)")
                 p = os.path.join(sdir, s["name"])
                 fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
                 with os.fdopen(fd, "wb") as f:

@@ -1,7 +1,9 @@
 """Persisted agent state under <root>/state, every write atomic (tmp, fsync, rename).
 
 - target.json   what should run: {service: {release, index, manifest, deploy}}
-- secrets/NAME  the service's secret values (0600, root only; never logged)
+Secret values are not kept here: they live on the secrets tmpfs under the run dir
+(<run>/secrets/by-service/NAME.json, 0600), so they never touch a disk; after a reboot a
+service that needs them waits for the orchestrator's next apply.
 - status.json   what the agent did: current slot per service, health/settle marks, failures,
                 restart counts, release history, IP allocation cursor
 - journal.log   one JSON line per executed step (begin / done / error)
@@ -37,13 +39,22 @@ class State:
     def save_target(self, target: Dict[str, Any]) -> None:
         write_json(self._p("target.json"), target, 0o600, durable=True)
 
+    def _secrets_dir(self) -> str:
+        return os.path.join(self.layout.secrets, "by-service")
+
     def secrets(self, service: str) -> Dict[str, str]:
-        return read_json(os.path.join(self.dir, "secrets", service + ".json"), {}) or {}
+        return read_json(os.path.join(self._secrets_dir(), service + ".json"), {}) or {}
 
     def save_secrets(self, service: str, values: Dict[str, str]) -> None:
-        d = os.path.join(self.dir, "secrets")
-        os.makedirs(d, mode=0o700, exist_ok=True)
-        write_json(os.path.join(d, service + ".json"), values, 0o600, durable=True)
+        path = os.path.join(self._secrets_dir(), service + ".json")
+        if not values:
+            if os.path.exists(path):
+                os.unlink(path)
+            return
+        from runtime.container import ensure_secrets_tmpfs
+        ensure_secrets_tmpfs(self.layout)
+        os.makedirs(self._secrets_dir(), mode=0o700, exist_ok=True)
+        write_json(path, values, 0o600)
 
     # --- status ------------------------------------------------------------------------
     def status(self) -> Dict[str, Any]:

@@ -407,6 +407,10 @@ def test_secrets_volumes_logs_audit_lock(amd2, base_layer):
     rc, audit = agent.call("audit")
     assert any(a["who"] == "alice" and a["service"] == "sec" for a in audit["lines"])
     assert "s3cret" not in json.dumps(audit) and "s3cret" not in json.dumps(status(agent))
+    # on disk nowhere (the volume is where this test's own container copied it)
+    rc, out, err = agent.runner(["grep", "-rl", "--exclude-dir=volumes", "s3cret-value",
+                                 "/var/lib/orch"], b"", 30)
+    assert rc == 1 and out == b"", out
     rc, body = agent.call("lock", req={"holder": "alice", "ttl": 60})
     assert rc == 0
     rc, body = agent.call("lock", req={"holder": "bob", "ttl": 60})
