@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from orchestrator.errors import AgentError
-from orchestrator.ssh import SSHConnection
+from orchestrator.ssh import SSHConnection, close_quietly
 from runtime import protocol
 
 REMOTE_ROOT = protocol.DEFAULT_ROOT

@@ -9,15 +9,13 @@ import base64
 import getpass
 import os
 import socket
-import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from orchestrator.agent_client import AgentClient
 from orchestrator.agent_install import ensure_agent, ensure_agent_info
-from orchestrator.errors import LockHeldError, OrchError
+from orchestrator.errors import LockHeldError
 from orchestrator.fanout import fan_out
 from orchestrator.inventory import InventoryHost, fleet_hosts, select_hosts
 from orchestrator.manifest.loader import load_desired

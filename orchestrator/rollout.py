@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
-from orchestrator.errors import OrchError
 from orchestrator.fanout import fan_out
 from orchestrator.planner import FleetPlan, Wave
 

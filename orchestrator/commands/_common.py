@@ -28,3 +28,14 @@ def parse_vars(items: List[str]) -> Dict[str, str]:
 def print_json(obj) -> None:
     json.dump(obj, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")
+
+
+def prepare_with_progress(args):
+    """Load, build (with a progress display unless --json) and find the fleet's hosts."""
+    from orchestrator.commands.build import BuildProgress
+    from orchestrator.deploy import prepare
+
+    if getattr(args, "json", False):
+        return prepare(args.directory, parse_vars(args.var))
+    with BuildProgress() as progress:
+        return prepare(args.directory, parse_vars(args.var), progress=progress)

@@ -1,15 +1,13 @@
 """`orch apply [DIR]`: build, plan, ship what each host lacks, and roll out (canary, waves)."""
 from __future__ import annotations
 
-import sys
 import time
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from orchestrator.commands.build import BuildProgress
-from orchestrator.commands._common import add_source_arguments, parse_vars, print_json
-from orchestrator.deploy import apply, observe, prepare
+from orchestrator.commands._common import add_source_arguments, prepare_with_progress, print_json
+from orchestrator.deploy import apply, observe
 from orchestrator.errors import RolloutError
 from orchestrator.report import plan_to_json, render_plan
 from orchestrator.ssh import ConnectionPool
@@ -25,11 +23,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     console = Console(stderr=True)
     started = time.monotonic()
-    if args.json:
-        prep = prepare(args.directory, parse_vars(args.var))
-    else:
-        with BuildProgress() as progress:
-            prep = prepare(args.directory, parse_vars(args.var), progress=progress)
+    prep = prepare_with_progress(args)
     with ConnectionPool(h.target for h in prep.hosts) as pool:
         obs = observe(prep, pool)
         if not args.json:

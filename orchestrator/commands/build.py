@@ -5,6 +5,7 @@ import sys
 from typing import Dict, Tuple
 
 from orchestrator.commands._common import add_source_arguments, parse_vars, print_json
+from orchestrator.report import human_bytes
 
 HELP = "build the services' images (deterministic, multi-platform OCI) into the local store"
 
@@ -19,14 +20,6 @@ def add_arguments(parser) -> None:
                         help="re-resolve debian package versions from the mirror and rewrite orch.lock")
     parser.add_argument("--out", metavar="OCI_DIR",
                         help="also write a standalone OCI image layout, one index.json entry per service")
-
-
-def human_size(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000.0
-    return f"{n} B"
 
 
 class BuildProgress:
@@ -87,7 +80,7 @@ def run(args) -> int:
     for name, b in built.items():
         print(f"{name}  {b.index_digest}")
         for platform, image in b.images.items():
-            print(f"  {platform:<13} {image.manifest_digest}  {human_size(image.size):>9}  "
+            print(f"  {platform:<13} {image.manifest_digest}  {human_bytes(image.size):>9}  "
                   f"{len(image.layers)} layers ({image.built} built, {image.cached} cached)")
     if args.out:
         print(f"wrote OCI layout {args.out}", file=sys.stderr)

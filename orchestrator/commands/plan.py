@@ -1,9 +1,8 @@
 """`orch plan [DIR]`: what `apply` would change on each host, touching nothing."""
 from __future__ import annotations
 
-from orchestrator.commands.build import BuildProgress
-from orchestrator.commands._common import add_source_arguments, parse_vars, print_json
-from orchestrator.deploy import observe, prepare
+from orchestrator.commands._common import add_source_arguments, prepare_with_progress, print_json
+from orchestrator.deploy import observe
 from orchestrator.report import plan_to_json, render_plan
 from orchestrator.ssh import ConnectionPool
 
@@ -15,11 +14,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    if args.json:
-        prep = prepare(args.directory, parse_vars(args.var))
-    else:
-        with BuildProgress() as progress:
-            prep = prepare(args.directory, parse_vars(args.var), progress=progress)
+    prep = prepare_with_progress(args)
     with ConnectionPool(h.target for h in prep.hosts) as pool:
         obs = observe(prep, pool)
     if args.json:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.agent_client import AgentClient
 from orchestrator.deploy import apply, observe, prepare
 from orchestrator.errors import LockHeldError
 from orchestrator.ssh import ConnectionPool
