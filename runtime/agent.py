@@ -12,7 +12,7 @@ import time
 import zipfile
 from typing import Any, Dict, List, Optional
 
-from runtime import container, protocol, store
+from runtime import container, protocol, spec, store
 from runtime.errors import AgentFailure, BadRequest, MissingBlob, NotFound
 from runtime.layout import Layout, read_json, write_json
 
@@ -92,6 +92,7 @@ def _check_service(layout: Layout, name: str, s: dict, plat: str) -> dict:
         index, deploy = s["index"], s["deploy"]
     except (KeyError, TypeError):
         raise BadRequest(f"services/{name}: needs index and deploy") from None
+    spec.check_deploy(name, deploy)
     rel = protocol.release_id(index, deploy)
     if s.get("release") and s["release"] != rel:
         raise BadRequest(f"services/{name}/release: {s['release']} does not match the index "
