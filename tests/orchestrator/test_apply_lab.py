@@ -296,3 +296,52 @@ def test_a_new_agent_is_installed_without_stopping_the_containers(project, tmp_p
             assert (now["release"], now["slot"], now["since"]) == (
                 before[host][1]["release"], before[host][1]["slot"], before[host][1]["since"])
     assert hammer.ok > 10 and hammer.failures == []
+
+
+def orch_cli(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=600)
+
+
+def test_fleet_commands_status_hosts_audit_and_rollback(project):
+    import json
+
+    status = json.loads(orch_cli("status", str(project), "--json").stdout)
+    assert sorted(r["host"] for r in status) == ["amd64-1", "amd64-2", "arm64-1"]
+    current = {r["release"] for r in status}
+    assert len(current) == 1 and all(r["state"] == "running" and r["health"] == "healthy" for r in status)
+    previous = status[0]["previous"][-1]
+    assert previous not in current
+
+    hosts = json.loads(orch_cli("hosts", str(project), "--json").stdout)
+    assert {h["host"]: h["platform"] for h in hosts} == {
+        "amd64-1": "linux/amd64", "amd64-2": "linux/amd64", "arm64-1": "linux/arm64"}
+    assert all(h["reachable"] and h["runtime"] in ("runc", "crun") for h in hosts)
+
+    audit = json.loads(orch_cli("audit", str(project), "--json").stdout)
+    assert {(a["host"], a["action"]) for a in audit} >= {(h, "apply") for h in ("amd64-1", "amd64-2", "arm64-1")}
+
+    back = orch_cli("rollback", "hello", str(project))
+    assert back.returncode == 0, back.stderr
+    status = json.loads(orch_cli("status", str(project), "--json").stdout)
+    assert {r["release"] for r in status} == {previous}
+    audit = json.loads(orch_cli("audit", str(project), "--json").stdout)
+    assert sum(1 for a in audit if a["action"] == "rollback") == 3
+
+    again = orch_cli("apply", str(project))                   # the manifests win again
+    assert again.returncode == 0, again.stderr
+    assert {r["release"] for r in json.loads(orch_cli("status", str(project), "--json").stdout)} == current
+    assert "up to date" in orch_cli("apply", str(project)).stdout
+
+
+def test_bad_manifest_is_refused_with_its_location_and_changes_nothing(project, tmp_path):
+    import json
+
+    bad = _variant(project, tmp_path, "typo", lambda t: t.replace('ports: ["8080:80"]', 'ports: ["80"]'))
+    before = orch_cli("status", str(project), "--json").stdout
+    res = orch_cli("apply", str(bad))
+    assert res.returncode == 3
+    assert "hello.yaml:" in res.stderr and "deploy/ports/0" in res.stderr and '"80"' in res.stderr
+    assert json.loads(orch_cli("status", str(project), "--json").stdout) == json.loads(before)
