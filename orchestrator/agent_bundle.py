@@ -16,7 +16,43 @@ from typing import Tuple, Union
 import runtime
 
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
-MAIN = b"import sys\nfrom runtime.cli import main\nsys.exit(main())\n"
+# Entry point. A zipapp cannot cache bytecode, so every verb would compile the agent's sources
+# again (~40 ms). On first use the sources are extracted next to the pyz, into a directory
+# named after the pyz (itself named by its digest) and its size, and imported from there with
+# the usual __pycache__; anything unusual (read-only disk, not a zip) falls back to the zip.
+MAIN = b"""import os
+import sys
+
+
+def _cached_sources():
+    pyz = os.path.abspath(sys.argv[0])
+    try:
+        st = os.stat(pyz)
+        cache = os.path.join(os.path.dirname(pyz), ".cache",
+                             "%s-%d" % (os.path.basename(pyz), st.st_size))
+        if not os.path.isdir(cache):
+            import shutil
+            import zipfile
+            tmp = "%s.tmp%d" % (cache, os.getpid())
+            with zipfile.ZipFile(pyz) as zf:
+                zf.extractall(tmp, [n for n in zf.namelist() if n.startswith("runtime/")])
+            try:
+                os.rename(tmp, cache)
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.isfile(os.path.join(cache, "runtime", "cli.py")):
+            sys.path.insert(0, cache)
+            sys.dont_write_bytecode = False  # the cache is the agent's own directory
+    except (OSError, ValueError, ImportError):
+        pass
+
+
+if not os.environ.get("ORCH_AGENT_NO_CACHE"):
+    _cached_sources()
+from runtime.cli import main  # noqa: E402
+
+sys.exit(main())
+"""
 SHEBANG = b"#!/usr/bin/env python3\n"
 
 

@@ -315,7 +315,25 @@ def verb_gc(layout: Layout, req: dict) -> dict:
             if now - os.stat(p).st_mtime > 3600:
                 freed += os.stat(p).st_size
                 os.unlink(p)
+    _gc_source_caches()
     return {"removed_images": removed_images, "removed_blobs": removed_blobs, "freed": freed}
+
+
+def _gc_source_caches() -> None:
+    """Drop the extracted-sources caches of agent files that are gone (see agent_bundle)."""
+    pyz = os.path.abspath(sys.argv[0])
+    cache_root = os.path.join(os.path.dirname(pyz), ".cache")
+    if not zipfile.is_zipfile(pyz) or not os.path.isdir(cache_root):
+        return
+    for entry in os.listdir(cache_root):
+        name, _, size = entry.rpartition("-")
+        path = os.path.join(os.path.dirname(pyz), name)
+        try:
+            if os.path.getsize(path) == int(size):
+                continue
+        except (OSError, ValueError):
+            pass
+        shutil.rmtree(os.path.join(cache_root, entry), ignore_errors=True)
 
 
 def verb_lock(layout: Layout, req: dict) -> dict:

@@ -33,3 +33,23 @@ def test_runs_on_python39_and_reports_its_digest(tmp_path):
     assert info["agent_digest"] == digest
     assert info["python"].startswith("3.9.")
     assert info["runtime"] in ("runc", "crun")
+
+
+def test_sources_are_cached_beside_the_pyz_with_bytecode(tmp_path):
+    path, digest = build_agent_pyz(tmp_path / "a")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    for _ in range(2):
+        out = subprocess.run(["/usr/bin/python3", str(path), "--root", str(tmp_path / "r"),
+                              "--run", str(tmp_path / "run"), "info"], capture_output=True,
+                             check=True, env=env)
+        assert json.loads(out.stdout)["agent_digest"] == digest
+    cache = path.parent / ".cache" / f"{path.name}-{path.stat().st_size}" / "runtime"
+    assert (cache / "cli.py").is_file()
+    assert any(p.name.startswith("cli.") for p in (cache / "__pycache__").iterdir())
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest.split(":")[1]   # untouched
+    other = path.parent / "gone.pyz"                  # gc drops caches of agents no longer there
+    (path.parent / ".cache" / "gone.pyz-123").mkdir()
+    subprocess.run(["/usr/bin/python3", str(path), "--root", str(tmp_path / "r"), "--run",
+                    str(tmp_path / "run"), "gc"], capture_output=True, check=True, env=env)
+    assert not (path.parent / ".cache" / "gone.pyz-123").exists() and not other.exists()
+    assert cache.is_dir()
