@@ -1,0 +1,87 @@
+"""Agent verbs through the real CLI (exit codes, JSON errors) where no container runs."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from runtime import protocol
+from runtime.layout import write_json
+from tests.runtime import imagekit as ik
+
+
+@pytest.fixture
+def agent(tmp_path):
+    return ik.Agent(ik.local_runner(), [sys.executable, "-m", "runtime"],
+                    str(tmp_path / "root"), str(tmp_path / "run"))
+
+
+def test_info(agent):
+    rc, info = agent.call("info")
+    assert rc == 0
+    assert set(info) >= {"platform", "agent_digest", "runtime", "runtime_version", "python",
+                         "free_disk", "free_memory", "nft"}
+
+
+@pytest.mark.parametrize("services,code,words", [
+    ({"Bad_Name": {"index": "sha256:" + "1" * 64, "deploy": {}}}, protocol.E_BAD_REQUEST,
+     "service name"),
+    ({"web": {"index": "sha256:" + "1" * 64, "deploy": {}, "release": "r-0"}},
+     protocol.E_BAD_REQUEST, "does not match"),
+    ({"web": {"index": "sha256:" + "1" * 64, "manifest": "sha256:" + "2" * 64, "deploy": {}}},
+     protocol.E_MISSING_BLOB, "not on this host"),
+    ({"web": {"deploy": {}}}, protocol.E_BAD_REQUEST, "needs index and deploy"),
+])
+def test_apply_refuses_bad_requests_before_changing_anything(agent, tmp_path, services, code,
+                                                             words):
+    rc, body = agent.call("apply", req={"who": "t", "services": services})
+    assert rc != 0 and body["error"]["code"] == code and words in body["error"]["message"]
+    assert not (tmp_path / "root" / "state" / "target.json").exists()
+
+
+def test_bad_json_and_unknown_verb(agent):
+    rc, body = agent.call("apply", data=b"{nope")
+    assert rc == protocol.EXIT_USAGE and body["error"]["code"] == protocol.E_BAD_REQUEST
+    rc, body = agent.call("frobnicate")
+    assert rc == protocol.EXIT_USAGE and body["error"]["code"] == protocol.E_USAGE
+
+
+def test_lock_unlock_audit(agent):
+    assert agent.call("lock", req={"holder": "ci", "ttl": 30})[0] == 0
+    assert agent.call("lock", req={"holder": "ci", "ttl": 30})[0] == 0      # re-entrant
+    rc, body = agent.call("lock", req={"holder": "me", "ttl": 30})
+    assert rc == protocol.EXIT_LOCKED and body["error"]["holder"] == "ci"
+    rc, body = agent.call("unlock", req={"holder": "me"})
+    assert rc == protocol.EXIT_LOCKED
+    assert agent.call("unlock", req={"holder": "me", "force": True})[0] == 0
+    assert agent.call("lock", req={"holder": "me", "ttl": 0.01})[0] == 0
+    time.sleep(0.05)
+    assert agent.call("lock", req={"holder": "ci", "ttl": 30})[0] == 0      # expired
+    assert agent.call("audit")[1] == {"lines": []}
+
+
+def test_logs_tail_and_follow(agent, tmp_path):
+    root = tmp_path / "root"
+    (root / "state").mkdir(parents=True)
+    (root / "logs").mkdir()
+    write_json(str(root / "state" / "status.json"),
+               {"current": {"web": {"release": "r-1", "slot": "b", "since": 1.0}}})
+    log = root / "logs" / "web.b.log"
+    log.write_bytes(b"one\ntwo\nthree\n")
+    rc, out, err = agent.runner(agent.argv("logs", "web", "--tail", "2"), b"", 30)
+    assert rc == 0 and out == b"two\nthree\n"
+    p = subprocess.Popen(agent.argv("logs", "web", "--tail", "1", "--follow"),
+                         stdout=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=ik.REPO),
+                         cwd=ik.REPO)
+    try:
+        assert p.stdout.readline() == b"three\n"
+        with open(log, "ab") as f:
+            f.write(b"four\n")
+        assert p.stdout.readline() == b"four\n"
+    finally:
+        p.kill()
+        p.wait()
+    rc, body = agent.call("logs", "nope")
+    assert rc != 0 and body["error"]["code"] == protocol.E_NOT_FOUND
