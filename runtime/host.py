@@ -56,10 +56,15 @@ class Host:
         self.sleep = sleep
         self.log = log
         self.host_id = layout.host_id()
-        self._metas: Dict[Tuple[str, str], container.Meta] = {}
+        self.metas: Dict[Tuple[str, str], container.Meta] = {}
         # The agent is the only writer of its nft table: read it once per process, then track
         # what this process wrote (a later process reads it again).
         self._port_map: Optional[Tuple] = None
+
+    def maintain(self) -> None:
+        """Housekeeping outside the plan: keep every container log under its size bound."""
+        for m in container.list_metas(self.layout):
+            container.bound_log(container.log_path(self.layout, m.service, m.slot))
 
     def forget_cache(self) -> None:
         self._port_map = None
@@ -73,12 +78,11 @@ class Host:
         now = self.clock()
         metas = container.list_metas(self.layout)
         metas += container.list_orphans(self.layout, self.host_id, metas)
-        self._metas = {(m.service, m.slot): m for m in metas}
+        self.metas = {(m.service, m.slot): m for m in metas}
         boxes = []
         for m in metas:
             status = container.status_of(m, self.rt)
             boxes.append(planner.Box(m.service, m.slot, m.release, m.instance, status, m.ip))
-            container.bound_log(container.log_path(self.layout, m.service, m.slot))
         if self._port_map is None:
             table, port_map = network.read_port_map()
             self._port_map = port_map if table else None
@@ -170,6 +174,7 @@ class Host:
                          or (isinstance(s, Unpack) and any(
                              w.manifest == s.manifest for w in wants if w.service in only))]
             if not steps:
+                self.maintain()
                 return
             step = steps[0]
             if isinstance(step, Wait):
@@ -248,7 +253,7 @@ def ex_start(h: Host, step: Start, obs: Observed) -> None:
 
 
 def ex_check_health(h: Host, step: CheckHealth, obs: Observed) -> None:
-    meta = h._metas[(step.service, step.slot)]
+    meta = h.metas[(step.service, step.slot)]
     spec = health.HealthSpec.from_deploy(h.target_of(step.service).get("deploy") or {})
     ok, msg = health.run_until_healthy(
         spec, meta.ip, _exec_in(h, meta),
@@ -275,7 +280,7 @@ def ex_switch(h: Host, step: Switch, obs: Observed) -> None:
 
 
 def ex_settle(h: Host, step: Settle, obs: Observed) -> None:
-    meta = h._metas[(step.service, step.slot)]
+    meta = h.metas[(step.service, step.slot)]
     spec = health.HealthSpec.from_deploy(h.target_of(step.service).get("deploy") or {})
     started = h.clock()
     ok, why = True, None
@@ -285,7 +290,7 @@ def ex_settle(h: Host, step: Settle, obs: Observed) -> None:
                                lambda: oci.proc_alive(meta.pid, meta.starttime), step.monitor,
                                sleep=h.sleep)
     if not ok:
-        old = h._metas.get((step.service, step.fallback))
+        old = h.metas.get((step.service, step.fallback))
         st = h.state.status()
         if old is not None and oci.proc_alive(old.pid, old.starttime):
             st["current"][step.service] = {"release": old.release, "slot": old.slot,
@@ -304,7 +309,7 @@ def ex_settle(h: Host, step: Settle, obs: Observed) -> None:
 
 
 def ex_stop(h: Host, step: Stop, obs: Observed) -> None:
-    meta = h._metas.get((step.service, step.slot))
+    meta = h.metas.get((step.service, step.slot))
     if meta is None:
         return
     t = h.state.target().get(step.service) or {}
@@ -313,7 +318,7 @@ def ex_stop(h: Host, step: Stop, obs: Observed) -> None:
 
 
 def ex_restart(h: Host, step: Restart, obs: Observed) -> None:
-    meta = h._metas.get((step.service, step.slot))
+    meta = h.metas.get((step.service, step.slot))
     if meta is not None:
         container.remove(h.layout, h.rt, meta, 1.0)
     st = h.state.status()

@@ -38,6 +38,7 @@ def tick(h) -> float:
         if work:  # a failure that is not a release's own raises: run_serve backs off
             h.attempt(work[0], wants, obs)
             return 0.0
+        h.maintain()
         if steps:
             return max(0.01, min(steps[-1].seconds, 1.0))
         return 1.0
