@@ -235,7 +235,7 @@ def plan(desired: Tuple[Want, ...], observed: Observed) -> List[Step]:
     """Steps whose preconditions hold now: work first (network, then per service), waits
     last (only the shortest one)."""
     o = observed
-    if not o.network_ready:
+    if not o.network_ready and (desired or o.boxes):
         return [EnsureNetwork()]
     wants = {w.service: w for w in desired}
     current = {c.service: c for c in o.current}

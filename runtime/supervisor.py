@@ -25,6 +25,9 @@ def _log(msg: str) -> None:
     sys.stderr.flush()
 
 
+LOCK_WAIT = 30.0
+
+
 def tick(h) -> float:
     """Run at most one step (under the converge lock, so it never interleaves with an
     ``apply``); return how long to sleep before the next tick."""
@@ -48,17 +51,28 @@ def run_serve(layout: Layout) -> int:
     from runtime.agent import make_host
     h = make_host(layout, log=_log)
     fd = os.open(layout.pidfile, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        _log("another serve is running")
-        return 3
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:  # a serve that was just told to stop may still finish its step: wait for it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                _log("serve: another serve is running")
+                os.close(fd)
+                return 3
+            time.sleep(0.1)
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
-    stop = {"now": False}
+    stop = {"now": False, "fd": fd}
 
     def on_term(signum, frame):
+        # Give the pidfile up at once, so a successor (an upgraded agent) can start while this
+        # one finishes its current step; steps never interleave (converge lock).
         stop["now"] = True
+        if stop["fd"] is not None:
+            os.close(stop["fd"])
+            stop["fd"] = None
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)

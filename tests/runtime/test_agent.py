@@ -85,3 +85,36 @@ def test_logs_tail_and_follow(agent, tmp_path):
         p.wait()
     rc, body = agent.call("logs", "nope")
     assert rc != 0 and body["error"]["code"] == protocol.E_NOT_FOUND
+
+
+def test_serve_hands_over_to_a_successor_and_keeps_a_pidfile(agent, tmp_path):
+    env = dict(os.environ, PYTHONPATH=ik.REPO)
+    pidfile = tmp_path / "run" / "serve.pid"
+
+    def start():
+        return subprocess.Popen(agent.argv("serve"), env=env, cwd=ik.REPO,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def named(pid):
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            if pidfile.exists() and pidfile.read_text().strip() == str(pid):
+                return True
+            time.sleep(0.02)
+        return False
+
+    first = start()
+    second = None
+    try:
+        assert named(first.pid)
+        assert agent.call("info")[1]["serve_pid"] == first.pid
+        first.terminate()                       # what an agent upgrade does, then starts anew
+        second = start()
+        assert named(second.pid)
+        assert first.wait(10) == 0
+        assert second.poll() is None
+    finally:
+        for p in (first, second):
+            if p and p.poll() is None:
+                p.terminate()
+                p.wait(10)

@@ -25,6 +25,7 @@ def obs(**kw):
 
 CASES = [
     ("network first", (W1,), obs(network_ready=False), [EnsureNetwork()]),
+    ("no network while nothing is wanted", (), obs(network_ready=False), []),
     ("unpack before start", (W1,), obs(images=frozenset()), [Unpack(M)]),
     ("first start in slot a", (W1,), obs(), [Start("web", "a", "r1")]),
     ("check health of the new slot", (W1,), obs(boxes=(A1,)), [CheckHealth("web", "a", "i-a1")]),
