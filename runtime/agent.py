@@ -113,8 +113,19 @@ def _check_service(layout: Layout, name: str, s: dict, plat: str) -> dict:
 
 
 def _check_ports(existing: dict, new: dict) -> None:
-    """Refuse a target where two services publish the same host port (names the new one)."""
+    """Refuse a target where two services publish the same host port (names the new one), or
+    where a new port is one a host process listens on (publishing 22 would hijack sshd)."""
+    from runtime import network
     seen: Dict[tuple, str] = {}
+    ours = {(p.get("protocol", "tcp"), int(p["host"])) for t in existing.values()
+            for p in (t.get("deploy") or {}).get("ports") or []}
+    listening = {proto: network.host_listening(proto) for proto in ("tcp", "udp")}
+    for name in sorted(new):
+        for p in (new[name].get("deploy") or {}).get("ports") or []:
+            key = (p.get("protocol", "tcp"), int(p["host"]))
+            if key not in ours and key[1] in listening.get(key[0], set()):
+                raise BadRequest(f"services/{name}/deploy/ports: {key[1]}/{key[0]} is already "
+                                 "in use by a process on the host")
     order = [(n, existing[n]) for n in sorted(existing)] + [(n, new[n]) for n in sorted(new)]
     for name, t in order:
         for p in (t.get("deploy") or {}).get("ports") or []:

@@ -172,6 +172,30 @@ def run_switch_ports(entries: Iterable[Entry]) -> None:
     run_nft(render_port_switch(entries))
 
 
+def parse_listening(text: str, udp: bool = False) -> set:
+    """Local ports in LISTEN state (tcp) or bound (udp) from /proc/net/{tcp,udp}[6] text."""
+    ports = set()
+    for line in text.splitlines()[1:]:
+        f = line.split()
+        if len(f) < 4:
+            continue
+        if udp or f[3] == "0A":
+            ports.add(int(f[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def host_listening(proto: str) -> set:
+    """Ports something on this host (its network namespace) already listens on."""
+    out: set = set()
+    for name in (proto, proto + "6"):
+        try:
+            with open(f"/proc/net/{name}") as f:
+                out |= parse_listening(f.read(), udp=proto == "udp")
+        except OSError:
+            pass
+    return out
+
+
 def allocate_ip(used: Iterable[str], cursor: int, subnet: str = SUBNET) -> Tuple[str, int]:
     """Next free address after ``cursor`` (rotating, so a fresh container rarely reuses a
     recent address whose neighbour entry may be stale). Returns (ip, new cursor)."""

@@ -185,6 +185,9 @@ def test_no_room_fails_clearly_and_port_clash_is_refused(amd, base_layer):
     rc, body = agent.apply({"dup": (img, ik.deploy_spec(port=8081))})
     assert rc == protocol.EXIT_USAGE and "already published by service hc" in \
         body["error"]["message"]
+    rc, body = agent.apply({"dup": (img, ik.deploy_spec(port=22))})      # sshd listens there
+    assert rc == protocol.EXIT_USAGE and "in use by a process on the host" in \
+        body["error"]["message"]
 
 
 def test_monitor_window_reverts_a_release_that_dies(amd, base_layer):

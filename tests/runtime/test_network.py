@@ -95,3 +95,11 @@ def test_cgroup_mounts_are_copied_from_init_only_when_missing():
         ["mkdir", "-p", "/sys/fs/cgroup/unified"],
         ["mount", "-t", "cgroup2", "-o", "defaults", "cgroup2", "/sys/fs/cgroup/unified"]]
     assert cgroups.render_cgroup_mounts(init, init) == []
+
+
+def test_parse_listening():
+    text = ("  sl  local_address rem_address   st tx_queue rx_queue\n"
+            "   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000\n"
+            "   1: 0100007F:1F90 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000\n")
+    assert network.parse_listening(text) == {22}
+    assert network.parse_listening(text, udp=True) == {22, 8080}
