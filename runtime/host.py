@@ -295,6 +295,8 @@ def ex_settle(h: Host, step: Settle, obs: Observed) -> None:
         if old is not None and oci.proc_alive(old.pid, old.starttime):
             st["current"][step.service] = {"release": old.release, "slot": old.slot,
                                            "since": round(h.clock(), 3)}
+            hist = st["history"].get(step.service) or []
+            st["history"][step.service] = [r for r in hist if r != old.release]
         st["failed"].setdefault(step.service, {})[meta.release] = f"reverted: {why}"
         h.state.save_status(st)
         h.sync_ports(h.fresh_boxes())

@@ -209,6 +209,7 @@ def test_monitor_window_reverts_a_release_that_dies(amd, base_layer):
     assert ik.hammer_get(host.address, 8082) == b"stable\n"
     st = status(agent)["mon"]
     assert list(st["slots"]) == [st["slot"]]
+    assert st["release"] not in st["previous"]
 
 
 def test_kill9_mid_swap_converges_to_one_slot_and_leaks_nothing(lab, amd2, base_layer):
