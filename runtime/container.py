@@ -34,6 +34,7 @@ class Meta:
     starttime: str = ""
     started: bool = False
     created: float = 0.0
+    stop_signal: str = "TERM"
 
     @classmethod
     def load(cls, path: str) -> Optional["Meta"]:
@@ -194,6 +195,7 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
                     f.write(base64.b64decode(secret_values[s["name"]]))
                 secs.append((p, s["dest"]))
         image_config = unpack.image_config(layout, target["manifest"])
+        meta.stop_signal = oci.stop_signal((image_config.get("config") or {}).get("StopSignal"))
         try:
             uid, gid = bundle.resolve_user(os.path.join(img, "rootfs"),
                                            (image_config.get("config") or {}).get("User") or "")
@@ -236,7 +238,7 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
 def remove(layout: Layout, rt: oci.Runtime, meta: Meta, stop_timeout: float) -> None:
     """Stop (TERM, wait, KILL), delete from the runtime, unmount, remove every file."""
     rt = rt_of(meta, rt)
-    oci.run_stop(rt, meta.id, meta.pid, meta.starttime, stop_timeout)
+    oci.run_stop(rt, meta.id, meta.pid, meta.starttime, stop_timeout, meta.stop_signal)
     network.run_unwire(veth_key(meta))
     d = cdir(layout, meta.id)
     rootfs = os.path.join(d, "rootfs")

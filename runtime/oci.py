@@ -166,10 +166,24 @@ def proc_starttime(pid: int) -> str:
         return ""
 
 
-def run_stop(rt: Runtime, cid: str, pid: int, starttime: str, timeout: float) -> None:
-    """TERM, wait up to ``timeout``, KILL, then delete. Safe on a container already gone."""
+def stop_signal(image_config_signal: str) -> str:
+    """The image's StopSignal ("SIGQUIT", "QUIT", "3") as runc/crun take it; TERM otherwise."""
+    s = (image_config_signal or "").upper()
+    if s.isdigit():
+        try:
+            return signal.Signals(int(s)).name[3:]
+        except ValueError:
+            return "TERM"
+    s = s[3:] if s.startswith("SIG") else s
+    return s if s and hasattr(signal, "SIG" + s) else "TERM"
+
+
+def run_stop(rt: Runtime, cid: str, pid: int, starttime: str, timeout: float,
+             sig: str = "TERM") -> None:
+    """``sig`` (TERM), wait up to ``timeout``, KILL, then delete. Safe on a container already
+    gone."""
     if known(rt, cid) and proc_alive(pid, starttime):
-        _run(argv_kill(rt, cid, "TERM"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _run(argv_kill(rt, cid, sig), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while proc_alive(pid, starttime) and time.monotonic() < deadline:
             time.sleep(0.01)

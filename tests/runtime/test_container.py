@@ -45,3 +45,9 @@ def test_orphans_are_runtime_states_of_ours_without_a_container_dir(tmp_path):
     orphans = container.list_orphans(lay, "1a2b3c4d", [kept])
     assert [(o.id, o.service, o.slot, o.runtime) for o in orphans] == [
         ("o1a2b3c4d-my-api-b", "my-api", "b", "runc")]
+
+
+def test_stop_signal_from_the_image():
+    from runtime.oci import stop_signal
+    assert [stop_signal(x) for x in ("SIGQUIT", "quit", "3", "", None, "SIGNOPE", "99")] == [
+        "QUIT", "QUIT", "QUIT", "TERM", "TERM", "TERM", "TERM"]
