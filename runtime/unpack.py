@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import stat
-from typing import TYPE_CHECKING, Dict, List, Optional, Set
+from typing import TYPE_CHECKING, List, Optional, Set
 
 if TYPE_CHECKING:
     import tarfile
@@ -139,8 +139,9 @@ def check_member(member: "tarfile.TarInfo") -> List[str]:
 
 
 def _apply_meta(path: str, m: "tarfile.TarInfo") -> None:
+    """Owner, mode and mtime of an entry just created at ``path`` (never through a link)."""
     os.lchown(path, m.uid, m.gid)
-    if not m.issym():
+    if not m.issym() and not os.path.islink(path):
         os.chmod(path, m.mode & 0o7777)
     try:
         os.utime(path, (m.mtime, m.mtime), follow_symlinks=False)
@@ -154,7 +155,6 @@ def apply_layer(root: str, fileobj, created: Optional[Set[str]] = None) -> None:
     import tarfile
     import zlib
     created = set() if created is None else created
-    dir_meta: Dict[str, "tarfile.TarInfo"] = {}
     try:
         tf = tarfile.open(fileobj=fileobj, mode="r|*")
     except tarfile.TarError as exc:
@@ -188,7 +188,9 @@ def apply_layer(root: str, fileobj, created: Optional[Set[str]] = None) -> None:
                         _remove(path)
                     if not os.path.lexists(path):
                         os.mkdir(path, 0o755)
-                    dir_meta[path] = m
+                    # metadata now, never deferred: a later entry may turn a parent of this
+                    # path into a link, and a deferred chmod would then land outside the root
+                    _apply_meta(path, m)
                     continue
                 if os.path.lexists(path):
                     _remove(path)
@@ -215,8 +217,6 @@ def apply_layer(root: str, fileobj, created: Optional[Set[str]] = None) -> None:
             raise UnsafeImage(f"layer is truncated or corrupt: {exc}") from None
         except OSError as exc:
             raise UnsafeImage(f"layer could not be unpacked: {exc}") from None
-    for path in sorted(dir_meta, reverse=True):
-        _apply_meta(path, dir_meta[path])
 
 
 def read_manifest(layout: Layout, manifest_digest: str) -> dict:

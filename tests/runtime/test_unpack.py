@@ -110,3 +110,16 @@ def test_select_manifest():
     assert unpack.select_manifest(idx, "linux/amd64") == "a"
     assert unpack.select_manifest(idx, "linux/arm64") == "b"
     assert unpack.select_manifest(idx, "linux/arm/v7") == "c"
+
+
+def test_a_dir_replaced_by_a_link_later_in_the_layer_does_not_leak_metadata(tmp_path):
+    root = tmp_path / "rootfs"
+    root.mkdir()
+    outside = tmp_path / "outside"
+    (outside / "b").mkdir(parents=True)
+    os.chmod(outside / "b", 0o755)
+    data = layer(ik.dir_entry("a", 0o755), ik.dir_entry("a/b", 0o700),
+                 ik.file_entry(".wh.a", b""), ik.link_entry("a", str(outside)))
+    unpack.apply_layer(str(root), io.BytesIO(data))
+    assert unpack.mode_of(str(outside / "b")) == 0o755
+    assert os.readlink(root / "a") == str(outside)
