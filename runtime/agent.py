@@ -208,6 +208,17 @@ def verb_remove(layout: Layout, service: str, who: str, log=None) -> dict:
     return {"services": {service: {"ok": True, "removed": True, "release": None}}}
 
 
+def _health(st: dict, name: str, m) -> str:
+    """What serve's last probes say about the serving container, else whether it passed its
+    check when it was started."""
+    if m is None:
+        return "unknown"
+    rec = (st.get("health") or {}).get(name) or {}
+    if rec.get("instance") == m.instance:
+        return rec["state"]
+    return "healthy" if m.instance in st["healthy"] else "unknown"
+
+
 def verb_status(layout: Layout, req: dict) -> dict:
     from runtime import oci
     layout.ensure()
@@ -224,7 +235,7 @@ def verb_status(layout: Layout, req: dict) -> dict:
         wanted = (target.get(name) or {}).get("release")
         entry = {"release": cur.get("release"), "slot": cur.get("slot"),
                  "state": container.status_of(m, rt) if m else "missing",
-                 "health": ("healthy" if m and m.instance in st["healthy"] else "unknown"),
+                 "health": _health(st, name, m),
                  "since": cur.get("since"), "previous": list(st["history"].get(name) or []),
                  "wanted": wanted,
                  "slots": {s: {"release": x.release, "state": container.status_of(x, rt),

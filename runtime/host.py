@@ -66,6 +66,41 @@ class Host:
         for m in container.list_metas(self.layout):
             container.bound_log(container.log_path(self.layout, m.service, m.slot))
 
+    def probe_serving(self, last: Dict[str, float]) -> None:
+        """``serve`` only: run each serving container's health check once per interval and
+        record the outcome (status shows it); an unhealthy container is reported, not
+        replaced (a crash is what restarts it)."""
+        st = self.state.status()
+        target = self.state.target()
+        changed = False
+        now = self.clock()
+        for name, cur in sorted(st["current"].items()):
+            meta = self.metas.get((name, cur["slot"]))
+            t = target.get(name)
+            if meta is None or t is None or meta.release != cur["release"]:
+                continue
+            spec = health.HealthSpec.from_deploy(t.get("deploy") or {})
+            if spec.kind == "none" or now - last.get(name, 0.0) < spec.interval:
+                continue
+            last[name] = now
+            if not oci.proc_alive(meta.pid, meta.starttime):
+                continue
+            ok, msg = health.probe(spec, meta.ip, _exec_in(self, meta))
+            rec = st.setdefault("health", {}).get(name) or {}
+            fails = 0 if ok else int(rec.get("fails", 0)) + 1
+            state = "healthy" if ok else ("unhealthy" if fails >= spec.retries else
+                                          rec.get("state", "healthy"))
+            new = {"state": state, "fails": fails, "instance": meta.instance,
+                   "since": rec["since"] if rec.get("state") == state and
+                   rec.get("instance") == meta.instance else round(now, 3),
+                   "last": msg[:200]}
+            if {k: v for k, v in new.items() if k != "last"} != \
+                    {k: v for k, v in rec.items() if k != "last"}:
+                st["health"][name] = new
+                changed = True
+        if changed:
+            self.state.save_status(st)
+
     def forget_cache(self) -> None:
         self._port_map = None
 

@@ -28,7 +28,7 @@ def _log(msg: str) -> None:
 LOCK_WAIT = 30.0
 
 
-def tick(h) -> float:
+def tick(h, probes: Optional[dict] = None) -> float:
     """Run at most one step (under the converge lock, so it never interleaves with an
     ``apply``); return how long to sleep before the next tick."""
     with h.state.flock("converge.lock", blocking=False) as got:
@@ -42,6 +42,8 @@ def tick(h) -> float:
             h.attempt(work[0], wants, obs)
             return 0.0
         h.maintain()
+        if probes is not None:
+            h.probe_serving(probes)
         if steps:
             return max(0.01, min(steps[-1].seconds, 1.0))
         return 1.0
@@ -78,13 +80,14 @@ def run_serve(layout: Layout) -> int:
     signal.signal(signal.SIGINT, on_term)
     _log(f"serve: pid {os.getpid()}, runtime {h.rt.name}, root {layout.root}")
     errors = 0
+    probes: dict = {}
     refreshed = time.monotonic()
     while not stop["now"]:
         if time.monotonic() - refreshed > 5.0:
             h.forget_cache()  # re-read the nft table now and then (someone may have flushed it)
             refreshed = time.monotonic()
         try:
-            delay = tick(h)
+            delay = tick(h, probes)
             errors = 0
         except Exception as exc:  # keep running: back off and retry
             errors += 1

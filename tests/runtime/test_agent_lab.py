@@ -460,3 +460,28 @@ def test_outbound_nat_tcp_and_exec_health_and_a_portless_service(lab, amd, amd2,
         assert rc == 0 and body["services"]["worker"]["ok"], body
     st = status(a1)["worker"]
     assert st["state"] == "running" and list(st["slots"]) == [st["slot"]] == ["b"]
+
+
+def test_serve_reports_the_health_of_serving_containers(lab, amd2, base_layer):
+    host, agent = amd2
+    cmd = ["/bin/busybox", "sh", "-c", "mkdir -p /tmp/www; echo up > /tmp/www/ok.html; "
+           "trap 'exit 0' TERM; /bin/busybox httpd -f -p 80 -h /tmp/www & wait"]
+    img = image(base_layer, "hp", cmd=cmd)
+    agent.ship(img)
+    spec = ik.deploy_spec(port=8096, health={"kind": "http", "path": "/ok.html", "port": 80,
+                                             "command": [], "interval": 0.2, "timeout": 0.5,
+                                             "retries": 2, "start_period": 0.0})
+    rc, body = agent.apply({"hp": (img, spec)})
+    assert rc == 0, body
+    rc, started = agent.call("serve", "--daemon")
+    assert rc == 0, started
+    try:
+        wait_for(lambda: status(agent)["hp"]["health"] == "healthy", 10)
+        cid = [c for c in leaks(lab, host)["runc"] if c.endswith("-hp-a")][0]
+        rc, out, err = lab.run(host, ["runc", "--root", "/run/orch/runc", "exec", cid,
+                                      "/bin/busybox", "rm", "/tmp/www/ok.html"])
+        assert rc == 0, err
+        wait_for(lambda: status(agent)["hp"]["health"] == "unhealthy", 10)
+        assert status(agent)["hp"]["state"] == "running"      # reported, not replaced
+    finally:
+        lab.run(host, ["kill", str(started["pid"])])
