@@ -282,8 +282,17 @@ def verb_logs(layout: Layout, service: str, tail: int, follow: bool, out) -> Non
             sink.flush()
 
 
+def releases_to_keep(target: dict, st: dict, container_releases) -> set:
+    """(service, release) pairs gc must keep: the target, what serves, the rollback history
+    (already cut to keep_releases) and whatever a container still runs."""
+    keep = {(n, t["release"]) for n, t in target.items()}
+    keep |= {(n, c["release"]) for n, c in st["current"].items()}
+    keep |= {(n, r) for n, hist in st["history"].items() for r in hist}
+    keep |= set(container_releases)
+    return keep
+
+
 def verb_gc(layout: Layout, req: dict) -> dict:
-    from runtime import unpack
     h = make_host(layout)
     removed_images: List[str] = []
     removed_blobs: List[str] = []
@@ -292,21 +301,12 @@ def verb_gc(layout: Layout, req: dict) -> dict:
         st = h.state.status()
         target = h.state.target()
         records = _records(layout)
-        keep_rel = set()
-        for name, t in target.items():
-            keep_rel.add((name, t["release"]))
-        for name, c in st["current"].items():
-            keep_rel.add((name, c["release"]))
-        for name, hist in st["history"].items():
-            keep_rel.update((name, r) for r in hist)
-        for m in container.list_metas(layout):
-            keep_rel.add((m.service, m.release))
+        keep_rel = releases_to_keep(target, st, ((m.service, m.release)
+                                                 for m in container.list_metas(layout)))
         keep_blobs = set()
         keep_images = set()
         for name, rel in keep_rel:
-            rec = (records.get(name) or {}).get(rel) or (target.get(name) if
-                                                         target.get(name, {}).get("release") == rel
-                                                         else None)
+            rec = (records.get(name) or {}).get(rel)
             if not rec:
                 continue
             keep_images.add(protocol.split_digest(rec["manifest"]))

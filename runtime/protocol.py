@@ -19,6 +19,8 @@ failed).
                            with wait=false: persists the target, `serve` converges.
   status                -> {services: {NAME: {release, slot, state, health, since, previous,
                             wanted, slots: {a|b: {release, state, ip}}, error?}}, serve_pid}
+                           state: running|stopped|created|gone|missing;
+                           health: healthy|unhealthy|unknown (serve probes once per interval)
   logs NAME [--tail N] [--follow]   raw text of the serving slot's stdout+stderr (not JSON)
   rollback NAME [--to RELEASE] [--who W]   -> like apply
   remove NAME [--who W] -> {services: {NAME: {ok, removed}}}

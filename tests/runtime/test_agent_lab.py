@@ -151,6 +151,20 @@ def test_twenty_replacements_under_load_fail_no_request(amd, base_layer):
           f"{h.ok} requests, 0 failed")
 
 
+def test_gc_keeps_what_serves_and_the_rollback_history(amd):
+    host, agent = amd                                 # after 20 replacements of "web"
+    rc, out, err = agent.runner(["ls", "/var/lib/orch/images"], b"", 30)
+    before = out.split()
+    rc, body = agent.call("gc")
+    assert rc == 0, body
+    rc, out, err = agent.runner(["ls", "/var/lib/orch/images"], b"", 30)
+    after = out.split()
+    assert len(before) == 21 and len(after) == 4           # serving + keep_releases (3)
+    assert ik.hammer_get(host.address, 8080) == b"v20\n"
+    rc, body = agent.call("rollback", "web")              # the history is still there
+    assert rc == 0 and ik.hammer_get(host.address, 8080) == b"v19\n"
+
+
 def test_failing_health_leaves_the_old_release_serving(amd, base_layer):
     host, agent = amd
     good = image(base_layer, "good")
