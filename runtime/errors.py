@@ -51,5 +51,9 @@ class Locked(AgentFailure):
     exit_code = protocol.EXIT_LOCKED
 
 
+class Busy(AgentFailure):
+    code = protocol.E_BUSY
+
+
 class NotFound(AgentFailure):
     code = protocol.E_NOT_FOUND

@@ -66,6 +66,7 @@ E_RUNTIME = "runtime"
 E_NO_ROOM = "no_room"
 E_HEALTH = "health"
 E_LOCKED = "locked"
+E_BUSY = "busy"               # another agent process kept the host busy past the wait
 E_NOT_FOUND = "not_found"
 E_INTERNAL = "internal"
 

@@ -19,7 +19,7 @@ import os
 import time
 from typing import Any, Dict, Iterator, List, Optional
 
-from runtime.errors import Locked
+from runtime.errors import Busy, Locked
 from runtime.layout import Layout, read_json, write_json
 
 
@@ -111,7 +111,8 @@ class State:
     @contextlib.contextmanager
     def flock(self, name: str, blocking: bool = True, timeout: float = 600.0
               ) -> Iterator[bool]:
-        """A kernel lock (released when the process dies, even by kill -9)."""
+        """A kernel lock (released when the process dies, even by kill -9). Blocking: waits
+        up to ``timeout`` then raises Busy; non-blocking: yields whether it was taken."""
         fd = os.open(self._p(name), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             got = False
@@ -122,8 +123,11 @@ class State:
                     got = True
                     break
                 except BlockingIOError:
-                    if not blocking or time.monotonic() > deadline:
+                    if not blocking:
                         break
+                    if time.monotonic() > deadline:
+                        raise Busy(f"{name} is held by another agent process for over "
+                                   f"{timeout:.0f} s")
                     time.sleep(0.01)
             yield got
         finally:

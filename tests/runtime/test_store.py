@@ -63,3 +63,18 @@ def test_corruption_on_disk_is_detected_at_use(layout):
         f.write(b"tampered")
     with pytest.raises(DigestMismatch):
         store.read_verified(layout, d)
+
+
+def test_a_held_converge_lock_makes_a_waiter_busy_not_unlocked(layout):
+    from runtime.errors import Busy
+    from runtime.state import State
+    a, b = State(layout), State(layout)
+    with a.flock("converge.lock") as got:
+        assert got
+        with b.flock("converge.lock", blocking=False) as got2:
+            assert not got2
+        with pytest.raises(Busy):
+            with b.flock("converge.lock", timeout=0.05):
+                pass
+    with b.flock("converge.lock", timeout=0.05) as got3:
+        assert got3
