@@ -3,14 +3,7 @@ from __future__ import annotations
 
 import time
 
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
 from orchestrator.commands._common import add_source_arguments, prepare_with_progress, print_json
-from orchestrator.deploy import apply, observe
-from orchestrator.errors import RolloutError
-from orchestrator.report import plan_to_json, render_plan
-from orchestrator.ssh import ConnectionPool
 
 HELP = "build, ship and roll out the manifests to the fleet (prints the plan first)"
 
@@ -21,6 +14,13 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    from orchestrator.deploy import apply, observe
+    from orchestrator.errors import RolloutError
+    from orchestrator.report import plan_to_json, render_plan
+    from orchestrator.ssh import ConnectionPool
+
     console = Console(stderr=True)
     started = time.monotonic()
     prep = prepare_with_progress(args)

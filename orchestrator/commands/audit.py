@@ -4,8 +4,6 @@ from __future__ import annotations
 import time
 
 from orchestrator.commands._common import add_source_arguments, parse_vars, print_json
-from orchestrator.deploy import open_fleet
-from orchestrator.fanout import fan_out
 
 HELP = "show each host's append-only audit log (who, when, what release)"
 
@@ -16,6 +14,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from orchestrator.deploy import open_fleet
+    from orchestrator.fanout import fan_out
+
     fleet = open_fleet(args.directory, parse_vars(args.var))
     with fleet.pool:
         clients, errors = fleet.clients()

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 from orchestrator.commands._common import add_source_arguments, parse_vars, print_json
-from orchestrator.deploy import open_fleet
-from orchestrator.report import human_bytes
 
 HELP = "list the fleet's hosts: platform, agent version, runtime, reachable, free disk"
 
@@ -13,6 +11,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from orchestrator.deploy import open_fleet
+    from orchestrator.report import human_bytes
+
     fleet = open_fleet(args.directory, parse_vars(args.var))
     with fleet.pool:
         clients, errors = fleet.clients()

@@ -6,10 +6,6 @@ import os
 import shlex
 import sys
 
-from orchestrator.errors import LabError, UsageError
-from orchestrator.lab.layout import LabLayout, LabSpec
-from orchestrator.lab.machine import LabMachine, known_labs, load_layout
-from orchestrator.tools import find_tool
 
 HELP = "make, inspect and remove the lab fleet (real sshd hosts in namespaces on this machine)"
 
@@ -35,6 +31,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from orchestrator.errors import LabError, UsageError
+    from orchestrator.lab.layout import LabLayout, LabSpec
+    from orchestrator.lab.machine import LabMachine, known_labs, load_layout
+    from orchestrator.tools import find_tool
+
     action = args.lab_command
     if action == "up":
         spec = LabSpec(args.name, args.hosts, args.arm64, args.armv7, args.link_rate).validate()

@@ -4,9 +4,6 @@ from __future__ import annotations
 import sys
 
 from orchestrator.commands._common import add_source_arguments, parse_vars
-from orchestrator.deploy import open_fleet
-from orchestrator.errors import UsageError
-from orchestrator.inventory import select_hosts
 
 HELP = "print a service's logs from its hosts (--follow to stream)"
 
@@ -20,6 +17,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from orchestrator.deploy import open_fleet
+    from orchestrator.errors import UsageError
+    from orchestrator.inventory import select_hosts
+
     fleet = open_fleet(args.directory, parse_vars(args.var))
     service = fleet.desired.services.get(args.service)
     if service is None:

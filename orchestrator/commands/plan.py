@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 from orchestrator.commands._common import add_source_arguments, prepare_with_progress, print_json
-from orchestrator.deploy import observe
-from orchestrator.report import plan_to_json, render_plan
-from orchestrator.ssh import ConnectionPool
 
 HELP = "show, per host, what apply would change (releases, blobs and bytes to ship, containers replaced)"
 
@@ -14,6 +11,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from orchestrator.deploy import observe
+    from orchestrator.report import plan_to_json, render_plan
+    from orchestrator.ssh import ConnectionPool
+
     prep = prepare_with_progress(args)
     with ConnectionPool(h.target for h in prep.hosts) as pool:
         obs = observe(prep, pool)

@@ -2,10 +2,6 @@
 from __future__ import annotations
 
 from orchestrator.commands._common import add_source_arguments, parse_vars, print_json
-from orchestrator.deploy import MAX_PARALLEL_HOSTS, open_fleet
-from orchestrator.errors import RolloutError, UsageError
-from orchestrator.fanout import fan_out
-from orchestrator.inventory import select_hosts
 
 HELP = "roll a service back to its previous release (kept on the hosts), or to --to RELEASE"
 
@@ -17,6 +13,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from orchestrator.deploy import MAX_PARALLEL_HOSTS, open_fleet
+    from orchestrator.errors import RolloutError, UsageError
+    from orchestrator.fanout import fan_out
+    from orchestrator.inventory import select_hosts
+
     fleet = open_fleet(args.directory, parse_vars(args.var))
     service = fleet.desired.services.get(args.service)
     if service is None:

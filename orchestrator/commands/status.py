@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 from orchestrator.commands._common import add_source_arguments, parse_vars, print_json
-from orchestrator.deploy import open_fleet
-from orchestrator.fanout import fan_out
 
 HELP = "show per host and service: release, slot, state, health, since"
 
@@ -13,6 +11,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from orchestrator.deploy import open_fleet
+    from orchestrator.fanout import fan_out
+
     fleet = open_fleet(args.directory, parse_vars(args.var))
     with fleet.pool:
         clients, errors = fleet.clients()
@@ -36,5 +37,10 @@ def run(args) -> int:
                 print(f"{r['host']:<14} UNREACHABLE: {r['error']}")
                 continue
             print(f"{r['host']:<14} {r['service']:<14} {str(r['release']):<20} {str(r['slot']):<6} "
-                  f"{str(r['state']):<9} {str(r['health']):<9} {r['since'] or '-'}")
+                  f"{str(r['state']):<9} {str(r['health']):<9} {_when(r['since'])}")
     return 1 if errors or fan.failed else 0
+
+
+def _when(since) -> str:
+    import time
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(since))) if since else "-"
