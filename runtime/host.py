@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Callable, Dict, Iterable, Optional, Set, Tuple
 
 from runtime import container, health, network, oci, planner, unpack
 from runtime.errors import AgentFailure, HealthFailure, NoRoom

@@ -177,7 +177,6 @@ def desired_ports(wants: Dict[str, Want], current: Dict[str, Current],
 
 def _plan_service(w: Want, o: Observed, cur: Optional[Current],
                   boxes: Dict[str, Box], restarts: Dict[str, Restarts]) -> List[Step]:
-    steps: List[Step] = []
     failed = (w.service, w.release) in o.failed
 
     def steady(c: Current) -> List[Step]:

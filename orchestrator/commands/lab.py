@@ -6,7 +6,6 @@ import os
 import shlex
 import sys
 
-
 HELP = "make, inspect and remove the lab fleet (real sshd hosts in namespaces on this machine)"
 
 

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 import tarfile
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple

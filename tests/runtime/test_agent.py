@@ -1,5 +1,4 @@
 """Agent verbs through the real CLI (exit codes, JSON errors) where no container runs."""
-import json
 import os
 import subprocess
 import sys
