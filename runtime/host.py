@@ -87,12 +87,13 @@ class Host:
                 continue
             ok, msg = health.probe(spec, meta.ip, _exec_in(self, meta))
             rec = st.setdefault("health", {}).get(name) or {}
+            if rec.get("instance") != meta.instance:
+                rec = {}  # a new container starts with a clean record
             fails = 0 if ok else int(rec.get("fails", 0)) + 1
             state = "healthy" if ok else ("unhealthy" if fails >= spec.retries else
                                           rec.get("state", "healthy"))
             new = {"state": state, "fails": fails, "instance": meta.instance,
-                   "since": rec["since"] if rec.get("state") == state and
-                   rec.get("instance") == meta.instance else round(now, 3),
+                   "since": rec["since"] if rec.get("state") == state else round(now, 3),
                    "last": msg[:200]}
             if {k: v for k, v in new.items() if k != "last"} != \
                     {k: v for k, v in rec.items() if k != "last"}:
