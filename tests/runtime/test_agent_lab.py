@@ -202,6 +202,13 @@ def test_no_room_fails_clearly_and_port_clash_is_refused(amd, base_layer):
     rc, body = agent.apply({"dup": (img, ik.deploy_spec(port=22))})      # sshd listens there
     assert rc == protocol.EXIT_USAGE and "in use by a process on the host" in \
         body["error"]["message"]
+    # the spec allows stop-first: the old slot goes first, then the new one starts
+    spec_sf = dict(spec, stop_first=True)
+    rc, body = agent.apply({"hc": (img, spec_sf)})
+    assert rc == 0 and body["services"]["hc"]["ok"], body
+    assert ik.hammer_get(host.address, 8081) == b"huge\n"
+    st = status(agent)["hc"]
+    assert list(st["slots"]) == [st["slot"]]
 
 
 def test_monitor_window_reverts_a_release_that_dies(amd, base_layer):
