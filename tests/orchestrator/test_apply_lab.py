@@ -275,6 +275,7 @@ def test_a_new_agent_is_installed_without_stopping_the_containers(project, tmp_p
     import hashlib
     import zipfile
 
+    run_apply(project)                                       # whatever an earlier test left, converge first
     prep = prepare(str(project), {})
     newer = tmp_path / "agent.pyz"
     shutil.copy(prep.agent_pyz, newer)
