@@ -309,6 +309,10 @@ def orch_cli(*args):
 def test_fleet_commands_status_hosts_audit_and_rollback(project):
     import json
 
+    run_apply(project)                          # a known history: the project's release, then one change
+    css = project / "hello" / "www" / "style.css"
+    css.write_text(css.read_text() + f"\n/* before rollback {secrets.token_hex(4)} */\n")
+    assert run_apply(project)[2].ok
     status = json.loads(orch_cli("status", str(project), "--json").stdout)
     assert sorted(r["host"] for r in status) == ["amd64-1", "amd64-2", "arm64-1"]
     current = {r["release"] for r in status}
@@ -323,13 +327,14 @@ def test_fleet_commands_status_hosts_audit_and_rollback(project):
 
     audit = json.loads(orch_cli("audit", str(project), "--json").stdout)
     assert {(a["host"], a["action"]) for a in audit} >= {(h, "apply") for h in ("amd64-1", "amd64-2", "arm64-1")}
+    rollbacks_before = sum(1 for a in audit if a["action"] == "rollback")
 
     back = orch_cli("rollback", "hello", str(project))
     assert back.returncode == 0, back.stderr
     status = json.loads(orch_cli("status", str(project), "--json").stdout)
     assert {r["release"] for r in status} == {previous}
     audit = json.loads(orch_cli("audit", str(project), "--json").stdout)
-    assert sum(1 for a in audit if a["action"] == "rollback") == 3
+    assert sum(1 for a in audit if a["action"] == "rollback") == rollbacks_before + 3
 
     again = orch_cli("apply", str(project))                   # the manifests win again
     assert again.returncode == 0, again.stderr
