@@ -6,11 +6,13 @@ containers are run detached by the OCI runtime and keep serving.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import json
+from typing import Sequence, Tuple
 
-from orchestrator.agent_client import AGENT_DIR, AgentClient, install_agent
+from orchestrator.agent_client import AGENT_DIR, AgentClient, agent_path, install_agent
 from orchestrator.errors import AgentError
 from orchestrator.ssh import SSHConnection
+from runtime import protocol
 
 UNIT_PATH = "/etc/systemd/system/orch-agent.service"
 
@@ -52,14 +54,33 @@ def render_unit(agent_path: str) -> str:
 
 def ensure_agent(conn: SSHConnection, local_pyz: str, digest: str) -> AgentClient:
     """Install the agent if its digest is new there, and make sure `serve` runs that agent."""
-    return ensure_agent_info(conn, local_pyz, digest)[0]
+    return observe_host(conn, local_pyz, digest)[0]
 
 
-def ensure_agent_info(conn: SSHConnection, local_pyz: str, digest: str) -> Tuple[AgentClient, dict]:
-    """`ensure_agent`, also returning the agent's `info` answer (one round trip saved)."""
-    installed = install_agent(conn, local_pyz, digest)
-    client = AgentClient(conn, installed.path)
-    info = client.info()
+def observe_host(conn: SSHConnection, local_pyz: str, digest: str,
+                 digests: Sequence[str] = ()) -> Tuple[AgentClient, dict]:
+    """One round trip in the steady state: the agent's `observe` (info, which of `digests` the
+    host has, status). The agent is installed first only where its file is missing, and its
+    supervisor restarted only where it runs another agent file."""
+    client = AgentClient(conn, agent_path(digest))
+    request = json.dumps({"digests": list(digests)}).encode()
+    res = conn.run(client.argv("observe"), input=request, timeout=120)
+    if res.exit_code == 127:
+        raise AgentError("python3 is not installed on the host", host=conn.target.name,
+                         hint="install it there: apt-get install python3-minimal")
+    if res.exit_code == 2 and b"can't open file" in res.stderr:
+        install_agent(conn, local_pyz, digest)
+        res = conn.run(client.argv("observe"), input=request, timeout=120)
+    ok, body = protocol.parse_answer(res.exit_code, res.stdout)
+    if not ok:
+        err = body.get("error") or {}
+        raise AgentError(f"observe: {err.get('message') or res.stderr.decode(errors='replace').strip()[-300:]}",
+                         host=conn.target.name, code=err.get("code"))
+    _check_info(conn, client.path, digest, body["info"])
+    return client, body
+
+
+def _check_info(conn: SSHConnection, path: str, digest: str, info: dict) -> None:
     missing = []
     if not info.get("runtime"):
         missing.append("runc (or crun)")
@@ -68,21 +89,14 @@ def ensure_agent_info(conn: SSHConnection, local_pyz: str, digest: str) -> Tuple
     if missing:
         raise AgentError(f"host lacks {' and '.join(missing)}", host=conn.target.name,
                          hint="install them there: apt-get install runc nftables")
-    serve_pid: Optional[int] = info.get("serve_pid")
     if info.get("agent_digest") not in (None, digest):
-        raise AgentError(f"agent at {installed.path} reports digest {info.get('agent_digest')}, expected {digest}",
+        raise AgentError(f"agent at {path} reports digest {info.get('agent_digest')}, expected {digest}",
                          host=conn.target.name)
-    if serve_pid and not _serve_runs(conn, serve_pid, installed.path):
-        conn.run(["kill", str(serve_pid)])            # an older agent: replace the supervisor only
-        serve_pid = None
-    if not serve_pid:
-        _start_serve(conn, installed.path)
-    return client, info
-
-
-def _serve_runs(conn: SSHConnection, pid: int, agent_path: str) -> bool:
-    res = conn.run(["cat", f"/proc/{pid}/cmdline"])
-    return res.exit_code == 0 and agent_path.encode() in res.stdout
+    if info.get("serve_agent") == path:
+        return
+    if info.get("serve_pid"):
+        conn.run(["kill", str(info["serve_pid"])])   # an older agent: replace the supervisor only
+    _start_serve(conn, path)
 
 
 def _start_serve(conn: SSHConnection, agent_path: str) -> None:

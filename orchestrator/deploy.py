@@ -9,12 +9,11 @@ import base64
 import getpass
 import os
 import socket
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from orchestrator.agent_client import AgentClient
-from orchestrator.agent_install import ensure_agent, ensure_agent_info
+from orchestrator.agent_install import ensure_agent, observe_host
 from orchestrator.errors import LockHeldError
 from orchestrator.fanout import fan_out
 from orchestrator.inventory import InventoryHost, fleet_hosts, select_hosts
@@ -136,13 +135,12 @@ def observe(prep: Prepared, pool: ConnectionPool, *, on_host: Optional[Callable[
     clients: Dict[str, AgentClient] = {}
 
     def one(host: InventoryHost) -> HostFacts:
-        client, info = ensure_agent_info(pool.get(host.name), prep.agent_pyz, prep.agent_digest)
+        wanted = sorted(set(digests_by_platform.get(host.platform or "", [])))
+        client, seen = observe_host(pool.get(host.name), prep.agent_pyz, prep.agent_digest,
+                                    wanted or sorted({d for ds in digests_by_platform.values() for d in ds}))
         clients[host.name] = client
-        platform = host.platform or info["platform"]
-        with ThreadPoolExecutor(max_workers=2) as both:    # two channels on one connection
-            have_call = both.submit(client.have, sorted(set(digests_by_platform.get(platform, []))))
-            status = both.submit(client.status).result()
-            have = have_call.result()
+        platform = host.platform or seen["info"]["platform"]
+        have, status = seen["have"], seen["status"]
         releases = {name: s.get("release") for name, s in (status.get("services") or {}).items()
                     if s.get("release") and s.get("state") == "running"}
         if on_host:

@@ -59,11 +59,20 @@ def verb_info(layout: Layout, req: dict) -> dict:
     layout.ensure()
     rt = oci.choose_runtime(layout.run)
     from runtime.host import free_disk, free_memory
+    pid = serve_pid(layout)
     return {"platform": host_platform(), "agent_digest": agent_digest(), "runtime": rt.name,
-            "runtime_version": oci.version(rt), "python": _platform.python_version(),
+            "runtime_version": oci.version(rt) if req.get("runtime_version", True) else None,
+            "python": _platform.python_version(),
             "free_disk": free_disk(layout.root), "free_memory": free_memory(),
             "nft": shutil.which("nft") is not None, "protocol": protocol.PROTOCOL_VERSION,
-            "host_id": layout.host_id(), "serve_pid": serve_pid(layout)}
+            "host_id": layout.host_id(), "serve_pid": pid, "serve_agent": serve_agent(pid)}
+
+
+def verb_observe(layout: Layout, req: dict) -> dict:
+    """What `orch plan`/`apply` asks every host, in one round trip: info (without the runtime's
+    version, which costs a process), which of ``digests`` are here, and the status."""
+    return {"info": verb_info(layout, {"runtime_version": False}), "have": verb_have(layout, req),
+            "status": verb_status(layout, {})}
 
 
 def verb_have(layout: Layout, req: dict) -> dict:
@@ -392,3 +401,15 @@ def serve_pid(layout: Layout) -> Optional[int]:
     except OSError:
         return None
     return pid if b"serve" in cmd else None
+
+
+def serve_agent(pid: Optional[int]) -> Optional[str]:
+    """The agent file the running ``serve`` was started from (to tell an upgrade is due)."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return None
+    return next((a for a in args if a.endswith(".pyz")), None)

@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=protocol.DEFAULT_ROOT)
     p.add_argument("--run", default=protocol.DEFAULT_RUN)
     sub = p.add_subparsers(dest="verb", metavar="VERB")
-    for verb in ("info", "have", "receive", "apply", "status", "gc", "lock", "unlock", "audit"):
+    for verb in ("info", "have", "observe", "receive", "apply", "status", "gc", "lock", "unlock", "audit"):
         sub.add_parser(verb)
     lg = sub.add_parser("logs")
     lg.add_argument("service")

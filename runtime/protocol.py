@@ -44,7 +44,7 @@ PIDFILE = "serve.pid"  # under the run dir: /run/orch/serve.pid
 
 # verb -> takes a JSON request on stdin
 VERBS = {
-    "info": False, "have": True, "receive": False, "apply": True, "status": False,
+    "info": False, "have": True, "observe": True, "receive": False, "apply": True, "status": False,
     "logs": False, "rollback": False, "gc": False, "lock": True, "unlock": True,
     "audit": False, "serve": False, "remove": False,
 }
