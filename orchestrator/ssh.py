@@ -5,6 +5,7 @@ Host keys are checked against known_hosts and never auto-accepted.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shlex
 import shutil
@@ -245,6 +246,10 @@ class SSHConnection:
         if cmd is None:
             return self._stream_paramiko(argv, chunks, on_bytes)
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:   # a 1 MiB pipe: ssh keeps sending while we read the next chunk from disk
+            fcntl.fcntl(proc.stdin.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+        except OSError:
+            pass
         out, err = bytearray(), bytearray()
         readers = [threading.Thread(target=_drain, args=(proc.stdout, out), daemon=True),
                    threading.Thread(target=_drain, args=(proc.stderr, err), daemon=True)]
