@@ -58,7 +58,7 @@ def verb_info(layout: Layout, req: dict) -> dict:
     from runtime import oci
     layout.ensure()
     rt = oci.choose_runtime(layout.run)
-    from runtime.host import free_disk, free_memory
+    from runtime.resources import free_disk, free_memory
     pid = serve_pid(layout)
     return {"platform": host_platform(), "agent_digest": agent_digest(), "runtime": rt.name,
             "runtime_version": oci.version(rt) if req.get("runtime_version", True) else None,

@@ -6,11 +6,11 @@ journaled before and after it runs.
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import Callable, Dict, Iterable, Optional, Set, Tuple
 
 from runtime import container, health, network, oci, planner, unpack
+from runtime.resources import free_disk, free_memory
 from runtime.errors import AgentFailure, HealthFailure, NoRoom
 from runtime.layout import Layout
 from runtime.planner import (CheckHealth, EnsureNetwork, Fail, Forget, Observed, Restart,
@@ -21,19 +21,6 @@ RELEASE_STEPS = (Start, CheckHealth, Switch)
 RESTART_RESET_AFTER = 60.0
 MIN_FREE_MEMORY = 32 << 20
 MIN_FREE_DISK = 64 << 20
-
-
-def free_disk(path: str) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
-def free_memory() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def want_of(name: str, t: dict) -> Want:
