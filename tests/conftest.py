@@ -1,6 +1,7 @@
 """Shared fixtures. `lab` is a real lab fleet (namespaces + sshd) made for this test session."""
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
@@ -52,16 +53,23 @@ def remove_lab(lab: Lab) -> None:
     LabMachine(lab.layout).down()
 
 
-@pytest.fixture(scope="session")
-def lab():
-    """2 amd64 + 1 arm64 + 1 armv7 hosts, named test-XXXX so it never meets a person's lab."""
+@contextlib.contextmanager
+def own_lab(prefix: str, **counts):
+    """A lab of its own for a test module or session, named PREFIX-XXXX, removed afterwards."""
     if os.geteuid() != 0:
         pytest.fail("lab tests need root (network and mount namespaces)")
-    the_lab = make_lab(f"test-{secrets.token_hex(2)}", amd64=2, arm64=1, armv7=1)
+    the_lab = make_lab(f"{prefix}-{secrets.token_hex(2)}", **counts)
     try:
         yield the_lab
     finally:
         remove_lab(the_lab)
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """2 amd64 + 1 arm64 + 1 armv7 hosts, named test-XXXX so it never meets a person's lab."""
+    with own_lab("test", amd64=2, arm64=1, armv7=1) as the_lab:
+        yield the_lab
 
 
 def _debian_mirror() -> str:

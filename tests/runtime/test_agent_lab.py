@@ -19,16 +19,9 @@ REMOTE = "/var/lib/orch/agent/test-agent.pyz"
 def lab():
     """A lab of our own (shadows the shared session lab): these tests start and kill -9 the
     agent's serve loop and publish ports, which must not meet other tests' deployments."""
-    import os
-    import secrets
-    from tests.conftest import make_lab, remove_lab
-    if os.geteuid() != 0:
-        pytest.fail("lab tests need root (network and mount namespaces)")
-    the_lab = make_lab(f"rt-{secrets.token_hex(2)}", amd64=2, arm64=1, armv7=1)
-    try:
+    from tests.conftest import own_lab
+    with own_lab("rt", amd64=2, arm64=1, armv7=1) as the_lab:
         yield the_lab
-    finally:
-        remove_lab(the_lab)
 
 
 @pytest.fixture(scope="module")
