@@ -43,6 +43,10 @@ def render_plan(plan: FleetPlan) -> str:
         lines.append(f"{hp.host} ({hp.platform}): {len(hp.blobs)} blob(s) to ship, {human_bytes(hp.bytes_to_send)}")
         for c in hp.changes:
             lines.append(f"  ~ {c.service}: {c.old_release or '(none)'} -> {c.new_release} (replace container)")
+        if hp.blobs:
+            lines.append("    ships " + ", ".join(
+                f"{d.split(':')[-1][:12]} ({human_bytes(size - hp.resume.get(d, 0))}"
+                f"{', resumes' if hp.resume.get(d) else ''})" for d, size in hp.blobs))
     for w in plan.waves:
         kind = "canary" if w.canary else f"wave {w.number}"
         lines.append(f"{w.service} {kind}: {', '.join(w.hosts)}")

@@ -66,3 +66,12 @@ def test_platform_not_built_is_a_host_error():
     facts = {"v7": HostFacts("v7", "linux/arm/v7")}
     plan = plan_fleet([web(hosts=("v7",))], facts, BLOBS, {"web": (0, 1)})
     assert "not built for linux/arm/v7" in plan.host("v7").error
+
+
+def test_rendered_plan_names_each_blob_and_its_bytes():
+    from orchestrator.report import render_plan
+    facts = {"a1": HostFacts("a1", AMD, present=frozenset({"base-amd"}), partial={"app": 20}, releases={"web": "r-old"})}
+    text = render_plan(plan_fleet([web(hosts=("a1",))], facts, BLOBS, {"web": (0, 1)}))
+    assert "a1 (linux/amd64): 3 blob(s) to ship, 630 B" in text
+    assert "~ web: r-old -> r-new (replace container)" in text
+    assert "app (30 B, resumes)" in text and "base-amd" not in text
