@@ -84,15 +84,29 @@ def render_agent_zip() -> bytes:
 
 
 def build_agent_pyz(out_dir: Union[str, os.PathLike]) -> Tuple[Path, str]:
-    """Write ``orch-agent-<hex12>.pyz`` into ``out_dir``; return (path, "sha256:<hex>")."""
-    data = render_agent_zip()
-    hexd = hashlib.sha256(data).hexdigest()
+    """Write ``orch-agent-<hex12>.pyz`` into ``out_dir``; return (path, "sha256:<hex>").
+
+    Deflating the archive is the slow part, so a small memo keyed by the sources' hash lets an
+    unchanged agent skip it (every `orch plan/apply` asks for the agent)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    sources = _sources()
+    key = hashlib.sha256(MAIN + b"".join(n.encode() + b"\0" + d + b"\0" for n, d in sources)).hexdigest()
+    memo = out / f".sources-{key[:24]}"
+    try:
+        hexd = memo.read_text().strip()
+        path = out / f"orch-agent-{hexd[:12]}.pyz"
+        if path.exists():
+            return path, "sha256:" + hexd
+    except OSError:
+        pass
+    data = render_agent_zip()
+    hexd = hashlib.sha256(data).hexdigest()
     path = out / f"orch-agent-{hexd[:12]}.pyz"
     if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != hexd:
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(data)
         os.chmod(tmp, 0o755)
         os.replace(tmp, path)
+    memo.write_text(hexd + "\n")
     return path, "sha256:" + hexd

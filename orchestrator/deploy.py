@@ -27,7 +27,7 @@ from orchestrator.store import Store
 from runtime import protocol
 
 LOCK_TTL = 900.0
-MAX_PARALLEL_HOSTS = 16
+MAX_PARALLEL_HOSTS = 32
 
 
 def operator() -> str:

@@ -32,7 +32,7 @@ def fleet_hosts(fleet: Fleet, *, bring_up_lab: bool = True, ssh_config: Optional
     if fleet.is_lab:
         layout = lab_layout(fleet)
         if bring_up_lab:
-            LabMachine(layout).up()
+            LabMachine(layout).up(report=False)
         return [InventoryHost(h.name, h.target, {"platform": h.platform}, h.platform) for h in lab_hosts(layout)]
     out = []
     for h in fleet.hosts:

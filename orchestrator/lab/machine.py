@@ -90,7 +90,8 @@ class LabMachine:
         self.tools: Dict[str, str] = {}
 
     # ---- up -------------------------------------------------------------------------------
-    def up(self) -> List[dict]:
+    def up(self, *, report: bool = True) -> List[dict]:
+        """Make the lab exist and run (idempotent); returns `status()` unless `report` is False."""
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network and mount namespaces)", hint="run as root")
         self.tools = require_tools(LAB_TOOLS, "the lab fleet")
@@ -112,7 +113,7 @@ class LabMachine:
         self._write_record(registered)
         for host in started:        # a host that was already up may be unreachable on purpose (link down)
             self._wait_ssh(host)
-        return self.status()
+        return self.status() if report else []
 
     def _ensure_key(self, path: Path, comment: str) -> None:
         if path.exists() and path.with_suffix(".pub").exists():
