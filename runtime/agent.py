@@ -12,7 +12,7 @@ import time
 import zipfile
 from typing import Any, Dict, List, Optional
 
-from runtime import container, protocol, spec, store
+from runtime import meta, protocol, spec, store
 from runtime.errors import AgentFailure, BadRequest, MissingBlob, NotFound
 from runtime.layout import Layout, read_json, write_json
 
@@ -236,18 +236,18 @@ def verb_status(layout: Layout, req: dict) -> dict:
     state = State(layout)
     st = state.status()
     target = state.target()
-    metas = {(m.service, m.slot): m for m in container.list_metas(layout)}
+    metas = {(m.service, m.slot): m for m in meta.list_metas(layout)}
     out: Dict[str, Any] = {}
     for name in sorted(set(target) | set(st["current"])):
         cur = st["current"].get(name) or {}
         m = metas.get((name, cur.get("slot")))
         wanted = (target.get(name) or {}).get("release")
         entry = {"release": cur.get("release"), "slot": cur.get("slot"),
-                 "state": container.status_of(m, rt) if m else "missing",
+                 "state": meta.status_of(m, rt) if m else "missing",
                  "health": _health(st, name, m),
                  "since": cur.get("since"), "previous": list(st["history"].get(name) or []),
                  "wanted": wanted,
-                 "slots": {s: {"release": x.release, "state": container.status_of(x, rt),
+                 "slots": {s: {"release": x.release, "state": meta.status_of(x, rt),
                                "ip": x.ip} for (n, s), x in sorted(metas.items()) if n == name}}
         why = (st["failed"].get(name) or {}).get(wanted)
         if why:
@@ -264,7 +264,7 @@ def verb_logs(layout: Layout, service: str, tail: int, follow: bool, out) -> Non
     cur = st["current"].get(service)
     if not cur:
         raise NotFound(f"{service}: not running on this host")
-    path = container.log_path(layout, service, cur["slot"])
+    path = meta.log_path(layout, service, cur["slot"])
     sink = out.buffer if hasattr(out, "buffer") else out
     try:
         with open(path, "rb") as f:
@@ -311,7 +311,7 @@ def verb_gc(layout: Layout, req: dict) -> dict:
         target = h.state.target()
         records = _records(layout)
         keep_rel = releases_to_keep(target, st, ((m.service, m.release)
-                                                 for m in container.list_metas(layout)))
+                                                 for m in meta.list_metas(layout)))
         keep_blobs = set()
         keep_images = set()
         for name, rel in keep_rel:

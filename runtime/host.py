@@ -13,6 +13,7 @@ from runtime import container, health, network, oci, planner, unpack
 from runtime.resources import free_disk, free_memory
 from runtime.errors import AgentFailure, HealthFailure, NoRoom
 from runtime.layout import Layout
+from runtime.meta import Meta, list_metas, list_orphans, log_path, rt_of, status_of
 from runtime.planner import (CheckHealth, EnsureNetwork, Fail, Forget, Observed, Restart,
                              Settle, Start, Stop, Switch, SyncPorts, Unpack, Wait, Want)
 from runtime.state import State
@@ -43,15 +44,15 @@ class Host:
         self.sleep = sleep
         self.log = log
         self.host_id = layout.host_id()
-        self.metas: Dict[Tuple[str, str], container.Meta] = {}
+        self.metas: Dict[Tuple[str, str], Meta] = {}
         # The agent is the only writer of its nft table: read it once per process, then track
         # what this process wrote (a later process reads it again).
         self._port_map: Optional[Tuple] = None
 
     def maintain(self) -> None:
         """Housekeeping outside the plan: keep every container log under its size bound."""
-        for m in container.list_metas(self.layout):
-            container.bound_log(container.log_path(self.layout, m.service, m.slot))
+        for m in list_metas(self.layout):
+            container.bound_log(log_path(self.layout, m.service, m.slot))
 
     def probe_serving(self, last: Dict[str, float]) -> None:
         """``serve`` only: run each serving container's health check once per interval and
@@ -99,12 +100,12 @@ class Host:
     def observe(self, wants: Tuple[Want, ...]) -> Observed:
         st = self.state.status()
         now = self.clock()
-        metas = container.list_metas(self.layout)
-        metas += container.list_orphans(self.layout, self.host_id, metas)
+        metas = list_metas(self.layout)
+        metas += list_orphans(self.layout, self.host_id, metas)
         self.metas = {(m.service, m.slot): m for m in metas}
         boxes = []
         for m in metas:
-            status = container.status_of(m, self.rt)
+            status = status_of(m, self.rt)
             boxes.append(planner.Box(m.service, m.slot, m.release, m.instance, status, m.ip))
         if self._port_map is None:
             table, port_map = network.read_port_map()
@@ -235,16 +236,16 @@ class Host:
 
     def fresh_boxes(self):
         out = []
-        for m in container.list_metas(self.layout):
+        for m in list_metas(self.layout):
             out.append(planner.Box(m.service, m.slot, m.release, m.instance,
-                                   container.status_of(m, self.rt), m.ip))
+                                   status_of(m, self.rt), m.ip))
         return out
 
 
 # --- executors: one thin function per step type ----------------------------------------
 
-def _exec_in(h: Host, meta: container.Meta):
-    rt = container.rt_of(meta, h.rt)
+def _exec_in(h: Host, meta: Meta):
+    rt = rt_of(meta, h.rt)
     return lambda cmd, timeout: oci.run_exec(rt, meta.id, list(cmd), timeout)
 
 
@@ -257,10 +258,10 @@ def ex_unpack(h: Host, step: Unpack, obs: Observed) -> None:
     unpack.unpack_image(h.layout, step.manifest)
 
 
-def _start(h: Host, service: str, slot: str) -> container.Meta:
+def _start(h: Host, service: str, slot: str) -> Meta:
     target = h.target_of(service)
     st = h.state.status()
-    used = [m.ip for m in container.list_metas(h.layout)]
+    used = [m.ip for m in list_metas(h.layout)]
     ip, cursor = network.allocate_ip(used, int(st["ipam"]))
     st["ipam"] = cursor
     h.state.save_status(st)

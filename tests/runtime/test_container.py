@@ -1,11 +1,11 @@
 """Container bookkeeping that needs no runtime: ids, log bounding, mount detection."""
 import os
 
-from runtime import container
+from runtime import container, meta
 
 
 def test_container_id_is_per_host_and_slot():
-    assert container.container_id("1a2b3c4d", "web", "a") == "o1a2b3c4d-web-a"
+    assert meta.container_id("1a2b3c4d", "web", "a") == "o1a2b3c4d-web-a"
 
 
 def test_bound_log_keeps_one_previous_file(tmp_path):
@@ -28,11 +28,11 @@ def test_mounted():
 
 
 def test_meta_roundtrip(tmp_path):
-    m = container.Meta(id="o1-web-a", service="web", slot="a", release="r-1", instance="i",
+    m = meta.Meta(id="o1-web-a", service="web", slot="a", release="r-1", instance="i",
                        runtime="runc", ip="10.88.0.2", pid=42, starttime="7", started=True)
     m.save(str(tmp_path / "meta.json"))
-    assert container.Meta.load(str(tmp_path / "meta.json")) == m
-    assert container.Meta.load(str(tmp_path / "missing.json")) is None
+    assert meta.Meta.load(str(tmp_path / "meta.json")) == m
+    assert meta.Meta.load(str(tmp_path / "missing.json")) is None
 
 
 def test_orphans_are_runtime_states_of_ours_without_a_container_dir(tmp_path):
@@ -40,9 +40,9 @@ def test_orphans_are_runtime_states_of_ours_without_a_container_dir(tmp_path):
     lay = Layout(str(tmp_path / "root"), str(tmp_path / "run"))
     for cid in ("o1a2b3c4d-web-a", "o1a2b3c4d-my-api-b", "offffffff-web-a"):
         os.makedirs(tmp_path / "run" / "runc" / cid)
-    kept = container.Meta(id="o1a2b3c4d-web-a", service="web", slot="a", release="r",
+    kept = meta.Meta(id="o1a2b3c4d-web-a", service="web", slot="a", release="r",
                           instance="i", runtime="runc")
-    orphans = container.list_orphans(lay, "1a2b3c4d", [kept])
+    orphans = meta.list_orphans(lay, "1a2b3c4d", [kept])
     assert [(o.id, o.service, o.slot, o.runtime) for o in orphans] == [
         ("o1a2b3c4d-my-api-b", "my-api", "b", "runc")]
 
