@@ -100,8 +100,8 @@ class AgentClient:
     def apply(self, services: Mapping[str, Mapping[str, Any]], who: str) -> Dict[str, Any]:
         return self.call("apply", protocol.apply_request(services, who), timeout=None)
 
-    def rollback(self, service: str, to: Optional[str] = None) -> Dict[str, Any]:
-        args = [service] + (["--to", to] if to else [])
+    def rollback(self, service: str, to: Optional[str] = None, who: Optional[str] = None) -> Dict[str, Any]:
+        args = [service] + (["--to", to] if to else []) + (["--who", who] if who else [])
         return self.call("rollback", None, *args, timeout=None)
 
     def lock(self, holder: str, ttl: float) -> Dict[str, Any]:

@@ -71,7 +71,6 @@ class ApplyReport:
 
 def prepare(directory: str, variables: Mapping[str, str], *, progress=None, bring_up_lab: bool = True,
             store: Optional[Store] = None) -> Prepared:
-    from orchestrator.agent_bundle import build_agent_pyz
     from orchestrator.build import build_services
 
     desired = load_desired(directory, dict(variables))
@@ -86,10 +85,16 @@ def prepare(directory: str, variables: Mapping[str, str], *, progress=None, brin
             service=name, release=protocol.release_id(image.index_digest, deploy),
             index=image.index_digest, manifests=dict(image.manifests), deploy=deploy,
             host_names=tuple(h.name for h in select_hosts(service.deploy.hosts, hosts))))
-    agent_dir = os.path.join(store.root, "agent")
-    os.makedirs(agent_dir, exist_ok=True)
-    pyz, digest = build_agent_pyz(agent_dir)
-    return Prepared(desired, store, releases, hosts, str(pyz), digest)
+    pyz, digest = agent_bundle(store)
+    return Prepared(desired, store, releases, hosts, pyz, digest)
+
+
+def agent_bundle(store: Store):
+    """(path, digest) of the agent zipapp for this version of orch, kept beside the store."""
+    from orchestrator.agent_bundle import build_agent_pyz
+
+    pyz, digest = build_agent_pyz(os.path.join(store.root, "agent"))
+    return str(pyz), digest
 
 
 @dataclass
@@ -111,27 +116,24 @@ class FleetAccess:
 
 
 def open_fleet(directory: str, variables: Mapping[str, str], pool: Optional[ConnectionPool] = None) -> FleetAccess:
-    from orchestrator.agent_bundle import build_agent_pyz
-
     desired = load_desired(directory, dict(variables))
     hosts = fleet_hosts(desired.fleet)
-    agent_dir = os.path.join(Store.default().ensure().root, "agent")
-    os.makedirs(agent_dir, exist_ok=True)
-    pyz, digest = build_agent_pyz(agent_dir)
+    pyz, digest = agent_bundle(Store.default().ensure())
     pool = pool or ConnectionPool()
     for h in hosts:
         pool.add(h.target)
-    return FleetAccess(desired, hosts, pool, str(pyz), digest)
+    return FleetAccess(desired, hosts, pool, pyz, digest)
 
 
 def observe(prep: Prepared, pool: ConnectionPool, *, on_host: Optional[Callable[[str], None]] = None) -> Observed:
     """Install/upgrade the agent where needed, then ask every host what it has and runs."""
     wanted_hosts = {h for r in prep.releases for h in r.host_names}
     hosts = [h for h in prep.hosts if h.name in wanted_hosts]
+    blobs_of = {m: prep.store.blobs_for(m) for r in prep.releases for m in r.manifests.values()}
     digests_by_platform: Dict[str, List[str]] = {}
     for rel in prep.releases:
         for platform, manifest in rel.manifests.items():
-            digests_by_platform.setdefault(platform, []).extend(d for d, _ in prep.store.blobs_for(manifest))
+            digests_by_platform.setdefault(platform, []).extend(d for d, _ in blobs_of[manifest])
     clients: Dict[str, AgentClient] = {}
 
     def one(host: InventoryHost) -> HostFacts:
@@ -152,7 +154,6 @@ def observe(prep: Prepared, pool: ConnectionPool, *, on_host: Optional[Callable[
     facts = dict(fan.ok)
     for name, err in fan.failed.items():
         facts[name] = HostFacts(name, error=str(err))
-    blobs_of = {m: prep.store.blobs_for(m) for r in prep.releases for m in r.manifests.values()}
     strategies = {}
     for rel in prep.releases:
         s = prep.desired.services[rel.service].deploy.strategy
@@ -173,6 +174,12 @@ def acquire_locks(clients: Mapping[str, AgentClient], holder: str) -> List[str]:
             raise LockHeldError(f"fleet is locked: {first}", hint="wait for it, or use --force-unlock if it is stale")
         raise first
     return list(fan.ok)
+
+
+def refresh_locks(clients: Mapping[str, AgentClient], holder: str) -> None:
+    """Extend the lease on every host; one that stopped answering is left to the rollout to report."""
+    fan_out(list(clients.items()), lambda kv: kv[1].lock(holder, LOCK_TTL), name=lambda kv: kv[0],
+            max_parallel=MAX_PARALLEL_HOSTS)
 
 
 def release_locks(clients: Mapping[str, AgentClient], holder: str, force: bool = False) -> None:
@@ -211,15 +218,19 @@ def apply(prep: Prepared, obs: Observed, pool: ConnectionPool, *, who: Optional[
             return obs.clients[host].apply({service: body}, who)
 
         def revert_one(host: str, service: str, old: Optional[str]) -> None:
-            obs.clients[host].rollback(service, old)
+            obs.clients[host].rollback(service, old, who=who)
 
         policies = {name: ServicePolicy(s.deploy.strategy.on_failure, MAX_PARALLEL_HOSTS)
                     for name, s in prep.desired.services.items()}
         dropped = list(plan.failed_hosts) + list(report.ship_failed)
+
+        def on_wave(w) -> None:
+            refresh_locks(reachable, holder)         # a long rollout keeps its lease
+            if on_event:
+                on_event(f"{w.service}: {'canary' if w.canary else 'wave ' + str(w.number)} -> {', '.join(w.hosts)}")
+
         report.rollout = run_rollout(
-            plan, policies, apply_one, revert_one, dropped=dropped,
-            on_wave=(lambda w: on_event(f"{w.service}: {'canary' if w.canary else 'wave ' + str(w.number)} "
-                                        f"-> {', '.join(w.hosts)}")) if on_event else None,
+            plan, policies, apply_one, revert_one, dropped=dropped, on_wave=on_wave,
             on_outcome=(lambda o: on_event(f"{o.host}: {o.service} {'ok ' + (o.release or '') if o.ok else 'FAILED: ' + str(o.error)}"))
             if on_event else None)
     finally:

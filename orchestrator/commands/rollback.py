@@ -13,7 +13,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from orchestrator.deploy import MAX_PARALLEL_HOSTS, open_fleet
+    from orchestrator.deploy import MAX_PARALLEL_HOSTS, open_fleet, operator
     from orchestrator.errors import RolloutError, UsageError
     from orchestrator.fanout import fan_out
     from orchestrator.inventory import select_hosts
@@ -26,7 +26,7 @@ def run(args) -> int:
     names = [h.name for h in select_hosts(service.deploy.hosts, fleet.hosts)]
     with fleet.pool:
         clients, errors = fleet.clients(names)
-        fan = fan_out(list(clients.items()), lambda kv: kv[1].rollback(args.service, args.to),
+        fan = fan_out(list(clients.items()), lambda kv: kv[1].rollback(args.service, args.to, who=operator()),
                       name=lambda kv: kv[0], max_parallel=MAX_PARALLEL_HOSTS)
     rows = {h: (fan.ok.get(h, {}).get("services") or {}).get(args.service) or {"ok": False, "error": str(
         errors.get(h) or fan.failed.get(h))} for h in names}

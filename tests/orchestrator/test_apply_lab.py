@@ -335,6 +335,7 @@ def test_fleet_commands_status_hosts_audit_and_rollback(project):
     assert {r["release"] for r in status} == {previous}
     audit = json.loads(orch_cli("audit", str(project), "--json").stdout)
     assert sum(1 for a in audit if a["action"] == "rollback") == rollbacks_before + 3
+    assert all(a["who"] != "unknown" for a in audit if a["action"] == "rollback")      # says who did it
 
     again = orch_cli("apply", str(project))                   # the manifests win again
     assert again.returncode == 0, again.stderr
