@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import posixpath
-from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from orchestrator.errors import AgentError
@@ -24,19 +23,12 @@ _PROBE = (
 )
 
 
-@dataclass(frozen=True)
-class AgentInstall:
-    path: str
-    digest: str
-    installed_now: bool
-
-
 def agent_path(digest: str) -> str:
     return posixpath.join(AGENT_DIR, protocol.split_digest(digest) + ".pyz")
 
 
-def install_agent(conn: SSHConnection, local_pyz: str, digest: str) -> AgentInstall:
-    """Make sure the agent with this digest is on the host; the file name is its digest."""
+def install_agent(conn: SSHConnection, local_pyz: str, digest: str) -> str:
+    """Make sure the agent with this digest is on the host (the file name is its digest); its path."""
     path = agent_path(digest)
     res = conn.run(["python3", "-c", _PROBE, path], timeout=30)
     host = conn.target.name
@@ -52,12 +44,12 @@ def install_agent(conn: SSHConnection, local_pyz: str, digest: str) -> AgentInst
         raise AgentError(f"python3 {'.'.join(map(str, probe['python']))} is too old (the agent needs 3.9+)",
                          host=host)
     if probe["agent"]:
-        return AgentInstall(path, digest, False)
+        return path
     mk = conn.run(["mkdir", "-p", AGENT_DIR])
     if mk.exit_code != 0:
         raise AgentError(f"cannot create {AGENT_DIR}: {mk.stderr.decode(errors='replace').strip()}", host=host)
     conn.put_file(local_pyz, path, 0o644)
-    return AgentInstall(path, digest, True)
+    return path
 
 
 class AgentClient:

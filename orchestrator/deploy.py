@@ -125,7 +125,7 @@ def open_fleet(directory: str, variables: Mapping[str, str], pool: Optional[Conn
     return FleetAccess(desired, hosts, pool, pyz, digest)
 
 
-def observe(prep: Prepared, pool: ConnectionPool, *, on_host: Optional[Callable[[str], None]] = None) -> Observed:
+def observe(prep: Prepared, pool: ConnectionPool) -> Observed:
     """Install/upgrade the agent where needed, then ask every host what it has and runs."""
     wanted_hosts = {h for r in prep.releases for h in r.host_names}
     hosts = [h for h in prep.hosts if h.name in wanted_hosts]
@@ -145,8 +145,6 @@ def observe(prep: Prepared, pool: ConnectionPool, *, on_host: Optional[Callable[
         have, status = seen["have"], seen["status"]
         releases = {name: s.get("release") for name, s in (status.get("services") or {}).items()
                     if s.get("release") and s.get("state") == "running"}
-        if on_host:
-            on_host(host.name)
         return HostFacts(host.name, platform, frozenset(have.get("present", [])),
                          dict(have.get("partial", {})), releases)
 

@@ -347,12 +347,6 @@ class ConnectionPool:
                 conn = self._conns[name] = SSHConnection(self._targets[name])
         return conn.connect()
 
-    def drop(self, name: str) -> None:
-        with self._lock:
-            conn = self._conns.pop(name, None)
-        if conn:
-            conn.close()
-
     def close(self) -> None:
         with self._lock:
             conns, self._conns = list(self._conns.values()), {}
