@@ -24,9 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from orchestrator.build import build_services  # noqa: E402
+from orchestrator.image import build_services  # noqa: E402
 from orchestrator.manifest import load_desired  # noqa: E402
-from orchestrator.store import Store  # noqa: E402
+from orchestrator.image.store import Store  # noqa: E402
 
 
 def cold(src: str, service: str, platform: str, rounds: int, scratch: str):

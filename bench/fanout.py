@@ -17,11 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestrator.fanout import fan_out  # noqa: E402
+from orchestrator.transport.fanout import fan_out  # noqa: E402
 from orchestrator.lab.fleet import lab_hosts  # noqa: E402
 from orchestrator.lab.layout import LabLayout, LabSpec  # noqa: E402
 from orchestrator.lab.machine import LabMachine  # noqa: E402
-from orchestrator.ssh import ConnectionPool  # noqa: E402
+from orchestrator.transport.ssh import ConnectionPool  # noqa: E402
 
 
 def main() -> int:

@@ -115,12 +115,12 @@ def main() -> int:
 
 
 def throughput(tmp: Path, mb: int) -> None:
-    from orchestrator.agent_bundle import build_agent_pyz
-    from orchestrator.agent_install import ensure_agent
+    from orchestrator.agent.bundle import build_agent_pyz
+    from orchestrator.agent.install import ensure_agent
     from orchestrator.lab.fleet import lab_hosts
-    from orchestrator.shipper import reconnecting_client, ship_blobs
-    from orchestrator.ssh import ConnectionPool
-    from orchestrator.store import Store
+    from orchestrator.transport.shipper import reconnecting_client, ship_blobs
+    from orchestrator.transport.ssh import ConnectionPool
+    from orchestrator.image.store import Store
 
     layout = LabLayout(LabSpec("bench-fleet-t", 1, 0))
     LabMachine(layout).up()

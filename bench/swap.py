@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from orchestrator.agent_bundle import build_agent_pyz  # noqa: E402
+from orchestrator.agent.bundle import build_agent_pyz  # noqa: E402
 from tests.runtime import imagekit as ik  # noqa: E402
 
 PY = "/usr/bin/python3"

@@ -351,7 +351,7 @@ def verb_gc(layout: Layout, req: dict) -> dict:
 
 
 def _gc_source_caches() -> None:
-    """Drop the extracted-sources caches of agent files that are gone (see agent_bundle)."""
+    """Drop the extracted-sources caches of agent files that are gone (see orchestrator.agent.bundle)."""
     pyz = os.path.abspath(sys.argv[0])
     cache_root = os.path.join(os.path.dirname(pyz), ".cache")
     if not zipfile.is_zipfile(pyz) or not os.path.isdir(cache_root):

@@ -12,9 +12,32 @@ import pytest
 from orchestrator.lab.fleet import LabHost, lab_hosts
 from orchestrator.lab.layout import LabLayout, LabSpec
 from orchestrator.lab.machine import LabMachine
-from orchestrator.ssh import ConnectionPool
+from orchestrator.transport.ssh import ConnectionPool
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Fixtures that start real components (namespaces, sshd, runc, nftables, mmdebstrap, a registry).
+# A test that uses any of them, directly or through other fixtures, is marked `lab` here, so
+# `pytest -m "not lab"` is the fast path and no test has to remember its own mark.
+LAB_FIXTURES = frozenset({"static_busybox", "debian_home", "registry", "netns", "bullseye_root"})
+
+
+def is_lab_fixture(name: str) -> bool:
+    return name == "lab" or name.startswith("lab_") or name.endswith("_lab") or name in LAB_FIXTURES
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(is_lab_fixture(n) for n in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.lab)
+
+
+@pytest.fixture(scope="session")
+def lab_root():
+    """For tests that make labs of their own: they need root (network and mount namespaces)."""
+    if os.geteuid() != 0:
+        pytest.fail("lab tests need root (network and mount namespaces)")
 
 
 class Lab:

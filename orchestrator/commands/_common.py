@@ -33,7 +33,7 @@ def print_json(obj) -> None:
 def prepare_with_progress(args):
     """Load, build (with a progress display unless --json) and find the fleet's hosts."""
     from orchestrator.commands.build import BuildProgress
-    from orchestrator.deploy import prepare
+    from orchestrator.fleet.deploy import prepare
 
     if getattr(args, "json", False):
         return prepare(args.directory, parse_vars(args.var))

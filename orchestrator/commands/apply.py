@@ -16,10 +16,10 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-    from orchestrator.deploy import apply, observe
+    from orchestrator.fleet.deploy import apply, observe
     from orchestrator.errors import RolloutError
-    from orchestrator.report import plan_to_json, render_plan
-    from orchestrator.ssh import ConnectionPool
+    from orchestrator.fleet.report import plan_to_json, render_plan
+    from orchestrator.transport.ssh import ConnectionPool
 
     console = Console(stderr=True)
     started = time.monotonic()

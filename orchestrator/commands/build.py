@@ -5,7 +5,7 @@ import sys
 from typing import Dict, Tuple
 
 from orchestrator.commands._common import add_source_arguments, parse_vars, print_json
-from orchestrator.report import human_bytes
+from orchestrator.fleet.report import human_bytes
 
 HELP = "build the services' images (deterministic, multi-platform OCI) into the local store"
 
@@ -62,9 +62,9 @@ class BuildProgress:
 
 
 def run(args) -> int:
-    from orchestrator.build import build_services
+    from orchestrator.image import build_services
     from orchestrator.manifest import load_desired
-    from orchestrator.store import Store
+    from orchestrator.image.store import Store
 
     desired = load_desired(args.directory, parse_vars(args.var))
     store = Store.default()

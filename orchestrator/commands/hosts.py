@@ -11,8 +11,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from orchestrator.deploy import open_fleet
-    from orchestrator.report import human_bytes
+    from orchestrator.fleet.deploy import open_fleet
+    from orchestrator.fleet.report import human_bytes
 
     fleet = open_fleet(args.directory, parse_vars(args.var))
     with fleet.pool:

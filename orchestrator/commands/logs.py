@@ -17,9 +17,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from orchestrator.deploy import open_fleet
+    from orchestrator.fleet.deploy import open_fleet
     from orchestrator.errors import UsageError
-    from orchestrator.inventory import select_hosts
+    from orchestrator.fleet.inventory import select_hosts
 
     fleet = open_fleet(args.directory, parse_vars(args.var))
     service = fleet.desired.services.get(args.service)

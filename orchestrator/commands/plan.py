@@ -11,9 +11,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from orchestrator.deploy import observe
-    from orchestrator.report import plan_to_json, render_plan
-    from orchestrator.ssh import ConnectionPool
+    from orchestrator.fleet.deploy import observe
+    from orchestrator.fleet.report import plan_to_json, render_plan
+    from orchestrator.transport.ssh import ConnectionPool
 
     prep = prepare_with_progress(args)
     with ConnectionPool(h.target for h in prep.hosts) as pool:

@@ -13,10 +13,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from orchestrator.deploy import MAX_PARALLEL_HOSTS, open_fleet, operator
+    from orchestrator.fleet.deploy import MAX_PARALLEL_HOSTS, open_fleet, operator
     from orchestrator.errors import RolloutError, UsageError
-    from orchestrator.fanout import fan_out
-    from orchestrator.inventory import select_hosts
+    from orchestrator.transport.fanout import fan_out
+    from orchestrator.fleet.inventory import select_hosts
 
     fleet = open_fleet(args.directory, parse_vars(args.var))
     service = fleet.desired.services.get(args.service)

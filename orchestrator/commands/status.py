@@ -11,8 +11,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from orchestrator.deploy import open_fleet
-    from orchestrator.fanout import fan_out
+    from orchestrator.fleet.deploy import open_fleet
+    from orchestrator.transport.fanout import fan_out
 
     fleet = open_fleet(args.directory, parse_vars(args.var))
     with fleet.pool:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import List
 
 from orchestrator.lab.layout import HostLayout, LabLayout
-from orchestrator.ssh import SSHTarget
+from orchestrator.transport.ssh import SSHTarget
 
 
 @dataclass(frozen=True)

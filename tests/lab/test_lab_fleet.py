@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import HostKeyError
-from orchestrator.fanout import fan_out
+from orchestrator.transport.fanout import fan_out
 from orchestrator.lab.machine import LabMachine
-from orchestrator.ssh import SSHConnection
+from orchestrator.transport.ssh import SSHConnection
 from tests.conftest import make_lab, remove_lab
 
 ELF_MACHINE = {"linux/amd64": 62, "linux/arm64": 183, "linux/arm/v7": 40}
@@ -113,7 +113,7 @@ def test_hosts_reach_each_other_even_when_forward_policy_is_drop(lab):
             sysctl.write_text(old)
 
 
-def test_link_rate_throttles_and_down_leaves_nothing_behind():
+def test_link_rate_throttles_and_down_leaves_nothing_behind(lab_root):
     small = make_lab(f"test-down-{os.getpid() % 10000}", amd64=1, arm64=1, link_rate="2mbit")
     try:
         host = small.hosts[0]

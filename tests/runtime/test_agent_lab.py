@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from orchestrator.agent_bundle import build_agent_pyz
+from orchestrator.agent.bundle import build_agent_pyz
 from runtime import protocol
 from tests.runtime import imagekit as ik
 

@@ -3,7 +3,7 @@ import json
 import subprocess
 import sys
 
-from orchestrator.agent_bundle import build_agent_pyz
+from orchestrator.agent.bundle import build_agent_pyz
 
 DIGEST = "sha256:" + "0" * 64
 

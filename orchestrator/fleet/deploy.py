@@ -1,0 +1,264 @@
+"""`orch plan` / `orch apply`: load, build, observe, plan, then lock, ship and roll out.
+
+Calls go one way: this module wires the pure parts (manifest model, planner, rollout decisions)
+to the edge modules (SSH, agent client, shipper). The CLI commands are thin wrappers around it.
+"""
+from __future__ import annotations
+
+import base64
+import getpass
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
+
+from orchestrator.agent.client import AgentClient
+from orchestrator.agent.install import ensure_agent, observe_host
+from orchestrator.errors import LockHeldError
+from orchestrator.transport.fanout import fan_out
+from orchestrator.fleet.inventory import InventoryHost, fleet_hosts, select_hosts
+from orchestrator.manifest.loader import load_desired
+from orchestrator.manifest.model import Desired
+from orchestrator.fleet.planner import DesiredRelease, FleetPlan, HostFacts, plan_fleet
+from orchestrator.fleet.rollout import RolloutResult, ServicePolicy, run_rollout
+from orchestrator.transport.shipper import ShipResult, reconnecting_client, ship_blobs
+from orchestrator.transport.ssh import ConnectionPool
+from orchestrator.image.store import Store
+from runtime import protocol
+
+LOCK_TTL = 900.0
+MAX_PARALLEL_HOSTS = 32
+
+
+def operator() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry in some containers
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+@dataclass
+class Prepared:
+    desired: Desired
+    store: Store
+    releases: List[DesiredRelease]
+    hosts: List[InventoryHost]
+    agent_pyz: str
+    agent_digest: str
+
+
+@dataclass
+class Observed:
+    facts: Dict[str, HostFacts]
+    clients: Dict[str, AgentClient]
+    plan: FleetPlan
+
+
+@dataclass
+class ApplyReport:
+    plan: FleetPlan
+    shipped: Dict[str, ShipResult] = field(default_factory=dict)
+    ship_failed: Dict[str, str] = field(default_factory=dict)
+    rollout: Optional[RolloutResult] = None
+    final: Dict[str, Dict[str, Optional[str]]] = field(default_factory=dict)   # host -> service -> release
+
+    @property
+    def ok(self) -> bool:
+        return (not self.plan.failed_hosts and not self.ship_failed
+                and (self.rollout is None or self.rollout.ok))
+
+
+def prepare(directory: str, variables: Mapping[str, str], *, progress=None, bring_up_lab: bool = True,
+            store: Optional[Store] = None) -> Prepared:
+    from orchestrator.image import build_services
+
+    desired = load_desired(directory, dict(variables))
+    store = (store or Store.default()).ensure()
+    hosts = fleet_hosts(desired.fleet, bring_up_lab=bring_up_lab)
+    built = build_services(desired, store, progress=progress)
+    releases = []
+    for name, service in desired.services.items():
+        deploy = service.deploy.to_agent_json()
+        image = built[name]
+        releases.append(DesiredRelease(
+            service=name, release=protocol.release_id(image.index_digest, deploy),
+            index=image.index_digest, manifests=dict(image.manifests), deploy=deploy,
+            host_names=tuple(h.name for h in select_hosts(service.deploy.hosts, hosts))))
+    pyz, digest = agent_bundle(store)
+    return Prepared(desired, store, releases, hosts, pyz, digest)
+
+
+def agent_bundle(store: Store):
+    """(path, digest) of the agent zipapp for this version of orch, kept beside the store."""
+    from orchestrator.agent.bundle import build_agent_pyz
+
+    pyz, digest = build_agent_pyz(os.path.join(store.root, "agent"))
+    return str(pyz), digest
+
+
+@dataclass
+class FleetAccess:
+    """The fleet of a manifests directory with the agent ready on each host (no image build)."""
+
+    desired: Desired
+    hosts: List[InventoryHost]
+    pool: ConnectionPool
+    agent_pyz: str
+    agent_digest: str
+
+    def clients(self, names: Optional[Sequence[str]] = None):
+        """(clients by host, errors by host) for the named hosts (default: all)."""
+        hosts = [h for h in self.hosts if names is None or h.name in names]
+        fan = fan_out(hosts, lambda h: ensure_agent(self.pool.get(h.name), self.agent_pyz, self.agent_digest),
+                      max_parallel=MAX_PARALLEL_HOSTS)
+        return fan.ok, fan.failed
+
+
+def open_fleet(directory: str, variables: Mapping[str, str], pool: Optional[ConnectionPool] = None) -> FleetAccess:
+    desired = load_desired(directory, dict(variables))
+    hosts = fleet_hosts(desired.fleet)
+    pyz, digest = agent_bundle(Store.default().ensure())
+    pool = pool or ConnectionPool()
+    for h in hosts:
+        pool.add(h.target)
+    return FleetAccess(desired, hosts, pool, pyz, digest)
+
+
+def observe(prep: Prepared, pool: ConnectionPool) -> Observed:
+    """Install/upgrade the agent where needed, then ask every host what it has and runs."""
+    wanted_hosts = {h for r in prep.releases for h in r.host_names}
+    hosts = [h for h in prep.hosts if h.name in wanted_hosts]
+    blobs_of = {m: prep.store.blobs_for(m) for r in prep.releases for m in r.manifests.values()}
+    digests_by_platform: Dict[str, List[str]] = {}
+    for rel in prep.releases:
+        for platform, manifest in rel.manifests.items():
+            digests_by_platform.setdefault(platform, []).extend(d for d, _ in blobs_of[manifest])
+    clients: Dict[str, AgentClient] = {}
+
+    def one(host: InventoryHost) -> HostFacts:
+        wanted = sorted(set(digests_by_platform.get(host.platform or "", [])))
+        client, seen = observe_host(pool.get(host.name), prep.agent_pyz, prep.agent_digest,
+                                    wanted or sorted({d for ds in digests_by_platform.values() for d in ds}))
+        clients[host.name] = client
+        platform = host.platform or seen["info"]["platform"]
+        have, status = seen["have"], seen["status"]
+        releases = {name: s.get("release") for name, s in (status.get("services") or {}).items()
+                    if s.get("release") and s.get("state") == "running"}
+        return HostFacts(host.name, platform, frozenset(have.get("present", [])),
+                         dict(have.get("partial", {})), releases)
+
+    fan = fan_out(hosts, one, max_parallel=MAX_PARALLEL_HOSTS)
+    facts = dict(fan.ok)
+    for name, err in fan.failed.items():
+        facts[name] = HostFacts(name, error=str(err))
+    strategies = {}
+    for rel in prep.releases:
+        s = prep.desired.services[rel.service].deploy.strategy
+        strategies[rel.service] = (s.canary, s.wave_size(len(rel.host_names)))
+    return Observed(facts, clients, plan_fleet(prep.releases, facts, blobs_of, strategies))
+
+
+# ---- locking ------------------------------------------------------------------------------
+def acquire_locks(clients: Mapping[str, AgentClient], holder: str) -> List[str]:
+    """Take the fleet lock on every reachable host, or none of them (LockHeldError names the holder)."""
+    fan = fan_out(list(clients.items()), lambda kv: kv[1].lock(holder, LOCK_TTL), name=lambda kv: kv[0],
+                  max_parallel=MAX_PARALLEL_HOSTS)
+    held = [h for h in fan.failed.values() if getattr(h, "code", None) == protocol.E_LOCKED]
+    if held or fan.failed:
+        release_locks({h: clients[h] for h in fan.ok}, holder)
+        first = held[0] if held else next(iter(fan.failed.values()))
+        if held:
+            raise LockHeldError(f"fleet is locked: {first}", hint="wait for it, or use --force-unlock if it is stale")
+        raise first
+    return list(fan.ok)
+
+
+def refresh_locks(clients: Mapping[str, AgentClient], holder: str) -> None:
+    """Extend the lease on every host; one that stopped answering is left to the rollout to report."""
+    fan_out(list(clients.items()), lambda kv: kv[1].lock(holder, LOCK_TTL), name=lambda kv: kv[0],
+            max_parallel=MAX_PARALLEL_HOSTS)
+
+
+def release_locks(clients: Mapping[str, AgentClient], holder: str, force: bool = False) -> None:
+    fan_out(list(clients.items()), lambda kv: kv[1].unlock(holder, force), name=lambda kv: kv[0],
+            max_parallel=MAX_PARALLEL_HOSTS)
+
+
+# ---- apply --------------------------------------------------------------------------------
+def apply(prep: Prepared, obs: Observed, pool: ConnectionPool, *, who: Optional[str] = None,
+          environ: Optional[Mapping[str, str]] = None, on_bytes: Optional[Callable[[str, int], None]] = None,
+          on_event: Optional[Callable[[str], None]] = None, force_unlock: bool = False) -> ApplyReport:
+    plan = obs.plan
+    report = ApplyReport(plan)
+    if plan.up_to_date:
+        names = [r.service for r in prep.releases]
+        report.final = {h: {n: f.releases.get(n) for n in names} for h, f in obs.facts.items()}
+        return report
+    who = who or operator()
+    holder = f"{who} pid {os.getpid()}"
+    reachable = {h: c for h, c in obs.clients.items() if not obs.facts[h].error}
+    if force_unlock:
+        release_locks(reachable, holder, force=True)
+    acquire_locks(reachable, holder)
+    try:
+        secrets = {name: {k: base64.b64encode(v).decode() for k, v in
+                          prep.desired.services[name].deploy.read_secrets(environ).items()}
+                   for name in prep.desired.services}
+        _ship(prep, obs, pool, report, on_bytes)
+        releases = {r.service: r for r in prep.releases}
+        manifests = {(c.service, hp.host): c.manifest for hp in plan.hosts for c in hp.changes}
+
+        def apply_one(host: str, service: str) -> dict:
+            rel = releases[service]
+            body = {"release": rel.release, "index": rel.index, "manifest": manifests[(service, host)],
+                    "deploy": rel.deploy, "secrets": secrets[service]}
+            return obs.clients[host].apply({service: body}, who)
+
+        def revert_one(host: str, service: str, old: Optional[str]) -> None:
+            obs.clients[host].rollback(service, old, who=who)
+
+        policies = {name: ServicePolicy(s.deploy.strategy.on_failure, MAX_PARALLEL_HOSTS)
+                    for name, s in prep.desired.services.items()}
+        dropped = list(plan.failed_hosts) + list(report.ship_failed)
+
+        def on_wave(w) -> None:
+            refresh_locks(reachable, holder)         # a long rollout keeps its lease
+            if on_event:
+                on_event(f"{w.service}: {'canary' if w.canary else 'wave ' + str(w.number)} -> {', '.join(w.hosts)}")
+
+        report.rollout = run_rollout(
+            plan, policies, apply_one, revert_one, dropped=dropped, on_wave=on_wave,
+            on_outcome=(lambda o: on_event(f"{o.host}: {o.service} {'ok ' + (o.release or '') if o.ok else 'FAILED: ' + str(o.error)}"))
+            if on_event else None)
+    finally:
+        release_locks(reachable, holder)
+    report.final = final_releases(prep, obs.clients)
+    return report
+
+
+def _ship(prep: Prepared, obs: Observed, pool: ConnectionPool, report: ApplyReport, on_bytes) -> None:
+    todo = [hp for hp in obs.plan.hosts if hp.blobs and not hp.error]
+
+    def one(hp):
+        connect = reconnecting_client(pool, hp.host, obs.clients[hp.host].path)
+        return ship_blobs(connect, hp.blobs, prep.store.open_blob, partial=dict(hp.resume),
+                          on_bytes=(lambda n: on_bytes(hp.host, n)) if on_bytes else None)
+
+    fan = fan_out(todo, one, name=lambda hp: hp.host, max_parallel=MAX_PARALLEL_HOSTS)
+    report.shipped.update(fan.ok)
+    report.ship_failed.update({h: str(e) for h, e in fan.failed.items()})
+
+
+def final_releases(prep: Prepared, clients: Mapping[str, AgentClient]) -> Dict[str, Dict[str, Optional[str]]]:
+    names = [r.service for r in prep.releases]
+    fan = fan_out(list(clients.items()), lambda kv: kv[1].status(), name=lambda kv: kv[0],
+                  max_parallel=MAX_PARALLEL_HOSTS)
+    out: Dict[str, Dict[str, Optional[str]]] = {}
+    for host in clients:
+        if host in fan.ok:
+            services = fan.ok[host].get("services") or {}
+            out[host] = {n: (services.get(n) or {}).get("release") for n in names}
+        else:
+            out[host] = {n: "unreachable" for n in names}
+    return out

@@ -1,0 +1,45 @@
+"""The hosts of a fleet, as SSH targets with labels: a lab (brought up if it is not) or real hosts."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Mapping, Optional
+
+from orchestrator.lab.fleet import lab_hosts
+from orchestrator.lab.layout import DEFAULT_STATE_ROOT, LabLayout, LabSpec
+from orchestrator.lab.machine import LabMachine
+from orchestrator.manifest.model import Fleet, HostSelector
+from orchestrator.transport.ssh import SSHTarget, resolve_target
+
+
+@dataclass(frozen=True)
+class InventoryHost:
+    name: str
+    target: SSHTarget
+    labels: Mapping[str, str] = field(default_factory=dict)
+    platform: Optional[str] = None          # declared; otherwise the agent reports it
+
+
+def lab_layout(fleet: Fleet, state_root: Path = DEFAULT_STATE_ROOT) -> LabLayout:
+    spec = fleet.lab
+    return LabLayout(LabSpec(fleet.name, spec.hosts, spec.arm64, spec.armv7, spec.link_rate).validate(),
+                     state_root)
+
+
+def fleet_hosts(fleet: Fleet, *, bring_up_lab: bool = True, ssh_config: Optional[str] = None
+                ) -> List[InventoryHost]:
+    """Every host of the fleet. For a lab fleet, `bring_up_lab` makes sure the lab is up first."""
+    if fleet.is_lab:
+        layout = lab_layout(fleet)
+        if bring_up_lab:
+            LabMachine(layout).up(report=False)
+        return [InventoryHost(h.name, h.target, {"platform": h.platform}, h.platform) for h in lab_hosts(layout)]
+    out = []
+    for h in fleet.hosts:
+        target = resolve_target(SSHTarget(name=h.name, address=h.address, port=h.port, user=h.user), ssh_config)
+        out.append(InventoryHost(h.name, target, dict(h.labels), h.platform))
+    return out
+
+
+def select_hosts(selector: HostSelector, hosts: List[InventoryHost]) -> List[InventoryHost]:
+    return [h for h in hosts if selector.matches(h.name, h.labels)]

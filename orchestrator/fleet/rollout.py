@@ -1,0 +1,114 @@
+"""Roll a planned change out across the fleet: canary first, then waves; halt or roll back.
+
+Each host's agent does the blue/green swap itself and answers once the new release serves (and
+its monitor window passed) or failed with the old one still serving. This module only decides
+which hosts go when, drops failed hosts, and reverts hosts on `on_failure: rollback`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
+
+from orchestrator.transport.fanout import fan_out
+from orchestrator.fleet.planner import FleetPlan, Wave
+
+
+@dataclass
+class HostOutcome:
+    host: str
+    service: str
+    ok: bool
+    release: Optional[str] = None
+    error: Optional[str] = None
+    reverted: bool = False
+
+
+@dataclass
+class RolloutResult:
+    outcomes: List[HostOutcome] = field(default_factory=list)
+    halted: Optional[str] = None             # why later waves did not run
+    skipped: Dict[str, List[str]] = field(default_factory=dict)   # service -> hosts never tried
+
+    @property
+    def failed(self) -> List[HostOutcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.halted
+
+
+@dataclass(frozen=True)
+class ServicePolicy:
+    on_failure: str = "halt"                 # halt | rollback
+    max_parallel: int = 16                   # bound on concurrent SSH work inside one wave
+
+
+ApplyFn = Callable[[str, str], dict]         # (host, service) -> agent answer for that service
+RevertFn = Callable[[str, str, Optional[str]], None]   # (host, service, old release)
+
+
+def run_rollout(plan: FleetPlan, policies: Mapping[str, ServicePolicy], apply_one: ApplyFn,
+                revert_one: RevertFn, *, dropped: Sequence[str] = (),
+                on_wave: Optional[Callable[[Wave], None]] = None,
+                on_outcome: Optional[Callable[[HostOutcome], None]] = None) -> RolloutResult:
+    result = RolloutResult()
+    dropped_hosts = set(dropped)
+    switched: Dict[str, List[str]] = {}      # service -> hosts that switched in this rollout
+    old_release = {(c.service, hp.host): c.old_release for hp in plan.hosts for c in hp.changes}
+
+    waves = list(plan.waves)
+    for i, wave in enumerate(waves):
+        if result.halted:
+            result.skipped.setdefault(wave.service, []).extend(wave.hosts)
+            continue
+        hosts = [h for h in wave.hosts if h not in dropped_hosts]
+        if not hosts:
+            continue
+        if on_wave:
+            on_wave(wave)
+        policy = policies.get(wave.service, ServicePolicy())
+
+        def one(host: str, service=wave.service) -> HostOutcome:
+            answer = apply_one(host, service)
+            svc = (answer.get("services") or {}).get(service, answer)
+            if svc.get("ok"):
+                return HostOutcome(host, service, True, svc.get("release"))
+            return HostOutcome(host, service, False, svc.get("release"), svc.get("error") or "failed")
+
+        fan = fan_out(hosts, one, name=lambda h: h, max_parallel=policy.max_parallel)
+        failures = []
+        for host in hosts:
+            if host in fan.ok:
+                outcome = fan.ok[host]
+            else:
+                outcome = HostOutcome(host, wave.service, False, error=str(fan.failed[host]))
+            result.outcomes.append(outcome)
+            if on_outcome:
+                on_outcome(outcome)
+            if outcome.ok:
+                switched.setdefault(wave.service, []).append(host)
+            else:
+                failures.append(outcome)
+                dropped_hosts.add(host)
+        if not failures:
+            continue
+        what = "canary" if wave.canary else f"wave {wave.number}"
+        result.halted = (f"{wave.service}: {what} failed on {', '.join(f.host for f in failures)}; "
+                         f"later waves not started")
+        if policy.on_failure == "rollback":
+            _revert(wave.service, switched.get(wave.service, []), old_release, revert_one, result, policy)
+    return result
+
+
+def _revert(service: str, hosts: List[str], old_release: Mapping, revert_one: RevertFn,
+            result: RolloutResult, policy: ServicePolicy) -> None:
+    def one(host: str) -> None:
+        revert_one(host, service, old_release.get((service, host)))
+
+    fan = fan_out(hosts, one, name=lambda h: h, max_parallel=policy.max_parallel)
+    for o in result.outcomes:
+        if o.service == service and o.ok and o.host in fan.ok:
+            o.reverted = True
+    for host, err in fan.failed.items():
+        result.outcomes.append(HostOutcome(host, service, False, error=f"rollback failed: {err}"))

@@ -1,0 +1,268 @@
+"""``build_services``: every service's ``image:`` -> an OCI image index in the content store.
+
+Per platform: the base (scratch / debian / oci / registry) gives the first layers and a
+cache key; each step extends the key with its inputs and reuses a cached layer when the key
+is known, else builds one. The config, manifest and index are canonical JSON, so the same
+inputs give the same digests on any machine.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from orchestrator.image import debian as deb
+from orchestrator.image import sandbox
+from orchestrator.image.cache import LayerCache, chain_key
+from orchestrator.image.documents import iso_time, merge_env, render_config, render_index, render_manifest
+from orchestrator.image.layer import Layer, source_date_epoch, walk_tree, write_layer
+from orchestrator.image.registry import LayoutSource, RegistrySource, import_image
+from orchestrator.image.steps import copy_entries, describe, step_inputs, template_entries
+from orchestrator.errors import BuildError
+from orchestrator.manifest.model import (CopyStep, DebianBase, Desired, OciBase, RegistryBase, RunStep,
+                                         ScratchBase, Service, TemplateStep)
+from orchestrator.manifest.units import PLATFORM_ARCH
+from orchestrator.image.store import Store
+
+BUILDER_VERSION = 1          # part of every cache key: bump when layer bytes would change
+
+
+@dataclass(frozen=True)
+class BuildEvent:
+    """One progress report: ``state`` is start | cached | built | emulated | warning | done."""
+
+    service: str
+    platform: str
+    step: int                 # 0 = base, 1.. = steps, total = finalise
+    total: int
+    label: str
+    state: str
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class PlatformImage:
+    platform: str
+    manifest_digest: str
+    config_digest: str
+    layers: Tuple[Mapping[str, Any], ...]
+    size: int                  # manifest + config + compressed layers, bytes
+    built: int                 # layers made in this build
+    cached: int                # layers reused from the cache
+    seconds: float
+    emulated_steps: int = 0    # run steps executed through qemu-user
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    service: str
+    index_digest: str
+    manifests: Mapping[str, str]              # {platform: manifest digest}
+    images: Mapping[str, PlatformImage] = field(default_factory=dict)
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"service": self.service, "index": self.index_digest, "manifests": dict(self.manifests),
+                "sizes": {p: i.size for p, i in self.images.items()},
+                "layers": {p: {"built": i.built, "cached": i.cached} for p, i in self.images.items()}}
+
+
+Progress = Optional[Callable[[BuildEvent], None]]
+
+
+def _layer_dict(layer: Layer) -> Dict[str, Any]:
+    return {"digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size, "media_type": layer.media_type}
+
+
+class Builder:
+    def __init__(self, store: Store, cache: LayerCache, lock: deb.LockFile, *, epoch: int,
+                 progress: Progress = None, workroot: Optional[str] = None, update_lock: bool = False):
+        self.store = store.ensure()
+        self.cache = cache
+        self.lock = lock
+        self.epoch = epoch
+        self.progress = progress
+        self.workroot = workroot or os.path.join(os.path.dirname(cache.directory), "work")
+        self._run_counter = 0
+        self.update_lock = update_lock
+
+    def _emit(self, svc: str, platform: str, step: int, total: int, label: str, state: str,
+              seconds: float = 0.0) -> None:
+        if self.progress:
+            self.progress(BuildEvent(svc, platform, step, total, label, state, seconds))
+
+    def _write(self, entries) -> Layer:
+        """Write a layer and remember its paths (later steps ask which directories exist)."""
+        entries = list(entries)
+        layer = write_layer(self.store, entries, self.epoch)
+        self.cache.save_paths(_layer_dict(layer), (e.path for e in entries))
+        return layer
+
+    # ---------------------------------------------------------------- bases
+
+    def _base(self, base, platform: str, warn=None) -> Tuple[str, List[Dict[str, Any]], Dict[str, Any], List[Dict], bool]:
+        """-> (key, layers, base config section, history, cached?)"""
+        if isinstance(base, ScratchBase):
+            return chain_key(BUILDER_VERSION, "scratch", platform), [], {}, [], True
+        if isinstance(base, DebianBase):
+            return self._debian(base, platform, warn)
+        if isinstance(base, OciBase):
+            source = LayoutSource(base.dir, base.tag)
+        elif isinstance(base, RegistryBase):
+            source = RegistrySource(base.ref, base.insecure)
+        else:
+            raise BuildError(f"unknown base {base!r}")
+        imported = import_image(source, platform, self.store)
+        history = [h for h in imported.config.get("history", [])]
+        key = chain_key(BUILDER_VERSION, "image", platform, imported.manifest_digest)
+        return key, imported.layers, imported.config.get("config", {}) or {}, history, False
+
+    def _debian(self, base: DebianBase, platform: str, warn=None):
+        deb_arch = PLATFORM_ARCH[platform][2]
+        lkey = deb.lock_key(base.suite, deb_arch, base.packages)
+        pins = None if self.update_lock else self.lock.get(lkey)
+        if pins:
+            key = chain_key(BUILDER_VERSION, *deb.base_record_key(base.suite, deb_arch, base.packages, pins))
+            hit = self.cache.get(key, self.store)
+            if hit:
+                return key, hit["layers"], {}, hit["history"], True
+        work = deb.make_workdir(self.workroot)
+        try:
+            rootfs, versions = deb.run_mmdebstrap(base.suite, deb_arch, base.packages, pins, work, warn)
+            entries = list(walk_tree(rootfs, exclude=deb.EXCLUDE)) + deb.mountpoint_entries()
+            layer = self._write(entries)
+        finally:
+            deb.cleanup(work)
+        missing = [p for p in base.packages if p not in versions]
+        if missing:
+            raise BuildError(f"mmdebstrap did not fetch {', '.join(missing)} for {deb_arch}")
+        self.lock.set(lkey, versions)
+        key = chain_key(BUILDER_VERSION, *deb.base_record_key(base.suite, deb_arch, base.packages, versions))
+        pkgs = " ".join(base.packages) or "(no packages)"
+        history = [{"created": iso_time(self.epoch), "created_by": f"orch: debian {base.suite} {deb_arch}: {pkgs}"}]
+        self.cache.put(key, {"layers": [_layer_dict(layer)], "history": history})
+        return key, [_layer_dict(layer)], {}, history, False
+
+    # ---------------------------------------------------------------- steps
+
+    def _step_layer(self, step, layers: List[Dict[str, Any]], base_config: Mapping[str, Any],
+                    platform: str, svc: Service) -> Layer:
+        if isinstance(step, CopyStep):
+            existing = self.cache.chain_paths(self.store, layers)
+            return self._write(copy_entries(step, existing))
+        if isinstance(step, TemplateStep):
+            existing = self.cache.chain_paths(self.store, layers)
+            return self._write(template_entries(step, existing))
+        if isinstance(step, RunStep):
+            os.makedirs(self.workroot, exist_ok=True)
+            work = tempfile.mkdtemp(prefix="run-", dir=self.workroot)
+            self._run_counter += 1
+            name = f"orch-build-{os.getpid()}-{self._run_counter}"
+            env = merge_env(base_config.get("Env") or [], dict(svc.image.config.env, **dict(step.env)))
+            cwd = svc.image.config.workdir or base_config.get("WorkingDir") or "/"
+            try:
+                upper = sandbox.run_in_sandbox(self.store, layers, step.command, env, cwd, platform, work, name)
+                return self._write(list(walk_tree(upper, overlay_upper=True, exclude=sandbox.SANDBOX_MOUNTPOINTS)))
+            finally:
+                sandbox.umount_quiet(os.path.join(work, "bundle", "rootfs"))
+                shutil.rmtree(work, ignore_errors=True)
+        raise BuildError(f"unknown step {step!r}")
+
+    # ---------------------------------------------------------------- images
+
+    def build_platform(self, svc: Service, platform: str) -> PlatformImage:
+        started = time.monotonic()
+        steps = svc.image.steps
+        total = len(steps) + 2
+        self._emit(svc.name, platform, 0, total, f"base {svc.image.base.kind}", "start")
+        t0 = time.monotonic()
+        key, layers, base_config, history, base_cached = self._base(
+            svc.image.base, platform, lambda msg: self._emit(svc.name, platform, 0, total, msg, "warning"))
+        layers = list(layers)
+        history = list(history)
+        built = 0 if base_cached else 1
+        cached = 1 if base_cached and layers else 0
+        self._emit(svc.name, platform, 0, total, f"base {svc.image.base.kind}",
+                   "cached" if base_cached else "built", time.monotonic() - t0)
+        emulated_steps = 0
+        for i, step in enumerate(steps, start=1):
+            label = describe(step)
+            key = chain_key(BUILDER_VERSION, key, step_inputs(step))
+            hit = self.cache.get(key, self.store)
+            t0 = time.monotonic()
+            if hit:
+                layer_d = hit["layers"][0]
+                cached += 1
+                self._emit(svc.name, platform, i, total, label, "cached")
+            else:
+                if isinstance(step, RunStep) and sandbox.emulated(platform):
+                    emulated_steps += 1
+                    self._emit(svc.name, platform, i, total, label + f" (emulated: qemu-user for {platform}, slower)",
+                               "emulated")
+                else:
+                    self._emit(svc.name, platform, i, total, label, "start")
+                layer_d = _layer_dict(self._step_layer(step, layers, base_config, platform, svc))
+                self.cache.put(key, {"layers": [layer_d]})
+                built += 1
+                self._emit(svc.name, platform, i, total, label, "built", time.monotonic() - t0)
+            layers.append(layer_d)
+            history.append({"created": iso_time(self.epoch), "created_by": f"orch: {label}"})
+        config = render_config(platform, base_config, svc.image.config, [l["diff_id"] for l in layers],
+                               history, self.epoch)
+        config_digest, config_size = self.store.put_json(config)
+        manifest = render_manifest(config_digest, config_size, layers)
+        manifest_digest, manifest_size = self.store.put_json(manifest)
+        size = manifest_size + config_size + sum(l["size"] for l in layers)
+        seconds = time.monotonic() - started
+        self._emit(svc.name, platform, total, total, "image", "done", seconds)
+        return PlatformImage(platform, manifest_digest, config_digest, tuple(layers), size, built, cached,
+                             seconds, emulated_steps)
+
+    def build_service(self, svc: Service, platforms: Optional[Sequence[str]] = None) -> BuiltImage:
+        wanted = [p for p in svc.image.platforms if platforms is None or p in platforms]
+        if not wanted:
+            raise BuildError(f"service {svc.name} is not built for {', '.join(platforms or [])} "
+                             f"(its platforms: {', '.join(svc.image.platforms)})")
+        images = {p: self.build_platform(svc, p) for p in wanted}
+        entries = [{"platform": p, "digest": images[p].manifest_digest,
+                    "size": self.store.size(images[p].manifest_digest)} for p in wanted]
+        index_digest, _ = self.store.put_json(render_index(entries))
+        self.store.tag(svc.name, index_digest)
+        return BuiltImage(svc.name, index_digest, {p: images[p].manifest_digest for p in wanted}, images)
+
+
+def build_services(desired: Desired, store: Store, platforms: Optional[Sequence[str]] = None,
+                   progress: Progress = None, services: Optional[Sequence[str]] = None,
+                   cache_dir: Optional[str] = None, epoch: Optional[int] = None,
+                   update_lock: bool = False) -> Dict[str, BuiltImage]:
+    """Build every (or the named) service of ``desired``; returns {service: BuiltImage}.
+
+    The store keeps the layers and JSON; ``cache_dir`` (default: next to the store, ``cache``)
+    keeps step records; ``orch.lock`` next to the manifests records debian package versions
+    (``update_lock`` re-resolves them from the mirror instead of requesting the locked ones).
+    """
+    names = list(services) if services else list(desired.services)
+    unknown = [n for n in names if n not in desired.services]
+    if unknown:
+        raise BuildError(f"no service {unknown[0]!r} (services: {', '.join(desired.services) or 'none'})")
+    if platforms:
+        offered = {p for n in names for p in desired.services[n].image.platforms}
+        missing = [p for p in platforms if p not in offered]
+        if missing:
+            raise BuildError(f"no service is built for {', '.join(missing)}")
+    cache = LayerCache(cache_dir or os.path.join(os.path.dirname(store.root), "cache"))
+    lock = deb.LockFile(desired.lock_path)
+    builder = Builder(store, cache, lock, epoch=source_date_epoch() if epoch is None else epoch,
+                      progress=progress, update_lock=update_lock)
+    out: Dict[str, BuiltImage] = {}
+    try:
+        for name in names:
+            svc = desired.services[name]
+            if platforms and not any(p in svc.image.platforms for p in platforms):
+                continue
+            out[name] = builder.build_service(svc, platforms)
+    finally:
+        lock.save()
+    return out

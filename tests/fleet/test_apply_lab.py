@@ -1,0 +1,354 @@
+"""`orch apply` end to end on a real lab fleet (2 amd64 + 1 arm64): build, ship, blue/green, waves."""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from orchestrator.fleet.deploy import apply, observe, prepare
+from orchestrator.errors import LockHeldError
+from orchestrator.transport.ssh import ConnectionPool
+from tests.conftest import REPO
+
+LAB = f"test-apply-{secrets.token_hex(2)}"
+
+
+def write_fleet(directory: Path) -> None:
+    (directory / "fleet.yaml").write_text(f"kind: Fleet\nname: {LAB}\nlab: {{hosts: 2, arm64: 1}}\n")
+
+
+@pytest.fixture(scope="module")
+def lab_project(tmp_path_factory):
+    """A copy of the default manifests aimed at this module's own lab; removed afterwards."""
+    from orchestrator.lab.layout import LabLayout, LabSpec
+    from orchestrator.lab.machine import LabMachine
+
+    home = tmp_path_factory.mktemp("orch-home")
+    old_home = os.environ.get("ORCH_HOME")
+    os.environ["ORCH_HOME"] = str(home)
+    directory = tmp_path_factory.mktemp("project") / "manifests"
+    shutil.copytree(REPO / "manifests", directory)
+    write_fleet(directory)
+    try:
+        yield directory
+    finally:
+        LabMachine(LabLayout(LabSpec(LAB))).down()
+        if old_home is None:
+            os.environ.pop("ORCH_HOME", None)
+        else:
+            os.environ["ORCH_HOME"] = old_home
+
+
+def run_apply(directory: Path, **kw):
+    prep = prepare(str(directory), {})
+    with ConnectionPool(h.target for h in prep.hosts) as pool:
+        obs = observe(prep, pool)
+        report = apply(prep, obs, pool, **kw)
+    return prep, obs.plan, report
+
+
+def fetch(address: str, path: str = "/", timeout: float = 2.0) -> bytes:
+    with urllib.request.urlopen(f"http://{address}:8080{path}", timeout=timeout) as resp:
+        assert resp.status == 200
+        return resp.read()
+
+
+class Hammer:
+    """A client loop against every host while something else happens; counts failures."""
+
+    def __init__(self, addresses):
+        self.addresses = list(addresses)
+        self.ok = 0
+        self.failures = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            for a in self.addresses:
+                try:
+                    fetch(a, "/style.css")
+                    self.ok += 1
+                except Exception as exc:  # noqa: BLE001 - every failure counts
+                    self.failures.append(f"{a}: {exc}")
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(10)
+
+
+def test_first_apply_serves_the_page_on_every_host(lab_project):
+    prep, plan, report = run_apply(lab_project)
+    assert report.ok, report
+    assert {hp.platform for hp in plan.hosts} == {"linux/amd64", "linux/arm64"}
+    for host in prep.hosts:
+        assert b"Hello from orch" in fetch(host.target.address)
+    arm = next(hp for hp in plan.hosts if hp.platform == "linux/arm64")
+    amd_manifest = next(c.manifest for hp in plan.hosts if hp.platform == "linux/amd64" for c in hp.changes)
+    assert amd_manifest not in {d for d, _ in arm.blobs}          # an arm host never gets amd64 blobs
+    assert all(r == {"hello": report.final[h]["hello"]} for h, r in report.final.items())
+
+
+def test_one_file_change_ships_only_that_layer_with_zero_failed_requests(lab_project):
+    before = prepare(str(lab_project), {})
+    old_layers = {p: {l["digest"] for l in before.store.read_json(m)["layers"]}
+                  for p, m in before.releases[0].manifests.items()}
+    css = lab_project / "hello" / "www" / "style.css"
+    css.write_text(css.read_text() + f"\n/* change {secrets.token_hex(4)} */\n")
+    prep = prepare(str(lab_project), {})
+    with ConnectionPool(h.target for h in prep.hosts) as pool:
+        obs = observe(prep, pool)
+        for hp in obs.plan.hosts:
+            assert len(hp.changes) == 1
+            manifest = prep.store.read_json(hp.changes[0].manifest)
+            changed = {l["digest"] for l in manifest["layers"]} - old_layers[hp.platform]
+            assert len(changed) == 1, "a one-file change must change exactly one layer"
+            expected = {hp.changes[0].manifest, manifest["config"]["digest"]} | changed
+            assert {d for d, _ in hp.blobs} == expected, "more than the changed layer would travel"
+        with Hammer(h.target.address for h in prep.hosts) as hammer:
+            report = apply(prep, obs, pool)
+            time.sleep(0.5)
+    assert report.ok
+    assert hammer.ok > 20 and hammer.failures == []
+    for host, shipped in report.shipped.items():
+        hp = report.plan.host(host)
+        assert shipped.bytes_sent == sum(size for _, size in hp.blobs) + _frame_overhead(hp.blobs)
+
+
+def _frame_overhead(blobs):
+    from runtime.protocol import frame_header
+    return sum(len(frame_header(d, s, 0)) for d, s in blobs)
+
+
+def test_third_apply_changes_nothing(lab_project):
+    prep, plan, report = run_apply(lab_project)
+    assert plan.up_to_date and report.rollout is None and report.shipped == {}
+
+
+def test_failing_canary_halts_with_no_other_host_changed(lab_project, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(lab_project, bad)
+    text = (bad / "hello.yaml").read_text().replace("health: {http: /,", "health: {http: /no-such-page,")
+    (bad / "hello.yaml").write_text(text.replace("on_failure: rollback", "on_failure: halt"))
+    before = run_apply(lab_project)[2].final
+    prep, plan, report = run_apply(bad)
+    assert not report.ok and "canary failed" in report.rollout.halted
+    assert report.final == before                          # every host still runs the old release
+    for host in prep.hosts:
+        assert b"Hello from orch" in fetch(host.target.address)
+
+
+def test_second_apply_refuses_while_the_fleet_is_locked(lab_project):
+    css = lab_project / "hello" / "www" / "style.css"
+    css.write_text(css.read_text() + "\n/* locked change */\n")
+    prep = prepare(str(lab_project), {})
+    with ConnectionPool(h.target for h in prep.hosts) as pool:
+        obs = observe(prep, pool)
+        other = obs.clients[prep.hosts[1].name]
+        other.lock("alice@ci pid 42", 600)
+        try:
+            with pytest.raises(LockHeldError, match="alice@ci pid 42"):
+                apply(prep, obs, pool)
+        finally:
+            other.unlock("alice@ci pid 42")
+        report = apply(prep, obs, pool)
+    assert report.ok
+
+
+def _variant(lab_project: Path, tmp_path: Path, name: str, edit) -> Path:
+    out = tmp_path / name
+    shutil.copytree(lab_project, out)
+    manifest = out / "hello.yaml"
+    manifest.write_text(edit(manifest.read_text()))
+    return out
+
+
+def test_rollback_policy_reverts_the_first_wave_when_the_second_fails(lab_project, tmp_path):
+    """Health passes only where /flag/ok exists in the host's volume: the canary host."""
+    from orchestrator.lab.layout import LabLayout, LabSpec
+
+    def edit(text):
+        text = text.replace("health: {http: /, port: 80,", "volumes: [\"flag:/flag:ro\"]\n  health: {exec: "
+                            "[/bin/busybox, test, -e, /flag/ok],")
+        return text.replace("monitor: 2s", "monitor: 0s")
+    variant = _variant(lab_project, tmp_path, "flagged", edit)
+    before = run_apply(lab_project)[2].final
+    prep = prepare(str(variant), {})
+    canary = prep.hosts[0].name
+    flag = LabLayout(LabSpec(LAB)).host(canary).var_lib_orch / "volumes" / "flag"
+    flag.mkdir(parents=True, exist_ok=True)
+    (flag / "ok").write_text("yes")
+    with ConnectionPool(h.target for h in prep.hosts) as pool:
+        obs = observe(prep, pool)
+        assert [w.hosts for w in obs.plan.waves] == [(canary,), (prep.hosts[1].name,), (prep.hosts[2].name,)]
+        report = apply(prep, obs, pool)
+    assert not report.ok and "wave 1 failed" in report.rollout.halted
+    outcomes = {o.host: o for o in report.rollout.outcomes}
+    assert outcomes[canary].ok and outcomes[canary].reverted
+    assert not outcomes[prep.hosts[1].name].ok
+    assert prep.hosts[2].name not in outcomes                       # the third host was never touched
+    assert report.final == before                                   # the whole fleet is back where it was
+    for host in prep.hosts:
+        assert b"Hello from orch" in fetch(host.target.address)
+
+
+def test_an_unreachable_host_is_reported_and_a_later_apply_converges_it(lab_project):
+    import subprocess
+
+    from orchestrator.lab.layout import LabLayout, LabSpec
+
+    css = lab_project / "hello" / "www" / "style.css"
+    css.write_text(css.read_text() + f"\n/* while one host is away {secrets.token_hex(4)} */\n")
+    layout = LabLayout(LabSpec(LAB))
+    away = layout.hosts()[1]
+    subprocess.run(["ip", "link", "set", away.veth_root, "down"], check=True)   # its uplink drops
+    try:
+        prep = prepare(str(lab_project), {})
+        prep.hosts = [h if h.name != away.name else h.__class__(
+            h.name, h.target.__class__(**{**h.target.__dict__, "connect_timeout": 2.0}), h.labels, h.platform)
+            for h in prep.hosts]
+        with ConnectionPool(h.target for h in prep.hosts) as pool:
+            obs = observe(prep, pool)
+            report = apply(prep, obs, pool)
+        assert not report.ok
+        assert report.plan.failed_hosts == (away.name,)
+        new = {hp.changes[0].new_release for hp in report.plan.hosts if hp.changes}
+        assert len(new) == 1
+        for host in prep.hosts:
+            if host.name != away.name:
+                assert report.final[host.name]["hello"] in new
+    finally:
+        subprocess.run(["ip", "link", "set", away.veth_root, "up"], check=True)
+    prep2, plan2, report2 = run_apply(lab_project)
+    assert report2.ok
+    assert [hp.host for hp in plan2.hosts if hp.changes] == [away.name]      # only the one that missed it
+    assert {r["hello"] for r in report2.final.values()} == new
+
+
+def test_a_secret_reaches_the_container_but_no_layer_log_or_audit_line(lab_project, tmp_path):
+    import subprocess
+
+    from orchestrator.lab.layout import LabLayout, LabSpec
+
+    value = f"s3cret-{secrets.token_hex(8)}"
+
+    def edit(text):
+        text = text.replace("health: {http: /, port: 80,",
+                            "secrets: {token: {env: ORCH_TEST_TOKEN}}\n"
+                            f"  health: {{exec: [/bin/busybox, grep, -q, {value}, /run/secrets/token],")
+        return text.replace("monitor: 2s", "monitor: 0s")
+    variant = _variant(lab_project, tmp_path, "with-secret", edit)
+    prep, plan, report = (lambda p: (p,) + _apply_with_env(p, {"ORCH_TEST_TOKEN": value}))(prepare(str(variant), {}))
+    assert report.ok, report.rollout        # the health check itself proves the container reads the value
+    needle = value.encode()
+    for host in LabLayout(LabSpec(LAB)).hosts():
+        root = host.var_lib_orch
+        assert (root / "blobs").is_dir() and (root / "images").is_dir() and (root / "state" / "audit.log").is_file()
+        hits = subprocess.run(["grep", "-rl", "--", value, str(root / "blobs"), str(root / "images"),
+                               str(root / "agent"), str(root / "state" / "audit.log")],
+                              capture_output=True, text=True).stdout.split()
+        assert hits == [], f"secret found on {host.name} in {hits}"
+    store_hits = subprocess.run(["grep", "-rl", "--", value, prep.store.root], capture_output=True, text=True)
+    assert store_hits.stdout == ""
+    assert needle not in repr(report).encode()
+
+
+def _apply_with_env(prep, environ):
+    with ConnectionPool(h.target for h in prep.hosts) as pool:
+        obs = observe(prep, pool)
+        report = apply(prep, obs, pool, environ=environ)
+    return obs.plan, report
+
+
+def test_a_new_agent_is_installed_without_stopping_the_containers(lab_project, tmp_path):
+    import dataclasses
+    import hashlib
+    import zipfile
+
+    run_apply(lab_project)                                       # whatever an earlier test left, converge first
+    prep = prepare(str(lab_project), {})
+    newer = tmp_path / "agent.pyz"
+    shutil.copy(prep.agent_pyz, newer)
+    with zipfile.ZipFile(newer, "a") as zf:                  # same code, one more entry: another digest
+        zf.writestr("upgrade-marker.txt", secrets.token_hex(8))
+    digest = "sha256:" + hashlib.sha256(newer.read_bytes()).hexdigest()
+    upgraded = dataclasses.replace(prep, agent_pyz=str(newer), agent_digest=digest)
+    with ConnectionPool(h.target for h in prep.hosts) as pool:
+        before_obs = observe(prep, pool)
+        before = {h: (c.info()["serve_pid"], c.status()["services"]["hello"]) for h, c in before_obs.clients.items()}
+        with Hammer(h.target.address for h in prep.hosts) as hammer:
+            obs = observe(upgraded, pool)
+            time.sleep(1.0)
+        assert obs.plan.up_to_date
+        for host, client in obs.clients.items():
+            info = client.info()
+            assert info["agent_digest"] == digest and info["serve_pid"] not in (None, before[host][0])
+            now = client.status()["services"]["hello"]
+            assert (now["release"], now["slot"], now["since"]) == (
+                before[host][1]["release"], before[host][1]["slot"], before[host][1]["since"])
+    assert hammer.ok > 10 and hammer.failures == []
+
+
+def orch_cli(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=600)
+
+
+def test_fleet_commands_status_hosts_audit_and_rollback(lab_project):
+    import json
+
+    run_apply(lab_project)                          # a known history: the project's release, then one change
+    css = lab_project / "hello" / "www" / "style.css"
+    css.write_text(css.read_text() + f"\n/* before rollback {secrets.token_hex(4)} */\n")
+    assert run_apply(lab_project)[2].ok
+    status = json.loads(orch_cli("status", str(lab_project), "--json").stdout)
+    assert sorted(r["host"] for r in status) == ["amd64-1", "amd64-2", "arm64-1"]
+    current = {r["release"] for r in status}
+    assert len(current) == 1 and all(r["state"] == "running" and r["health"] == "healthy" for r in status)
+    previous = status[0]["previous"][-1]
+    assert previous not in current
+
+    hosts = json.loads(orch_cli("hosts", str(lab_project), "--json").stdout)
+    assert {h["host"]: h["platform"] for h in hosts} == {
+        "amd64-1": "linux/amd64", "amd64-2": "linux/amd64", "arm64-1": "linux/arm64"}
+    assert all(h["reachable"] and h["runtime"] in ("runc", "crun") for h in hosts)
+
+    audit = json.loads(orch_cli("audit", str(lab_project), "--json").stdout)
+    assert {(a["host"], a["action"]) for a in audit} >= {(h, "apply") for h in ("amd64-1", "amd64-2", "arm64-1")}
+    rollbacks_before = sum(1 for a in audit if a["action"] == "rollback")
+
+    back = orch_cli("rollback", "hello", str(lab_project))
+    assert back.returncode == 0, back.stderr
+    status = json.loads(orch_cli("status", str(lab_project), "--json").stdout)
+    assert {r["release"] for r in status} == {previous}
+    audit = json.loads(orch_cli("audit", str(lab_project), "--json").stdout)
+    assert sum(1 for a in audit if a["action"] == "rollback") == rollbacks_before + 3
+    assert all(a["who"] != "unknown" for a in audit if a["action"] == "rollback")      # says who did it
+
+    again = orch_cli("apply", str(lab_project))                   # the manifests win again
+    assert again.returncode == 0, again.stderr
+    assert {r["release"] for r in json.loads(orch_cli("status", str(lab_project), "--json").stdout)} == current
+    assert "up to date" in orch_cli("apply", str(lab_project)).stdout
+
+
+def test_bad_manifest_is_refused_with_its_location_and_changes_nothing(lab_project, tmp_path):
+    import json
+
+    bad = _variant(lab_project, tmp_path, "typo", lambda t: t.replace('ports: ["8080:80"]', 'ports: ["80"]'))
+    before = orch_cli("status", str(lab_project), "--json").stdout
+    res = orch_cli("apply", str(bad))
+    assert res.returncode == 3
+    assert "hello.yaml:" in res.stderr and "deploy/ports/0" in res.stderr and '"80"' in res.stderr
+    assert json.loads(orch_cli("status", str(lab_project), "--json").stdout) == json.loads(before)

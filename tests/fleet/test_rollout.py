@@ -1,0 +1,61 @@
+from orchestrator.fleet.planner import Change, FleetPlan, HostPlan, plan_waves
+from orchestrator.fleet.rollout import ServicePolicy, run_rollout
+
+
+def make_plan(hosts, canary=1, size=1):
+    plans = tuple(HostPlan(h, "linux/amd64", (Change("web", "r-old", "r-new", "m"),)) for h in hosts)
+    return FleetPlan(plans, tuple(plan_waves("web", hosts, canary, size)))
+
+
+def run(hosts, failing, on_failure="halt", canary=1, size=1, dropped=()):
+    applied, reverted = [], []
+
+    def apply_one(host, service):
+        applied.append(host)
+        if host in failing:
+            return {"services": {service: {"ok": False, "error": "health check failed"}}}
+        return {"services": {service: {"ok": True, "release": "r-new"}}}
+
+    def revert_one(host, service, old):
+        reverted.append((host, old))
+
+    res = run_rollout(make_plan(hosts, canary, size), {"web": ServicePolicy(on_failure)}, apply_one, revert_one,
+                      dropped=dropped)
+    return res, applied, reverted
+
+
+def test_all_waves_run_when_every_host_succeeds():
+    res, applied, reverted = run(["a", "b", "c"], failing=set())
+    assert res.ok and applied == ["a", "b", "c"] and reverted == []
+
+
+def test_failing_canary_halts_with_no_other_host_touched():
+    res, applied, reverted = run(["a", "b", "c"], failing={"a"})
+    assert applied == ["a"] and not res.ok
+    assert "canary failed on a" in res.halted
+    assert res.skipped == {"web": ["b", "c"]}
+
+
+def test_rollback_reverts_earlier_waves_when_a_later_one_fails():
+    res, applied, reverted = run(["a", "b", "c", "d"], failing={"c"}, on_failure="rollback", canary=1, size=2)
+    assert applied == ["a", "b", "c"]
+    assert sorted(reverted) == [("a", "r-old"), ("b", "r-old")]
+    assert {o.host for o in res.outcomes if o.reverted} == {"a", "b"}
+    assert res.skipped == {"web": ["d"]}
+
+
+def test_halt_keeps_earlier_waves_switched():
+    res, applied, reverted = run(["a", "b", "c"], failing={"b"}, on_failure="halt")
+    assert reverted == [] and [o.host for o in res.outcomes if o.ok] == ["a"]
+
+
+def test_an_exception_from_one_host_is_a_failed_outcome():
+    def apply_one(host, service):
+        raise RuntimeError("link dropped")
+    res = run_rollout(make_plan(["a"], canary=0), {}, apply_one, lambda *a: None)
+    assert res.failed[0].host == "a" and "link dropped" in res.failed[0].error
+
+
+def test_dropped_hosts_are_not_tried():
+    res, applied, _ = run(["a", "b", "c"], failing=set(), canary=0, size=3, dropped=("b",))
+    assert applied == ["a", "c"]

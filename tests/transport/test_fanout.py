@@ -1,0 +1,39 @@
+import threading
+import time
+
+from orchestrator.errors import TransportError
+from orchestrator.transport.fanout import fan_out
+
+
+class H:
+    def __init__(self, name):
+        self.name = name
+
+
+def test_failures_are_values_and_the_others_finish():
+    def fn(h):
+        if h.name == "b":
+            raise TransportError("connection refused", host="b")
+        if h.name == "c":
+            raise ValueError("boom")
+        return h.name.upper()
+
+    res = fan_out([H("a"), H("b"), H("c"), H("d")], fn)
+    assert res.ok == {"a": "A", "d": "D"}
+    assert "connection refused" in str(res.failed["b"]) and "ValueError: boom" in str(res.failed["c"])
+    assert not res.all_ok
+
+
+def test_parallelism_is_bounded():
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def fn(h):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+
+    fan_out([H(str(i)) for i in range(20)], fn, max_parallel=3)
+    assert peak[0] == 3
