@@ -1,21 +1,20 @@
-"""The reconcile loop on one host: observe -> plan -> run one step -> observe again.
-
-``observe`` reads the world (container dirs, /proc, nft, state files); ``plan`` (pure, in
-planner.py) decides; ``EXECUTORS`` maps each step type to a thin function. Every step is
-journaled before and after it runs.
+"""One host as the reconcile loop sees it: ``observe`` reads the world (container dirs, /proc,
+nft, state files) into the planner's ``Observed``; ``execute`` runs one step through the
+executor map (``executors.py``), journaled before and after; ``attempt`` turns a release's own
+failure into a failed release. The loop itself is ``reconcile.py``; decisions are ``planner.py``.
 """
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, Iterable, Optional, Set, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from runtime import container, health, network, oci, planner, unpack
+from runtime.executors import EXECUTORS, exec_in
 from runtime.resources import free_disk, free_memory
-from runtime.errors import AgentFailure, HealthFailure, NoRoom
+from runtime.errors import AgentFailure
 from runtime.layout import Layout
-from runtime.meta import Meta, list_metas, list_orphans, log_path, rt_of, status_of
-from runtime.planner import (CheckHealth, EnsureNetwork, Fail, Forget, Observed, Restart,
-                             Settle, Start, Stop, Switch, SyncPorts, Unpack, Wait, Want)
+from runtime.meta import Meta, list_metas, list_orphans, log_path, status_of
+from runtime.planner import CheckHealth, Observed, Start, Switch, Unpack, Want
 from runtime.state import State
 
 RELEASE_STEPS = (Start, CheckHealth, Switch)
@@ -73,7 +72,7 @@ class Host:
             last[name] = now
             if not oci.proc_alive(meta.pid, meta.starttime):
                 continue
-            ok, msg = health.probe(spec, meta.ip, _exec_in(self, meta))
+            ok, msg = health.probe(spec, meta.ip, exec_in(self, meta))
             rec = st.setdefault("health", {}).get(name) or {}
             if rec.get("instance") != meta.instance:
                 rec = {}  # a new container starts with a clean record
@@ -183,37 +182,6 @@ class Host:
                 self.mark_failed(w.service, w.release, msg)
             return msg
 
-    def converge(self, services: Optional[Iterable[str]] = None, max_errors: int = 3) -> None:
-        """Run steps until nothing is left for ``services`` (all when None); waits are slept
-        only when nothing else is to be done; a step failing ``max_errors`` times raises."""
-        only: Optional[Set[str]] = set(services) if services is not None else None
-        errors: Dict[str, int] = {}
-        while True:
-            wants = self.wants()
-            obs = self.observe(wants)
-            steps = planner.plan(wants, obs)
-            if only is not None:
-                steps = [s for s in steps if getattr(s, "service", None) in only
-                         or isinstance(s, (SyncPorts, EnsureNetwork))
-                         or (isinstance(s, Unpack) and any(
-                             w.manifest == s.manifest for w in wants if w.service in only))]
-            if not steps:
-                self.maintain()
-                return
-            step = steps[0]
-            if isinstance(step, Wait):
-                self.sleep(min(max(step.seconds, 0.01), 1.0))
-                continue
-            key = repr(step)
-            try:
-                self.attempt(step, wants, obs)
-                errors.pop(key, None)
-            except Exception:
-                errors[key] = errors.get(key, 0) + 1
-                if errors[key] >= max_errors:
-                    raise
-                self.sleep(0.2 * errors[key])
-
     # --- helpers for executors ----------------------------------------------------------
     def target_of(self, service: str) -> dict:
         t = self.state.target().get(service)
@@ -240,153 +208,3 @@ class Host:
             out.append(planner.Box(m.service, m.slot, m.release, m.instance,
                                    status_of(m, self.rt), m.ip))
         return out
-
-
-# --- executors: one thin function per step type ----------------------------------------
-
-def _exec_in(h: Host, meta: Meta):
-    rt = rt_of(meta, h.rt)
-    return lambda cmd, timeout: oci.run_exec(rt, meta.id, list(cmd), timeout)
-
-
-def ex_ensure_network(h: Host, step: EnsureNetwork, obs: Observed) -> None:
-    h._port_map = None
-    network.run_ensure_host_network()
-
-
-def ex_unpack(h: Host, step: Unpack, obs: Observed) -> None:
-    unpack.unpack_image(h.layout, step.manifest)
-
-
-def _start(h: Host, service: str, slot: str) -> Meta:
-    target = h.target_of(service)
-    st = h.state.status()
-    used = [m.ip for m in list_metas(h.layout)]
-    ip, cursor = network.allocate_ip(used, int(st["ipam"]))
-    st["ipam"] = cursor
-    h.state.save_status(st)
-    return container.create(h.layout, h.rt, h.host_id, service, slot, target,
-                            h.state.secrets(service), ip)
-
-
-def ex_start(h: Host, step: Start, obs: Observed) -> None:
-    w = next(w for w in h.wants() if w.service == step.service)
-    if step.service in obs.no_room and not w.stop_first:
-        raise NoRoom("not enough free disk or memory to start a second slot")
-    _start(h, step.service, step.slot)
-
-
-def ex_check_health(h: Host, step: CheckHealth, obs: Observed) -> None:
-    meta = h.metas[(step.service, step.slot)]
-    spec = health.HealthSpec.from_deploy(h.target_of(step.service).get("deploy") or {})
-    ok, msg = health.run_until_healthy(
-        spec, meta.ip, _exec_in(h, meta),
-        lambda: oci.proc_alive(meta.pid, meta.starttime))
-    if not ok:
-        raise HealthFailure(f"{step.service}: new release {meta.release} is unhealthy: {msg}")
-    st = h.state.status()
-    st["healthy"].append(step.instance)
-    h.state.save_status(st)
-
-
-def ex_switch(h: Host, step: Switch, obs: Observed) -> None:
-    st = h.state.status()
-    prev = st["current"].get(step.service)
-    st["current"][step.service] = {"release": step.release, "slot": step.slot,
-                                   "since": round(h.clock(), 3)}
-    hist = st["history"].setdefault(step.service, [])
-    if prev and prev["release"] != step.release:
-        hist.append(prev["release"])
-    keep = int((h.target_of(step.service).get("deploy") or {}).get("keep_releases", 3) or 3)
-    st["history"][step.service] = [r for r in hist if r != step.release][-keep:]
-    h.state.save_status(st)
-    h.sync_ports(obs.boxes)
-
-
-def ex_settle(h: Host, step: Settle, obs: Observed) -> None:
-    meta = h.metas[(step.service, step.slot)]
-    spec = health.HealthSpec.from_deploy(h.target_of(step.service).get("deploy") or {})
-    started = h.clock()
-    ok, why = True, None
-    if step.monitor > 0:
-        ok, why = health.watch(spec, meta.ip,
-                               _exec_in(h, meta),
-                               lambda: oci.proc_alive(meta.pid, meta.starttime), step.monitor,
-                               sleep=h.sleep)
-    if not ok:
-        old = h.metas.get((step.service, step.fallback))
-        st = h.state.status()
-        if old is not None and oci.proc_alive(old.pid, old.starttime):
-            st["current"][step.service] = {"release": old.release, "slot": old.slot,
-                                           "since": round(h.clock(), 3)}
-            hist = st["history"].get(step.service) or []
-            st["history"][step.service] = [r for r in hist if r != old.release]
-        st["failed"].setdefault(step.service, {})[meta.release] = f"reverted: {why}"
-        h.state.save_status(st)
-        h.sync_ports(h.fresh_boxes())
-        h.log(f"{step.service}: reverted {meta.release}: {why}")
-        return
-    rest = step.drain - (h.clock() - started)
-    if rest > 0:
-        h.sleep(rest)
-    st = h.state.status()
-    st["settled"].append(step.instance)
-    h.state.save_status(st)
-
-
-def ex_stop(h: Host, step: Stop, obs: Observed) -> None:
-    meta = h.metas.get((step.service, step.slot))
-    if meta is None:
-        return
-    t = h.state.target().get(step.service) or {}
-    timeout = float((t.get("deploy") or {}).get("stop_timeout", 10.0) or 0.0)
-    container.remove(h.layout, h.rt, meta, timeout)
-
-
-def ex_restart(h: Host, step: Restart, obs: Observed) -> None:
-    meta = h.metas.get((step.service, step.slot))
-    if meta is not None:
-        container.remove(h.layout, h.rt, meta, 1.0)
-    st = h.state.status()
-    key = f"{step.service}/{step.slot}"
-    count = int(st["restarts"].get(key, [0, 0])[0]) + 1
-    st["restarts"][key] = [count, round(h.clock(), 3)]
-    h.state.save_status(st)
-    h.log(f"{step.service}: restarting slot {step.slot} (attempt {count})")
-    _start(h, step.service, step.slot)
-
-
-def ex_sync_ports(h: Host, step: SyncPorts, obs: Observed) -> None:
-    h.switch_ports(step.entries)
-
-
-def ex_fail(h: Host, step: Fail, obs: Observed) -> None:
-    h.mark_failed(step.service, step.release, step.why)
-
-
-def ex_forget(h: Host, step: Forget, obs: Observed) -> None:
-    st = h.state.status()
-    st["current"].pop(step.service, None)
-    h.state.save_status(st)
-
-
-EXECUTORS: Dict[type, Callable] = {
-    EnsureNetwork: ex_ensure_network, Unpack: ex_unpack, Start: ex_start,
-    CheckHealth: ex_check_health, Switch: ex_switch, Settle: ex_settle, Stop: ex_stop,
-    Restart: ex_restart, SyncPorts: ex_sync_ports, Fail: ex_fail, Forget: ex_forget,
-}
-
-
-def result_of(h: Host, service: str) -> Dict:
-    """What apply reports for one service after converging."""
-    t = h.state.target().get(service) or {}
-    st = h.state.status()
-    cur = st["current"].get(service)
-    release = t.get("release")
-    why = (st["failed"].get(service) or {}).get(release)
-    ok = bool(cur and cur["release"] == release and not why)
-    out = {"ok": ok, "release": cur["release"] if cur else None,
-           "slot": cur["slot"] if cur else None, "wanted": release}
-    if not ok:
-        out["error"] = why or "not converged"
-    return out

@@ -9,7 +9,7 @@ interrupted swap simply resumes from what is there (or unwinds once a release is
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Dict, FrozenSet, List, Optional, Tuple, Union
 
 SLOTS = ("a", "b")
 BACKOFF_BASE = 0.5
@@ -149,7 +149,10 @@ class Wait:
     why: str = field(default="", compare=False)
 
 
-Step = object  # any of the dataclasses above
+STEP_TYPES = (EnsureNetwork, Unpack, Start, CheckHealth, Switch, Settle, Stop, Restart,
+              SyncPorts, Fail, Forget, Wait)
+Step = Union[EnsureNetwork, Unpack, Start, CheckHealth, Switch, Settle, Stop, Restart,
+             SyncPorts, Fail, Forget, Wait]
 
 
 def backoff(count: int) -> float:

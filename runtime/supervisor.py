@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Optional
 
-from runtime import planner
+from runtime.reconcile import tick
 from runtime.errors import AgentFailure
 from runtime.layout import Layout
 
@@ -26,27 +26,6 @@ def _log(msg: str) -> None:
 
 
 LOCK_WAIT = 30.0
-
-
-def tick(h, probes: Optional[dict] = None) -> float:
-    """Run at most one step (under the converge lock, so it never interleaves with an
-    ``apply``); return how long to sleep before the next tick."""
-    with h.state.flock("converge.lock", blocking=False) as got:
-        if not got:
-            return 0.1
-        wants = h.wants()
-        obs = h.observe(wants)
-        steps = planner.plan(wants, obs)
-        work = [s for s in steps if not isinstance(s, planner.Wait)]
-        if work:  # a failure that is not a release's own raises: run_serve backs off
-            h.attempt(work[0], wants, obs)
-            return 0.0
-        h.maintain()
-        if probes is not None:
-            h.probe_serving(probes)
-        if steps:
-            return max(0.01, min(steps[-1].seconds, 1.0))
-        return 1.0
 
 
 def run_serve(layout: Layout) -> int:
@@ -103,7 +82,7 @@ def run_serve(layout: Layout) -> int:
 def start_daemon(layout: Layout, argv0: str, extra: Optional[list] = None) -> dict:
     """Start ``serve`` detached (new session, output to <root>/logs/agent.log) and return its
     pid once the pidfile names it. An already running serve is reported, not duplicated."""
-    from runtime.agent import serve_pid
+    from runtime.hostinfo import serve_pid
     layout.ensure()
     pid = serve_pid(layout)
     if pid:

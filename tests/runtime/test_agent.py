@@ -120,7 +120,7 @@ def test_serve_hands_over_to_a_successor_and_keeps_a_pidfile(agent, tmp_path):
 
 
 def test_releases_to_keep():
-    from runtime.agent import releases_to_keep
+    from runtime.gc import releases_to_keep
     st = {"current": {"web": {"release": "r3"}}, "history": {"web": ["r1", "r2"]}}
     keep = releases_to_keep({"web": {"release": "r4"}}, st, [("api", "x1")])
     assert keep == {("web", "r1"), ("web", "r2"), ("web", "r3"), ("web", "r4"), ("api", "x1")}

@@ -1,0 +1,71 @@
+"""Admission checks of an ``apply`` request, before anything on the host changes: names,
+spec, release id, blobs present, ports free (on the host and among services)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Dict, List
+
+from runtime import protocol, spec, store
+from runtime.errors import BadRequest, MissingBlob
+from runtime.layout import Layout
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+
+
+def blobs_of(layout: Layout, manifest_digest: str) -> List[str]:
+    from runtime import unpack
+    m = unpack.read_manifest(layout, manifest_digest)
+    return [m["config"]["digest"]] + [x["digest"] for x in m.get("layers", [])]
+
+
+def check_service(layout: Layout, name: str, s: dict, plat: str) -> dict:
+    if not NAME_RE.match(name or ""):
+        raise BadRequest(f"service name {name!r}: use a-z, 0-9 and '-', at most 40 chars")
+    try:
+        index, deploy = s["index"], s["deploy"]
+    except (KeyError, TypeError):
+        raise BadRequest(f"services/{name}: needs index and deploy") from None
+    spec.check_deploy(name, deploy)
+    rel = protocol.release_id(index, deploy)
+    if s.get("release") and s["release"] != rel:
+        raise BadRequest(f"services/{name}/release: {s['release']} does not match the index "
+                         f"and deploy spec ({rel})")
+    manifest = s.get("manifest")
+    if not manifest:
+        from runtime import unpack
+        idx = json.loads(store.read_verified(layout, index))
+        manifest = unpack.select_manifest(idx, plat)
+    missing = [d for d in [manifest] if not os.path.exists(layout.blob(protocol.split_digest(d)))]
+    if not missing:
+        missing = [d for d in blobs_of(layout, manifest)
+                   if not os.path.exists(layout.blob(protocol.split_digest(d)))]
+    if missing:
+        raise MissingBlob(f"services/{name}: blobs not on this host: {', '.join(missing)}",
+                          missing=missing)
+    return {"release": rel, "index": index, "manifest": manifest, "deploy": deploy}
+
+
+def check_ports(existing: dict, new: dict) -> None:
+    """Refuse a target where two services publish the same host port (names the new one), or
+    where a new port is one a host process listens on (publishing 22 would hijack sshd)."""
+    from runtime import network
+    seen: Dict[tuple, str] = {}
+    ours = {(p.get("protocol", "tcp"), int(p["host"])) for t in existing.values()
+            for p in (t.get("deploy") or {}).get("ports") or []}
+    listening = {proto: network.host_listening(proto) for proto in ("tcp", "udp")}
+    for name in sorted(new):
+        for p in (new[name].get("deploy") or {}).get("ports") or []:
+            key = (p.get("protocol", "tcp"), int(p["host"]))
+            if key not in ours and key[1] in listening.get(key[0], set()):
+                raise BadRequest(f"services/{name}/deploy/ports: {key[1]}/{key[0]} is already "
+                                 "in use by a process on the host")
+    order = [(n, existing[n]) for n in sorted(existing)] + [(n, new[n]) for n in sorted(new)]
+    for name, t in order:
+        for p in (t.get("deploy") or {}).get("ports") or []:
+            key = (p.get("protocol", "tcp"), int(p["host"]))
+            if key in seen:
+                raise BadRequest(f"services/{name}/deploy/ports: {key[1]}/{key[0]} is already "
+                                 f"published by service {seen[key]}")
+            seen[key] = name

@@ -1,0 +1,150 @@
+"""Executors: one thin function per planner step type, ``EXECUTORS`` maps each type to its
+function. A step type without an executor fails at import, not on a host at 3 a.m."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Dict
+
+from runtime import container, health, network, oci, planner, unpack
+from runtime.errors import HealthFailure, NoRoom
+from runtime.meta import Meta, list_metas, rt_of
+from runtime.planner import (CheckHealth, EnsureNetwork, Fail, Forget, Observed, Restart,
+                             Settle, Start, Stop, Switch, SyncPorts, Unpack, Wait)
+
+if TYPE_CHECKING:  # the executors get the Host that runs them
+    from runtime.host import Host
+
+def exec_in(h: Host, meta: Meta):
+    rt = rt_of(meta, h.rt)
+    return lambda cmd, timeout: oci.run_exec(rt, meta.id, list(cmd), timeout)
+
+
+def ex_ensure_network(h: Host, step: EnsureNetwork, obs: Observed) -> None:
+    h._port_map = None
+    network.run_ensure_host_network()
+
+
+def ex_unpack(h: Host, step: Unpack, obs: Observed) -> None:
+    unpack.unpack_image(h.layout, step.manifest)
+
+
+def _start(h: Host, service: str, slot: str) -> Meta:
+    target = h.target_of(service)
+    st = h.state.status()
+    used = [m.ip for m in list_metas(h.layout)]
+    ip, cursor = network.allocate_ip(used, int(st["ipam"]))
+    st["ipam"] = cursor
+    h.state.save_status(st)
+    return container.create(h.layout, h.rt, h.host_id, service, slot, target,
+                            h.state.secrets(service), ip)
+
+
+def ex_start(h: Host, step: Start, obs: Observed) -> None:
+    w = next(w for w in h.wants() if w.service == step.service)
+    if step.service in obs.no_room and not w.stop_first:
+        raise NoRoom("not enough free disk or memory to start a second slot")
+    _start(h, step.service, step.slot)
+
+
+def ex_check_health(h: Host, step: CheckHealth, obs: Observed) -> None:
+    meta = h.metas[(step.service, step.slot)]
+    spec = health.HealthSpec.from_deploy(h.target_of(step.service).get("deploy") or {})
+    ok, msg = health.run_until_healthy(
+        spec, meta.ip, exec_in(h, meta),
+        lambda: oci.proc_alive(meta.pid, meta.starttime))
+    if not ok:
+        raise HealthFailure(f"{step.service}: new release {meta.release} is unhealthy: {msg}")
+    st = h.state.status()
+    st["healthy"].append(step.instance)
+    h.state.save_status(st)
+
+
+def ex_switch(h: Host, step: Switch, obs: Observed) -> None:
+    st = h.state.status()
+    prev = st["current"].get(step.service)
+    st["current"][step.service] = {"release": step.release, "slot": step.slot,
+                                   "since": round(h.clock(), 3)}
+    hist = st["history"].setdefault(step.service, [])
+    if prev and prev["release"] != step.release:
+        hist.append(prev["release"])
+    keep = int((h.target_of(step.service).get("deploy") or {}).get("keep_releases", 3) or 3)
+    st["history"][step.service] = [r for r in hist if r != step.release][-keep:]
+    h.state.save_status(st)
+    h.sync_ports(obs.boxes)
+
+
+def ex_settle(h: Host, step: Settle, obs: Observed) -> None:
+    meta = h.metas[(step.service, step.slot)]
+    spec = health.HealthSpec.from_deploy(h.target_of(step.service).get("deploy") or {})
+    started = h.clock()
+    ok, why = True, None
+    if step.monitor > 0:
+        ok, why = health.watch(spec, meta.ip,
+                               exec_in(h, meta),
+                               lambda: oci.proc_alive(meta.pid, meta.starttime), step.monitor,
+                               sleep=h.sleep)
+    if not ok:
+        old = h.metas.get((step.service, step.fallback))
+        st = h.state.status()
+        if old is not None and oci.proc_alive(old.pid, old.starttime):
+            st["current"][step.service] = {"release": old.release, "slot": old.slot,
+                                           "since": round(h.clock(), 3)}
+            hist = st["history"].get(step.service) or []
+            st["history"][step.service] = [r for r in hist if r != old.release]
+        st["failed"].setdefault(step.service, {})[meta.release] = f"reverted: {why}"
+        h.state.save_status(st)
+        h.sync_ports(h.fresh_boxes())
+        h.log(f"{step.service}: reverted {meta.release}: {why}")
+        return
+    rest = step.drain - (h.clock() - started)
+    if rest > 0:
+        h.sleep(rest)
+    st = h.state.status()
+    st["settled"].append(step.instance)
+    h.state.save_status(st)
+
+
+def ex_stop(h: Host, step: Stop, obs: Observed) -> None:
+    meta = h.metas.get((step.service, step.slot))
+    if meta is None:
+        return
+    t = h.state.target().get(step.service) or {}
+    timeout = float((t.get("deploy") or {}).get("stop_timeout", 10.0) or 0.0)
+    container.remove(h.layout, h.rt, meta, timeout)
+
+
+def ex_restart(h: Host, step: Restart, obs: Observed) -> None:
+    meta = h.metas.get((step.service, step.slot))
+    if meta is not None:
+        container.remove(h.layout, h.rt, meta, 1.0)
+    st = h.state.status()
+    key = f"{step.service}/{step.slot}"
+    count = int(st["restarts"].get(key, [0, 0])[0]) + 1
+    st["restarts"][key] = [count, round(h.clock(), 3)]
+    h.state.save_status(st)
+    h.log(f"{step.service}: restarting slot {step.slot} (attempt {count})")
+    _start(h, step.service, step.slot)
+
+
+def ex_sync_ports(h: Host, step: SyncPorts, obs: Observed) -> None:
+    h.switch_ports(step.entries)
+
+
+def ex_fail(h: Host, step: Fail, obs: Observed) -> None:
+    h.mark_failed(step.service, step.release, step.why)
+
+
+def ex_forget(h: Host, step: Forget, obs: Observed) -> None:
+    st = h.state.status()
+    st["current"].pop(step.service, None)
+    h.state.save_status(st)
+
+
+EXECUTORS: Dict[type, Callable] = {
+    EnsureNetwork: ex_ensure_network, Unpack: ex_unpack, Start: ex_start,
+    CheckHealth: ex_check_health, Switch: ex_switch, Settle: ex_settle, Stop: ex_stop,
+    Restart: ex_restart, SyncPorts: ex_sync_ports, Fail: ex_fail, Forget: ex_forget,
+}
+
+_missing = [t.__name__ for t in planner.STEP_TYPES if t not in EXECUTORS and t is not Wait]
+if _missing:
+    raise ImportError("steps without an executor: " + ", ".join(_missing))

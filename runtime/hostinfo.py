@@ -1,0 +1,61 @@
+"""Facts about this host and this agent: platform, the agent file's digest, the running ``serve``."""
+from __future__ import annotations
+
+import hashlib
+import platform as _platform
+import sys
+import zipfile
+from typing import Optional
+
+from runtime.layout import Layout
+
+ARCH = {"x86_64": "linux/amd64", "amd64": "linux/amd64", "aarch64": "linux/arm64",
+        "arm64": "linux/arm64", "armv7l": "linux/arm/v7", "armv6l": "linux/arm/v6"}
+
+
+def host_platform(etc: str = "/etc/orch/platform") -> str:
+    try:
+        with open(etc) as f:
+            p = f.read().strip()
+        if p:
+            return p
+    except OSError:
+        pass
+    return ARCH.get(_platform.machine(), "linux/" + _platform.machine())
+
+
+def agent_digest() -> str:
+    path = sys.argv[0]
+    if path and zipfile.is_zipfile(path):
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return "sha256:" + h.hexdigest()
+    return "dev"
+
+
+def serve_pid(layout: Layout) -> Optional[int]:
+    try:
+        with open(layout.pidfile) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().split(b"\0")
+    except OSError:
+        return None
+    return pid if b"serve" in cmd else None
+
+
+def serve_agent(pid: Optional[int]) -> Optional[str]:
+    """The agent file the running ``serve`` was started from (to tell an upgrade is due)."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return None
+    return next((a for a in args if a.endswith(".pyz")), None)
