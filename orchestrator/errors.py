@@ -47,6 +47,17 @@ class ManifestError(OrchError):
         super().__init__(f"{prefix}: {message}" if prefix else message, hint=hint)
 
 
+class ManifestErrors(ManifestError):
+    """Several located problems found together, one per line (``errors`` holds each one)."""
+
+    def __init__(self, errors: Sequence[ManifestError], where: str = "in the manifests"):
+        self.errors = list(errors)
+        first = self.errors[0]
+        OrchError.__init__(self, f"{len(self.errors)} problems {where}:\n"
+                           + "\n".join(f"  {e}" for e in self.errors))
+        self.file, self.line, self.path = first.file, first.line, first.path
+
+
 class BuildError(OrchError):
     exit_code = 4
 

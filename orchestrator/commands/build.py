@@ -63,10 +63,12 @@ class BuildProgress:
 
 def run(args) -> int:
     from orchestrator.image import build_services
-    from orchestrator.manifest import load_desired
+    import os
     from orchestrator.image.store import Store
+    from orchestrator.manifest.inputs import load_checked
 
-    desired = load_desired(args.directory, parse_vars(args.var))
+    # secrets are read at apply time only: a build needs --var names and step sources
+    desired = load_checked(args.directory, parse_vars(args.var), os.environ, secrets=False)
     store = Store.default()
     with BuildProgress() as progress:
         built = build_services(desired, store, platforms=args.platform or None, progress=progress,

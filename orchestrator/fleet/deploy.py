@@ -17,6 +17,7 @@ from orchestrator.agent.install import ensure_agent, observe_host
 from orchestrator.errors import LockHeldError
 from orchestrator.transport.fanout import fan_out
 from orchestrator.fleet.inventory import InventoryHost, fleet_hosts, select_hosts
+from orchestrator.manifest.inputs import load_checked
 from orchestrator.manifest.loader import load_desired
 from orchestrator.manifest.model import Desired
 from orchestrator.fleet.planner import DesiredRelease, FleetPlan, HostFacts, plan_fleet
@@ -70,10 +71,11 @@ class ApplyReport:
 
 
 def prepare(directory: str, variables: Mapping[str, str], *, progress=None, bring_up_lab: bool = True,
-            store: Optional[Store] = None) -> Prepared:
+            store: Optional[Store] = None, environ: Optional[Mapping[str, str]] = None) -> Prepared:
     from orchestrator.image import build_services
 
-    desired = load_desired(directory, dict(variables))
+    # every input problem (secrets, --var names, step sources) before a build, a lab or a host
+    desired = load_checked(directory, dict(variables), os.environ if environ is None else environ)
     store = (store or Store.default()).ensure()
     hosts = fleet_hosts(desired.fleet, bring_up_lab=bring_up_lab)
     built = build_services(desired, store, progress=progress)

@@ -40,8 +40,12 @@ def manifest_files(directory: str) -> List[str]:
     return sorted(files)
 
 
-def load_desired(directory: str, vars: Optional[Mapping[str, Any]] = None) -> Desired:
-    """Load, render and validate every manifest under ``directory``. Raises ManifestError."""
+def load_desired(directory: str, vars: Optional[Mapping[str, Any]] = None, *,
+                 problems: Optional[List[ManifestError]] = None) -> Desired:
+    """Load, render and validate every manifest under ``directory``. Raises ManifestError.
+
+    With a ``problems`` list, a Service document that fails is recorded there and left out,
+    so that one call reports the first problem of every service (``manifest.inputs``)."""
     directory = os.path.abspath(directory)
     if not os.path.isdir(directory):
         raise ManifestError(f'no such directory "{display_path(directory)}"')
@@ -74,7 +78,13 @@ def load_desired(directory: str, vars: Optional[Mapping[str, Any]] = None) -> De
         prefix: tuple = ()
         if isinstance(data.get("name"), str) and "{" not in data["name"]:
             prefix = ("services" if kind == "Service" else "fleet", data["name"])
-        body = render_tree(body, env, variables, doc.file, prefix, doc.line)
+        try:
+            body = render_tree(body, env, variables, doc.file, prefix, doc.line)
+        except ManifestError as exc:
+            if problems is None or kind == "Fleet":
+                raise
+            problems.append(exc)
+            continue
         if kind == "Fleet":
             if fleet is not None:
                 raise ctx.error(f"a second Fleet (the first is {fleet.file}:{fleet.line}); one fleet per directory")
@@ -85,7 +95,13 @@ def load_desired(directory: str, vars: Optional[Mapping[str, Any]] = None) -> De
     fleet = fleet or DEFAULT_FLEET
     services: Dict[str, Service] = {}
     for doc, body in pending:
-        svc = _service(body, doc, fleet, env, variables)
+        try:
+            svc = _service(body, doc, fleet, env, variables)
+        except ManifestError as exc:
+            if problems is None:
+                raise
+            problems.append(exc)
+            continue
         if svc.name in services:
             first = services[svc.name]
             raise Ctx(doc.file, ("services", svc.name), doc.line).error(

@@ -97,12 +97,17 @@ def _convert(node: yaml.Node, file: str) -> Any:
 
 def read_documents(path: str) -> List[Doc]:
     """All YAML documents of one file, with line numbers; a syntax error is located."""
-    file = display_path(path)
     try:
         with open(path, "r", encoding="utf-8") as fh:
             text = fh.read()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"cannot read: {exc}", file=file) from None
+        raise ManifestError(f"cannot read: {exc}", file=display_path(path)) from None
+    return parse_documents(text, path)
+
+
+def parse_documents(text: str, path: str) -> List[Doc]:
+    """The YAML documents of a manifest's text (``path`` names it in errors)."""
+    file = display_path(path)
     docs = []
     try:
         for i, node in enumerate(yaml.compose_all(text, Loader=yaml.SafeLoader)):
