@@ -1,7 +1,8 @@
 """The ``orch`` command line: parses arguments and hands each verb to its command module.
 
-Every command module exposes ``HELP`` (one line), ``add_arguments(parser)`` and
-``run(args) -> int``. This file is the only place that turns an ``OrchError`` into
+Every command module exposes ``HELP`` (one line), ``EXAMPLES`` (command lines that the parser
+accepts, shown by ``--help``; ``tests/test_cli.py`` holds every command to it),
+``add_arguments(parser)`` and ``run(args) -> int``. This file is the only place that turns an ``OrchError`` into
 one printed line and an exit code.
 """
 from __future__ import annotations
@@ -39,21 +40,29 @@ def _load(module_name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    modules = {verb: _load(name) for verb, name in COMMANDS.items()}
+    modules = {verb: m for verb, m in modules.items() if m is not None}
     parser = argparse.ArgumentParser(
         prog="orch",
         description="Deploy services as immutable containers to a fleet of hosts over SSH.",
+        epilog=_examples_text(m.EXAMPLES[0] for m in modules.values() if getattr(m, "EXAMPLES", ())),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"orch {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for verb, module_name in COMMANDS.items():
-        module = _load(module_name)
-        if module is None:
-            continue
-        p = sub.add_parser(verb, help=module.HELP, description=module.HELP)
+    for verb, module in modules.items():
+        p = sub.add_parser(verb, help=module.HELP, description=module.HELP,
+                           epilog=_examples_text(getattr(module, "EXAMPLES", ())),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
+
+
+def _examples_text(lines) -> Optional[str]:
+    lines = list(lines)
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines) if lines else None
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -6,6 +6,10 @@ import time
 from orchestrator.commands._common import add_source_arguments, prepare_with_progress, print_json
 
 HELP = "build, ship and roll out the manifests to the fleet (prints the plan first)"
+EXAMPLES = (
+    'orch apply manifests/',
+    'orch apply examples/canary --var version=2',
+)
 
 
 def add_arguments(parser) -> None:

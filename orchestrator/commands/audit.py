@@ -6,6 +6,10 @@ import time
 from orchestrator.commands._common import add_source_arguments, parse_vars, print_json
 
 HELP = "show each host's append-only audit log (who, when, what release)"
+EXAMPLES = (
+    'orch audit manifests/',
+    'orch audit examples/canary --json',
+)
 
 
 def add_arguments(parser) -> None:

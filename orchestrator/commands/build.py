@@ -8,6 +8,10 @@ from orchestrator.commands._common import add_source_arguments, parse_vars, prin
 from orchestrator.fleet.report import human_bytes
 
 HELP = "build the services' images (deterministic, multi-platform OCI) into the local store"
+EXAMPLES = (
+    'orch build manifests/',
+    'orch build examples/python-app --platform linux/arm/v7 --out /tmp/pyapp-oci',
+)
 
 
 def add_arguments(parser) -> None:

@@ -4,6 +4,10 @@ from __future__ import annotations
 from orchestrator.commands._common import add_source_arguments, parse_vars, print_json
 
 HELP = "list the fleet's hosts: platform, agent version, runtime, reachable, free disk"
+EXAMPLES = (
+    'orch hosts manifests/',
+    'orch hosts examples/pi-fleet --json',
+)
 
 
 def add_arguments(parser) -> None:

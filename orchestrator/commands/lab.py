@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import sys
 
 HELP = "make, inspect and remove the lab fleet (real sshd hosts in namespaces on this machine)"
+EXAMPLES = (
+    'orch lab up --hosts 2 --arm64 1',
+    'orch lab ssh arm64-1 "uname -m; cat /etc/orch/platform"',
+    'orch lab down',
+)
 
 
 def add_arguments(parser) -> None:
@@ -22,9 +26,10 @@ def add_arguments(parser) -> None:
     up.add_argument("--json", action="store_true", help="print the hosts as JSON")
     st = sub.add_parser("status", parents=[named], help="list the lab's hosts")
     st.add_argument("--json", action="store_true", help="print a JSON list")
-    ssh = sub.add_parser("ssh", parents=[named], help="open a shell on (or run a command on) a lab host")
+    ssh = sub.add_parser("ssh", parents=[named], help="a login shell on a lab host, or run one command line there "
+                         "(the words after HOST, joined with spaces, as ssh does)")
     ssh.add_argument("host")
-    ssh.add_argument("cmd", nargs=argparse.REMAINDER)
+    ssh.add_argument("cmd", nargs=argparse.REMAINDER, metavar="COMMAND", help="remote command line (default: a login shell)")
     sub.add_parser("down", parents=[named], help="remove everything the lab made (idempotent)")
     sub.add_parser("list", help="names of labs that are up")
 
@@ -64,7 +69,10 @@ def run(args) -> int:
                 "-o", "GlobalKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR",
                 "-p", str(host.ssh_port), f"root@{host.address}"]
         if args.cmd:
-            argv += ["--", shlex.join(args.cmd)]  # the remote shell splits it back into the same words
+            # like OpenSSH: the words after the host, joined with spaces, are one command line that
+            # the host's shell runs (`orch lab ssh amd64-1 'cd /etc; ls'`). It is the user's own
+            # line for a lab host, typed to be a shell line; no input of orch's goes into it.
+            argv += ["--", " ".join(args.cmd)]
         sys.stdout.flush()
         os.execv(argv[0], argv)
     raise UsageError(f"unknown lab action {action!r}")

@@ -6,6 +6,10 @@ import sys
 from orchestrator.commands._common import add_source_arguments, parse_vars
 
 HELP = "print a service's logs from its hosts (--follow to stream)"
+EXAMPLES = (
+    'orch logs hello manifests/',
+    'orch logs hello manifests/ --host amd64-1 --follow',
+)
 
 
 def add_arguments(parser) -> None:

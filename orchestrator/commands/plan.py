@@ -4,6 +4,10 @@ from __future__ import annotations
 from orchestrator.commands._common import add_source_arguments, prepare_with_progress, print_json
 
 HELP = "show, per host, what apply would change (releases, blobs and bytes to ship, containers replaced)"
+EXAMPLES = (
+    'orch plan manifests/',
+    'orch plan examples/canary --var version=2 --json',
+)
 
 
 def add_arguments(parser) -> None:

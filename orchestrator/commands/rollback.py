@@ -4,6 +4,10 @@ from __future__ import annotations
 from orchestrator.commands._common import add_source_arguments, parse_vars, print_json
 
 HELP = "roll a service back to its previous release (kept on the hosts), or to --to RELEASE"
+EXAMPLES = (
+    'orch rollback hello manifests/',
+    'orch rollback web examples/canary --to RELEASE_ID',
+)
 
 
 def add_arguments(parser) -> None:

@@ -4,6 +4,10 @@ from __future__ import annotations
 from orchestrator.commands._common import add_source_arguments, parse_vars, print_json
 
 HELP = "show per host and service: release, slot, state, health, since"
+EXAMPLES = (
+    'orch status manifests/',
+    'orch status examples/canary --json',
+)
 
 
 def add_arguments(parser) -> None:

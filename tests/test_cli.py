@@ -1,0 +1,50 @@
+"""The `orch` parser: every command, present and future, shows examples that the real parser accepts."""
+import importlib
+import shlex
+
+import pytest
+
+from orchestrator import cli
+
+
+def _examples(verb):
+    module = importlib.import_module(cli.COMMANDS[verb])
+    return list(getattr(module, "EXAMPLES", ()))
+
+
+@pytest.mark.parametrize("verb", sorted(cli.COMMANDS))
+def test_every_command_has_examples_the_parser_accepts(verb):
+    examples = _examples(verb)
+    assert examples, f"{cli.COMMANDS[verb]} has no EXAMPLES"
+    parser = cli.build_parser()
+    for line in examples:
+        words = shlex.split(line, comments=True)
+        assert words[:2] == ["orch", verb], line
+        args = parser.parse_args(words[1:])          # exits (SystemExit) on a bad example
+        assert args.command == verb and callable(args._run)
+
+
+@pytest.mark.parametrize("verb", sorted(cli.COMMANDS))
+def test_command_help_shows_its_examples(verb, capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main([verb, "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out
+    for line in _examples(verb):
+        assert line in out
+
+
+def test_top_level_help_shows_an_example_per_command(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert "examples:" in out
+    for verb in cli.COMMANDS:
+        assert _examples(verb)[0] in out
+
+
+def test_a_broken_example_is_caught(capsys):
+    """What the first test relies on: the real parser refuses a wrong example."""
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(shlex.split("apply manifests/ --no-such-flag"))
