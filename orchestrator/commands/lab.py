@@ -22,6 +22,10 @@ def add_arguments(parser) -> None:
     up.add_argument("--hosts", type=int, default=2, help="amd64 hosts (default 2)")
     up.add_argument("--arm64", type=int, default=1, help="arm64 hosts (default 1)")
     up.add_argument("--armv7", type=int, default=0, help="32-bit arm hosts (default 0)")
+    up.add_argument("--booted", type=int, default=0,
+                    help="amd64 hosts that boot Debian bookworm with systemd as PID 1 (default 0)")
+    up.add_argument("--bullseye", type=int, default=0,
+                    help="booted hosts running Debian bullseye, python3 3.9 (default 0)")
     up.add_argument("--link-rate", default=None, help="throttle each host's link, e.g. 10mbit (tc tbf)")
     up.add_argument("--json", action="store_true", help="print the hosts as JSON")
     st = sub.add_parser("status", parents=[named], help="list the lab's hosts")
@@ -42,7 +46,8 @@ def run(args) -> int:
 
     action = args.lab_command
     if action == "up":
-        spec = LabSpec(args.name, args.hosts, args.arm64, args.armv7, args.link_rate).validate()
+        spec = LabSpec(args.name, args.hosts, args.arm64, args.armv7, args.link_rate,
+                       booted=args.booted, bullseye=args.bullseye).validate()
         hosts = LabMachine(LabLayout(spec)).up()
         _print_hosts(hosts, args.json)
         return 0

@@ -13,7 +13,11 @@ from typing import Optional, Tuple
 
 from orchestrator.errors import LabError
 
-PLATFORMS = {"amd64": "linux/amd64", "arm64": "linux/arm64", "armv7": "linux/arm/v7"}
+PLATFORMS = {"amd64": "linux/amd64", "arm64": "linux/arm64", "armv7": "linux/arm/v7",
+             "booted": "linux/amd64", "bullseye": "linux/amd64"}
+# Host kinds that boot a Debian root with systemd as PID 1 (systemd-nspawn), and their release
+BOOTED_OS = {"booted": "bookworm", "bullseye": "bullseye"}
+HOST_KINDS = ("amd64", "arm64", "armv7", "booted", "bullseye")
 # qemu-user binfmt entries needed per foreign platform (Debian's qemu-user-static names)
 QEMU_FOR_PLATFORM = {"linux/arm64": "aarch64", "linux/arm/v7": "arm"}
 
@@ -32,17 +36,20 @@ class LabSpec:
     arm64: int = 1
     armv7: int = 0
     link_rate: Optional[str] = None
+    booted: int = 0      # amd64 hosts booting Debian bookworm with systemd (PID 1) in their namespaces
+    bullseye: int = 0    # the same with Debian bullseye (python3 3.9)
 
     def validate(self) -> "LabSpec":
         if not _NAME_RE.match(self.name):
             raise LabError(f"lab name {self.name!r}: use 1-24 lowercase letters, digits or '-', starting with a letter")
-        for kind in ("amd64", "arm64", "armv7"):
+        for kind in HOST_KINDS:
             count = getattr(self, kind)
             if count < 0 or count > 200:
                 raise LabError(f"--{'hosts' if kind == 'amd64' else kind} {count}: expected 0..200")
-        if self.amd64 + self.arm64 + self.armv7 == 0:
+        total = sum(getattr(self, kind) for kind in HOST_KINDS)
+        if total == 0:
             raise LabError("a lab needs at least one host")
-        if self.amd64 + self.arm64 + self.armv7 > 240:
+        if total > 240:
             raise LabError("a lab has at most 240 hosts (one /24)")
         if self.link_rate is not None and not _RATE_RE.match(self.link_rate):
             raise LabError(f"--link-rate {self.link_rate!r}: expected a tc rate such as 10mbit or 500kbit")
@@ -62,6 +69,11 @@ class HostLayout:
     veth_root: str       # end in the root namespace, enslaved to the lab bridge
     veth_host: str       # end inside the host namespace (renamed eth0 there)
     state_dir: Path      # on the machine: keys, sshd config, private dirs
+    os: Optional[str] = None   # "bookworm"/"bullseye": boots that Debian root with systemd
+
+    @property
+    def booted(self) -> bool:
+        return self.os is not None
 
     @property
     def ssh_port(self) -> int:
@@ -93,11 +105,25 @@ class HostLayout:
 
     @property
     def pid_file(self) -> Path:
-        return self.state_dir / "sshd.pid"
+        """sshd's pid, or systemd-nspawn's for a booted host."""
+        return self.state_dir / ("nspawn.pid" if self.booted else "sshd.pid")
 
     @property
     def log_file(self) -> Path:
-        return self.state_dir / "sshd.log"
+        return self.state_dir / ("nspawn.log" if self.booted else "sshd.log")
+
+    # a booted host's disk: its own overlay (upper/work) over the lab's shared root, mounted at rootfs
+    @property
+    def upper_dir(self) -> Path:
+        return self.state_dir / "disk"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.state_dir / "disk-work"
+
+    @property
+    def rootfs(self) -> Path:
+        return self.state_dir / "rootfs"
 
 
 @dataclass(frozen=True)
@@ -153,10 +179,15 @@ class LabLayout:
     def record(self) -> Path:
         return self.state_dir / "lab.json"
 
+    @property
+    def roots_dir(self) -> Path:
+        """Debian roots that booted hosts share (read-only lower layer), kept across labs."""
+        return self.state_root / ".roots"
+
     def hosts(self) -> Tuple[HostLayout, ...]:
         a, b = self.subnet_prefix
         out = []
-        kinds = (("amd64", self.spec.amd64), ("arm64", self.spec.arm64), ("armv7", self.spec.armv7))
+        kinds = [(kind, getattr(self.spec, kind)) for kind in HOST_KINDS]
         index = 0
         for kind, count in kinds:
             for n in range(1, count + 1):
@@ -171,6 +202,7 @@ class LabLayout:
                     veth_root=f"o{self.tag}r{index}",
                     veth_host=f"o{self.tag}h{index}",
                     state_dir=self.state_dir / "hosts" / name,
+                    os=BOOTED_OS.get(kind),
                 ))
                 index += 1
         return tuple(out)

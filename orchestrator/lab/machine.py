@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from orchestrator.errors import LabError
-from orchestrator.lab import binfmt
+from orchestrator.lab import binfmt, power
 from orchestrator.lab.layout import DEFAULT_STATE_ROOT, HostLayout, LabLayout, LabSpec
 from orchestrator.lab.render import render_known_hosts_line, render_sshd_config
 from orchestrator.tools import find_tool, require_tools
@@ -112,7 +112,7 @@ class LabMachine:
         self._write_known_hosts()
         self._write_record(registered)
         for host in started:        # a host that was already up may be unreachable on purpose (link down)
-            self._wait_ssh(host)
+            self._wait_ssh(host, timeout=power.BOOT_TIMEOUT if host.booted else 10.0)
         return self.status() if report else []
 
     def _ensure_key(self, path: Path, comment: str) -> None:
@@ -190,7 +190,6 @@ class LabMachine:
                 self._apply_link_rate(host)
             return False
         self._teardown_host(host)
-        ip = self.tools["ip"]
         for d in (host.state_dir, host.var_lib_orch, host.etc_orch, host.run_dir, host.root_home):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(host.state_dir, 0o700)
@@ -201,19 +200,12 @@ class LabMachine:
         _write_atomic(host.sshd_config, render_sshd_config(host, self.layout.authorized_keys), 0o600)
         for mountpoint in ("/var/lib/orch", "/etc/orch"):
             os.makedirs(mountpoint, exist_ok=True)
+        self._ensure_host_network(host)
+        if host.booted:      # systemd starts sshd inside (orchestrator.lab.power)
+            _write_atomic(host.pid_file, f"{power.run_boot(self.layout, host)}\n")
+            return True
 
-        _run([ip, "netns", "add", host.netns])
-        _run([ip, "link", "add", host.veth_root, "type", "veth", "peer", "name", host.veth_host])
-        _run([ip, "link", "set", host.veth_host, "netns", host.netns])
-        _run([ip, "link", "set", host.veth_root, "master", self.layout.bridge, "up"])
-        _run([ip, "-n", host.netns, "link", "set", "lo", "up"])
-        _run([ip, "-n", host.netns, "link", "set", host.veth_host, "name", "eth0"])
-        _run([ip, "-n", host.netns, "addr", "add", f"{host.address}/24", "dev", "eth0"])
-        _run([ip, "-n", host.netns, "link", "set", "eth0", "up"])
-        _run([ip, "-n", host.netns, "route", "add", "default", "via", self.layout.gateway])
-        _run([ip, "netns", "exec", host.netns, self.tools["sysctl"], "-qw", "net.ipv4.ip_forward=1"])
-        self._apply_link_rate(host)
-
+        ip = self.tools["ip"]
         argv = [ip, "netns", "exec", host.netns,
                 self.tools["unshare"], "--mount", "--propagation", "private", "--",
                 self.python, "-m", "orchestrator.lab.hostinit", str(host.state_dir), "--",
@@ -225,6 +217,21 @@ class LabMachine:
                                     start_new_session=True, env=env, cwd="/")
         _write_atomic(host.pid_file, f"{proc.pid}\n")
         return True
+
+    def _ensure_host_network(self, host: HostLayout) -> None:
+        """The host's network namespace, its veth on the lab bridge, its address and link rate."""
+        ip = self.tools["ip"]
+        _run([ip, "netns", "add", host.netns])
+        _run([ip, "link", "add", host.veth_root, "type", "veth", "peer", "name", host.veth_host])
+        _run([ip, "link", "set", host.veth_host, "netns", host.netns])
+        _run([ip, "link", "set", host.veth_root, "master", self.layout.bridge, "up"])
+        _run([ip, "-n", host.netns, "link", "set", "lo", "up"])
+        _run([ip, "-n", host.netns, "link", "set", host.veth_host, "name", "eth0"])
+        _run([ip, "-n", host.netns, "addr", "add", f"{host.address}/24", "dev", "eth0"])
+        _run([ip, "-n", host.netns, "link", "set", "eth0", "up"])
+        _run([ip, "-n", host.netns, "route", "add", "default", "via", self.layout.gateway])
+        _run([ip, "netns", "exec", host.netns, self.tools["sysctl"], "-qw", "net.ipv4.ip_forward=1"])
+        self._apply_link_rate(host)
 
     def _apply_link_rate(self, host: HostLayout) -> None:
         rate = self.layout.spec.link_rate
@@ -312,6 +319,7 @@ class LabMachine:
         hosts = self._recorded_hosts() or list(self.layout.hosts())
         for host in hosts:
             self._teardown_host(host)
+        power.run_remove_lab_cgroups(self.layout.name)
         ip = self.tools["ip"]
         if _link_exists(self.layout.bridge):
             _run([ip, "link", "del", self.layout.bridge], check=False)
@@ -337,6 +345,8 @@ class LabMachine:
     def _teardown_host(self, host: HostLayout) -> None:
         ip = self.tools.get("ip") or find_tool("ip")
         pid = _read_pid(host.pid_file)
+        if host.booted:
+            power.run_power_off(host, pid if pid and _pid_alive(pid) else None)
         if pid and _pid_alive(pid):
             self._delete_containers(host, pid)
         for p in self._netns_pids(host):

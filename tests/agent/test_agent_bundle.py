@@ -2,18 +2,32 @@
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import zipfile
+
+import pytest
 
 from orchestrator.agent.bundle import build_agent_pyz
 
 
-def python39() -> str:
-    """The real 3.9 interpreter (pyenv's shim on PATH only works with PYENV_VERSION set)."""
-    import glob
-    found = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.9*/bin/python3.9")))
-    return found[-1] if found else shutil.which("python3.9") or "python3.9"
+@pytest.fixture(scope="module")
+def bullseye_lab():
+    """A booted Debian bullseye lab host: its python3 is 3.9, like Raspberry Pi OS bullseye, the
+    oldest Python the agent supports (from the project's own set-up, not this machine's pyenv)."""
+    from tests.conftest import own_lab
+    with own_lab("py39", amd64=0, arm64=0, bullseye=1) as the_lab:
+        yield the_lab
+
+
+def put_agent(lab, host, pyz):
+    from tests.runtime import imagekit as ik
+    lab.run(host, ["mkdir", "-p", "/var/lib/orch/agent"])
+    lab.put(host, pyz, REMOTE)
+    return ik.Agent(lambda argv, input, timeout: lab.run(host, argv, input, timeout),
+                    ["python3", REMOTE])
+
+
+REMOTE = "/var/lib/orch/agent/test39.pyz"
 
 
 def test_same_digest_twice_and_named_by_it(tmp_path):
@@ -30,13 +44,12 @@ def test_same_digest_twice_and_named_by_it(tmp_path):
         assert not [n for n in names if n.endswith(".pyc")]
 
 
-def test_runs_on_python39_and_reports_its_digest(tmp_path):
-    py39 = python39()
+def test_runs_on_python39_and_reports_its_digest(tmp_path, bullseye_lab):
+    host = bullseye_lab.hosts[0]
     path, digest = build_agent_pyz(tmp_path)
-    out = subprocess.run([py39, str(path), "--root", str(tmp_path / "r"), "--run",
-                          str(tmp_path / "run"), "info"], capture_output=True, check=True,
-                         env=dict(os.environ, PYENV_VERSION="3.9"))
-    info = json.loads(out.stdout)
+    agent = put_agent(bullseye_lab, host, path)
+    rc, info = agent.call("info")
+    assert rc == 0, info
     assert info["agent_digest"] == digest
     assert info["python"].startswith("3.9.")
     assert info["runtime"] in ("runc", "crun")
@@ -62,37 +75,24 @@ def test_sources_are_cached_beside_the_pyz_with_bytecode(tmp_path):
     assert cache.is_dir()
 
 
-def test_a_blue_green_swap_runs_on_python39(tmp_path):
-    """The whole swap path (unpack, runc, veth, nft, health, stop) under Python 3.9, in a
-    network namespace made here."""
-    import secrets as _s
-
+def test_a_blue_green_swap_runs_on_python39(tmp_path, bullseye_lab, static_busybox):
+    """The whole swap path (unpack, runc, veth, nft, health, stop) under Python 3.9, on a booted
+    bullseye host (its own runc and nftables), reached over SSH like any host."""
     from tests.runtime import imagekit as ik
-    py39 = python39()
-    ns = "orch-rt39-" + _s.token_hex(3)
-    subprocess.run(["ip", "netns", "add", ns], check=True)
+    host = bullseye_lab.hosts[0]
     path, _ = build_agent_pyz(tmp_path / "pyz")
-    agent = ik.Agent(ik.local_runner(ns), [py39, str(path)], str(tmp_path / "root"),
-                     str(tmp_path / "run"))
-    try:
-        base = ik.busybox_layer()
-        imgs = [ik.make_image({"linux/amd64": [base, ik.tar_bytes([
-            ik.dir_entry("www"), ik.file_entry("www/index.html", b"v%d" % i)])]})
-            for i in range(2)]
-        for img in imgs:
-            agent.ship(img)
-        spec = ik.deploy_spec(port=8080, monitor=0.3, drain=0.1)
-        for img in imgs:
-            rc, body = agent.apply({"w39": (img, spec)})
-            assert rc == 0 and body["services"]["w39"]["ok"], body
-        rc, st = agent.call("status")
-        assert st["services"]["w39"]["slot"] == "b" and len(st["services"]["w39"]["slots"]) == 1
-        assert agent.call("remove", "w39")[0] == 0
-    finally:
-        run = tmp_path / "run" / "runc"
-        for cid in (os.listdir(run) if run.is_dir() else []):
-            subprocess.run(["runc", "--root", str(run), "delete", "--force", cid])
-        for line in open("/proc/self/mountinfo"):
-            if str(tmp_path) in line.split()[4]:
-                subprocess.run(["umount", line.split()[4]])
-        subprocess.run(["ip", "netns", "del", ns], check=True)
+    agent = put_agent(bullseye_lab, host, path)
+    base = ik.busybox_layer(str(static_busybox["linux/amd64"]))
+    imgs = [ik.make_image({"linux/amd64": [base, ik.tar_bytes([
+        ik.dir_entry("www"), ik.file_entry("www/index.html", b"v%d" % i)])]})
+        for i in range(2)]
+    for img in imgs:
+        agent.ship(img)
+    spec = ik.deploy_spec(port=8080, monitor=0.3, drain=0.1)
+    for i, img in enumerate(imgs):
+        rc, body = agent.apply({"w39": (img, spec)})
+        assert rc == 0 and body["services"]["w39"]["ok"], body
+        assert ik.hammer_get(host.address, 8080) == b"v%d" % i
+    rc, st = agent.call("status")
+    assert st["services"]["w39"]["slot"] == "b" and len(st["services"]["w39"]["slots"]) == 1
+    assert agent.call("remove", "w39")[0] == 0

@@ -1,0 +1,155 @@
+"""Debian root filesystems that booted lab hosts share, made once with mmdebstrap.
+
+A root is named by its release and a digest of what goes into it (packages and the files the
+lab adds), kept under the lab state root's `.roots/`, and only ever read by hosts: each host
+mounts its own overlay (its "disk") over it. Making one takes tens of seconds; every later lab
+and test reuses it.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from orchestrator.errors import LabError
+
+# What a booted host needs: an init, sshd, the agent's python3 and the tools it drives.
+PACKAGES = ("systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "iproute2", "runc",
+            "nftables", "procps")
+RELEASES = ("bookworm", "bullseye")
+
+# The lab machine's cgroups are hybrid and systemd-nspawn mounts the v1 controllers read-only:
+# runc then cannot make a container's cgroup. A real Pi (cgroup v2, systemd) has them writable,
+# so the lab root makes them writable at boot, before anything else starts.
+CGROUPS_SCRIPT = """#!/bin/sh
+# orch lab: make the cgroup controllers writable (systemd-nspawn mounts them read-only)
+for c in /sys/fs/cgroup/*/; do
+  mountpoint -q "$c" && mount -o remount,bind,rw "$c"
+done
+exit 0
+"""
+CGROUPS_UNIT = """[Unit]
+Description=orch lab: writable cgroup controllers
+DefaultDependencies=no
+Before=sysinit.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/sbin/orch-lab-cgroups
+
+[Install]
+WantedBy=sysinit.target
+"""
+# Units a lab host has no use for: timers that would wake a host during a test, a console login.
+MASKED_UNITS = ("apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer",
+                "dpkg-db-backup.timer", "fstrim.timer", "console-getty.service",
+                "systemd-timesyncd.service")
+SSHD_DROPIN = """# orch lab host: only the key the lab generated for this host, keys only
+HostKey /etc/ssh/ssh_host_ed25519_key
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UseDNS no
+MaxSessions 128
+MaxStartups 200:30:400
+"""
+
+
+def render_root_files() -> Dict[str, Tuple[str, int]]:
+    """Files the lab adds to every root: path -> (text, mode)."""
+    return {
+        "usr/local/sbin/orch-lab-cgroups": (CGROUPS_SCRIPT, 0o755),
+        "etc/systemd/system/orch-lab-cgroups.service": (CGROUPS_UNIT, 0o644),
+        "etc/ssh/sshd_config.d/orch-lab.conf": (SSHD_DROPIN, 0o644),
+    }
+
+
+def render_root_links() -> Dict[str, str]:
+    """Symlinks the lab adds: enable the cgroups unit, mask what a lab host does not need."""
+    links = {"etc/systemd/system/sysinit.target.wants/orch-lab-cgroups.service":
+             "/etc/systemd/system/orch-lab-cgroups.service"}
+    for unit in MASKED_UNITS:
+        links[f"etc/systemd/system/{unit}"] = "/dev/null"
+    return links
+
+
+def root_key(release: str) -> str:
+    """`bookworm-<12 hex>`: changes whenever what goes into the root changes."""
+    h = hashlib.sha256(release.encode())
+    for pkg in PACKAGES:
+        h.update(b"\0pkg " + pkg.encode())
+    for path, (text, mode) in sorted(render_root_files().items()):
+        h.update(f"\0file {path} {mode:o}\0".encode() + text.encode())
+    for path, target in sorted(render_root_links().items()):
+        h.update(f"\0link {path} {target}".encode())
+    return f"{release}-{h.hexdigest()[:12]}"
+
+
+def debian_mirror(sources_dir: Path = Path("/etc/apt/sources.list.d"),
+                  sources_list: Path = Path("/etc/apt/sources.list")) -> str:
+    """The machine's configured Debian mirror (main archive: no security suite needed)."""
+    for path in sorted(sources_dir.glob("*.sources")) if sources_dir.is_dir() else []:
+        for uri in re.findall(r"^URIs:\s*(\S+)", path.read_text(), re.M):
+            if "security" not in uri:
+                return uri
+    if sources_list.exists():
+        for line in sources_list.read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 2 and fields[0] == "deb" and "security" not in line:
+                return fields[2] if fields[1].startswith("[") else fields[1]
+    return "http://deb.debian.org/debian"
+
+
+def render_mmdebstrap_argv(mmdebstrap: str, release: str, target: Path, mirror: str) -> List[str]:
+    return [mmdebstrap, "--quiet", "--variant=minbase", "--include=" + ",".join(PACKAGES),
+            release, str(target), f"deb {mirror} {release} main"]
+
+
+def ensure_root(roots_dir: Path, release: str) -> Path:
+    """The shared root for `release`, made now if it is not there yet (one maker at a time)."""
+    if release not in RELEASES:
+        raise LabError(f"no lab root for Debian {release!r} (known: {', '.join(RELEASES)})")
+    roots_dir.mkdir(parents=True, exist_ok=True)
+    final = roots_dir / root_key(release)
+    if (final / "etc" / "os-release").exists():
+        return final
+    mmdebstrap = shutil.which("mmdebstrap")
+    if not mmdebstrap:
+        raise LabError("booted lab hosts need mmdebstrap", hint="apt-get install mmdebstrap")
+    with open(roots_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / "etc" / "os-release").exists():
+            return final
+        tmp = roots_dir / (final.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        proc = subprocess.run(render_mmdebstrap_argv(mmdebstrap, release, tmp, debian_mirror()),
+                              capture_output=True, timeout=900)
+        if proc.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise LabError(f"mmdebstrap {release} failed: {proc.stderr.decode(errors='replace').strip()[-400:]}")
+        _customise(tmp)
+        os.replace(tmp, final)
+    return final
+
+
+def _customise(root: Path) -> None:
+    for key in (root / "etc" / "ssh").glob("ssh_host_*"):
+        key.unlink()       # made by openssh-server's postinst: each host gets its own from the lab
+    for rel, (text, mode) in render_root_files().items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        os.chmod(path, mode)
+    for rel, target in render_root_links().items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink() or path.exists():
+            path.unlink()
+        path.symlink_to(target)
