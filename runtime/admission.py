@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from typing import Dict, List
+from typing import Dict, List, Mapping
 
 from runtime import protocol, spec, store
 from runtime.errors import BadRequest, MissingBlob
 from runtime.layout import Layout
-
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+from runtime.spec import Deploy, SpecError
 
 
 def blobs_of(layout: Layout, manifest_digest: str) -> List[str]:
@@ -21,13 +19,15 @@ def blobs_of(layout: Layout, manifest_digest: str) -> List[str]:
 
 
 def check_service(layout: Layout, name: str, s: dict, plat: str) -> dict:
-    if not NAME_RE.match(name or ""):
-        raise BadRequest(f"service name {name!r}: use a-z, 0-9 and '-', at most 40 chars")
+    try:
+        spec.check_service_name(name)
+    except SpecError as exc:
+        raise BadRequest(f"service name: {exc.reason}") from None
     try:
         index, deploy = s["index"], s["deploy"]
     except (KeyError, TypeError):
         raise BadRequest(f"services/{name}: needs index and deploy") from None
-    spec.check_deploy(name, deploy)
+    spec.parse_deploy(name, deploy)
     rel = protocol.release_id(index, deploy)
     if s.get("release") and s["release"] != rel:
         raise BadRequest(f"services/{name}/release: {s['release']} does not match the index "
@@ -47,24 +47,23 @@ def check_service(layout: Layout, name: str, s: dict, plat: str) -> dict:
     return {"release": rel, "index": index, "manifest": manifest, "deploy": deploy}
 
 
-def check_ports(existing: dict, new: dict) -> None:
+def check_ports(existing: Mapping[str, Deploy], new: Mapping[str, Deploy]) -> None:
     """Refuse a target where two services publish the same host port (names the new one), or
     where a new port is one a host process listens on (publishing 22 would hijack sshd)."""
     from runtime import network
     seen: Dict[tuple, str] = {}
-    ours = {(p.get("protocol", "tcp"), int(p["host"])) for t in existing.values()
-            for p in (t.get("deploy") or {}).get("ports") or []}
+    ours = {(p.protocol, p.host) for d in existing.values() for p in d.ports}
     listening = {proto: network.host_listening(proto) for proto in ("tcp", "udp")}
     for name in sorted(new):
-        for p in (new[name].get("deploy") or {}).get("ports") or []:
-            key = (p.get("protocol", "tcp"), int(p["host"]))
+        for p in new[name].ports:
+            key = (p.protocol, p.host)
             if key not in ours and key[1] in listening.get(key[0], set()):
                 raise BadRequest(f"services/{name}/deploy/ports: {key[1]}/{key[0]} is already "
                                  "in use by a process on the host")
     order = [(n, existing[n]) for n in sorted(existing)] + [(n, new[n]) for n in sorted(new)]
-    for name, t in order:
-        for p in (t.get("deploy") or {}).get("ports") or []:
-            key = (p.get("protocol", "tcp"), int(p["host"]))
+    for name, d in order:
+        for p in d.ports:
+            key = (p.protocol, p.host)
             if key in seen:
                 raise BadRequest(f"services/{name}/deploy/ports: {key[1]}/{key[0]} is already "
                                  f"published by service {seen[key]}")

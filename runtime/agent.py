@@ -16,6 +16,7 @@ from runtime.errors import BadRequest, NotFound
 from runtime.gc import read_records
 from runtime.hostinfo import agent_digest, host_platform, serve_agent, serve_pid
 from runtime.layout import Layout, write_json
+from runtime.spec import Target
 
 
 def make_host(layout: Layout, log=None):
@@ -72,7 +73,9 @@ def verb_apply(layout: Layout, req: dict, log=None) -> dict:
     checked = {n: admission.check_service(layout, n, s, plat) for n, s in sorted(services.items())}
     with h.state.flock("converge.lock"):
         target = h.state.target()
-        admission.check_ports({n: t for n, t in target.items() if n not in checked}, checked)
+        admission.check_ports({n: Target.from_json(n, t).deploy for n, t in target.items()
+                               if n not in checked},
+                              {n: Target.from_json(n, t).deploy for n, t in checked.items()})
         records = read_records(layout)
         st = h.state.status()
         for n, t in checked.items():

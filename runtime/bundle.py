@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from runtime.spec import Deploy
+
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CAPS = (  # docker's default set minus MKNOD, NET_RAW, AUDIT_WRITE, SETFCAP
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
@@ -53,20 +55,20 @@ def env_of(image_config: Mapping, env: Mapping[str, str]) -> List[str]:
     return [f"{k}={merged[k]}" for k in sorted(merged)]
 
 
-def render_config(image_config: Mapping, deploy: Mapping, b: BundleInput) -> dict:
+def render_config(image_config: Mapping, deploy: Deploy, b: BundleInput) -> dict:
     """The config.json for one container (a dict; the caller writes it)."""
     cfg = image_config.get("config") or {}
-    args = args_of(image_config, deploy.get("command"))
+    args = args_of(image_config, deploy.command)
     if not args:
         raise ValueError("image has neither Entrypoint nor Cmd and the spec sets no command")
-    res = deploy.get("resources") or {}
+    res = deploy.resources
     resources: dict = {"devices": [{"allow": False, "access": "rwm"}]}
-    if res.get("memory"):
-        resources["memory"] = {"limit": int(res["memory"]), "swap": int(res["memory"])}
-    if res.get("pids"):
-        resources["pids"] = {"limit": int(res["pids"])}
-    if res.get("cpus"):
-        resources["cpu"] = {"quota": int(float(res["cpus"]) * CPU_PERIOD), "period": CPU_PERIOD}
+    if res.memory:
+        resources["memory"] = {"limit": res.memory, "swap": res.memory}
+    if res.pids:
+        resources["pids"] = {"limit": res.pids}
+    if res.cpus:
+        resources["cpu"] = {"quota": int(res.cpus * CPU_PERIOD), "period": CPU_PERIOD}
     mounts = [
         {"destination": "/proc", "type": "proc", "source": "proc",
          "options": ["nosuid", "noexec", "nodev"]},
@@ -96,7 +98,7 @@ def render_config(image_config: Mapping, deploy: Mapping, b: BundleInput) -> dic
             "terminal": False,
             "user": {"uid": b.uid, "gid": b.gid},
             "args": args,
-            "env": env_of(image_config, deploy.get("env") or {}),
+            "env": env_of(image_config, deploy.env_map),
             "cwd": cfg.get("WorkingDir") or "/",
             "capabilities": {"bounding": list(CAPS), "effective": caps, "permitted": caps},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}],

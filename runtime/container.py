@@ -17,6 +17,7 @@ from runtime import bundle, network, oci, unpack
 from runtime.errors import BadRequest, RuntimeFailure
 from runtime.layout import Layout
 from runtime.meta import Meta, cdir, container_id, log_path, rt_of, veth_key
+from runtime.spec import Target
 
 LOG_LIMIT = 1 << 20
 
@@ -63,7 +64,7 @@ def ensure_secrets_tmpfs(layout: Layout) -> None:
 
 
 def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: str,
-           target: Dict, secret_values: Dict[str, str], ip: str) -> Meta:
+           target: Target, secret_values: Dict[str, str], ip: str) -> Meta:
     """Create and start a container for ``target`` in ``slot``. On any failure everything
     made so far is removed again before the error propagates."""
     cid = container_id(host_id, service, slot)
@@ -72,39 +73,39 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
         raise RuntimeFailure(f"container dir {d} already exists")
     if oci.known(rt, cid):  # an orphan from an interrupted create: it holds the id
         oci.run_stop(rt, cid, 0, "", 0.0)
-    deploy = target.get("deploy") or {}
-    meta = Meta(id=cid, service=service, slot=slot, release=target["release"],
+    deploy = target.deploy
+    meta = Meta(id=cid, service=service, slot=slot, release=target.release,
                 instance=_secrets.token_hex(6), runtime=rt.name, ip=ip, created=time.time())
     os.makedirs(d, mode=0o700)
     meta_path = os.path.join(d, "meta.json")
     meta.save(meta_path)
     try:
-        img = unpack.image_dir(layout, target["manifest"])
+        img = unpack.image_dir(layout, target.manifest)
         rootfs = os.path.join(d, "rootfs")
         for sub in ("rootfs", "upper", "work"):
             os.makedirs(os.path.join(d, sub), mode=0o755, exist_ok=True)
         sys_mount("overlay", rootfs, "overlay",
                   f"lowerdir={img}/rootfs,upperdir={d}/upper,workdir={d}/work")
         vols = []
-        for v in deploy.get("volumes") or []:
-            host = os.path.join(layout.volumes, v["name"])
+        for v in deploy.volumes:
+            host = os.path.join(layout.volumes, v.name)
             os.makedirs(host, mode=0o755, exist_ok=True)
-            vols.append((host, v["dest"], bool(v.get("readonly"))))
+            vols.append((host, v.dest, v.readonly))
         secs = []
-        if deploy.get("secrets"):
+        if deploy.secrets:
             ensure_secrets_tmpfs(layout)
             sdir = os.path.join(layout.secrets, cid)
             os.makedirs(sdir, mode=0o700, exist_ok=True)
-            for s in deploy["secrets"]:
-                if s["name"] not in secret_values:
-                    raise BadRequest(f"secret {s['name']!r} is not on this host (secrets live "
+            for s in deploy.secrets:
+                if s.name not in secret_values:
+                    raise BadRequest(f"secret {s.name!r} is not on this host (secrets live "
                                      "on tmpfs only: apply again after a reboot)")
-                p = os.path.join(sdir, s["name"])
+                p = os.path.join(sdir, s.name)
                 fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
                 with os.fdopen(fd, "wb") as f:
-                    f.write(base64.b64decode(secret_values[s["name"]]))
-                secs.append((p, s["dest"]))
-        image_config = unpack.image_config(layout, target["manifest"])
+                    f.write(base64.b64decode(secret_values[s.name]))
+                secs.append((p, s.dest))
+        image_config = unpack.image_config(layout, target.manifest)
         meta.stop_signal = oci.stop_signal((image_config.get("config") or {}).get("StopSignal"))
         try:
             uid, gid = bundle.resolve_user(os.path.join(img, "rootfs"),

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Callable, Dict
 from runtime import container, health, network, oci, planner, unpack
 from runtime.errors import HealthFailure, NoRoom
 from runtime.meta import Meta, list_metas, rt_of
+from runtime.spec import Deploy
 from runtime.planner import (CheckHealth, EnsureNetwork, Fail, Forget, Observed, Restart,
                              Settle, Start, Stop, Switch, SyncPorts, Unpack, Wait)
 
@@ -47,7 +48,7 @@ def ex_start(h: Host, step: Start, obs: Observed) -> None:
 
 def ex_check_health(h: Host, step: CheckHealth, obs: Observed) -> None:
     meta = h.metas[(step.service, step.slot)]
-    spec = health.HealthSpec.from_deploy(h.target_of(step.service).get("deploy") or {})
+    spec = h.target_of(step.service).deploy.health
     ok, msg = health.run_until_healthy(
         spec, meta.ip, exec_in(h, meta),
         lambda: oci.proc_alive(meta.pid, meta.starttime))
@@ -66,7 +67,7 @@ def ex_switch(h: Host, step: Switch, obs: Observed) -> None:
     hist = st["history"].setdefault(step.service, [])
     if prev and prev["release"] != step.release:
         hist.append(prev["release"])
-    keep = int((h.target_of(step.service).get("deploy") or {}).get("keep_releases", 3) or 3)
+    keep = h.target_of(step.service).deploy.keep_releases
     st["history"][step.service] = [r for r in hist if r != step.release][-keep:]
     h.state.save_status(st)
     h.sync_ports(obs.boxes)
@@ -74,7 +75,7 @@ def ex_switch(h: Host, step: Switch, obs: Observed) -> None:
 
 def ex_settle(h: Host, step: Settle, obs: Observed) -> None:
     meta = h.metas[(step.service, step.slot)]
-    spec = health.HealthSpec.from_deploy(h.target_of(step.service).get("deploy") or {})
+    spec = h.target_of(step.service).deploy.health
     started = h.clock()
     ok, why = True, None
     if step.monitor > 0:
@@ -107,8 +108,8 @@ def ex_stop(h: Host, step: Stop, obs: Observed) -> None:
     meta = h.metas.get((step.service, step.slot))
     if meta is None:
         return
-    t = h.state.target().get(step.service) or {}
-    timeout = float((t.get("deploy") or {}).get("stop_timeout", 10.0) or 0.0)
+    t = h.targets().get(step.service)
+    timeout = t.deploy.stop_timeout if t is not None else Deploy.stop_timeout
     container.remove(h.layout, h.rt, meta, timeout)
 
 

@@ -9,29 +9,9 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Tuple
 
-
-@dataclass(frozen=True)
-class HealthSpec:
-    kind: str = "none"         # http | tcp | exec | none
-    path: str = "/"
-    port: int = 0
-    command: Tuple[str, ...] = ()
-    interval: float = 1.0
-    timeout: float = 1.0
-    retries: int = 3
-    start_period: float = 0.0
-
-    @classmethod
-    def from_deploy(cls, deploy: dict) -> "HealthSpec":
-        h = deploy.get("health") or {}
-        return cls(kind=h.get("kind") or "none", path=h.get("path") or "/",
-                   port=int(h.get("port") or 0), command=tuple(h.get("command") or ()),
-                   interval=float(h.get("interval", 1.0)), timeout=float(h.get("timeout", 1.0)),
-                   retries=int(h.get("retries", 3)),
-                   start_period=float(h.get("start_period", 0.0)))
+from runtime.spec import Health as HealthSpec
 
 
 def render_http_request(path: str, host: str) -> bytes:
@@ -74,9 +54,9 @@ def check_tcp(ip: str, port: int, timeout: float) -> Tuple[bool, str]:
 def probe(spec: HealthSpec, ip: str, run_exec: Callable[[Sequence[str], float], int]
           ) -> Tuple[bool, str]:
     if spec.kind == "http":
-        return check_http(ip, spec.port, spec.path, spec.timeout)
+        return check_http(ip, int(spec.port or 0), spec.path or "/", spec.timeout)
     if spec.kind == "tcp":
-        return check_tcp(ip, spec.port, spec.timeout)
+        return check_tcp(ip, int(spec.port or 0), spec.timeout)
     if spec.kind == "exec":
         rc = run_exec(list(spec.command), spec.timeout)
         return rc == 0, f"exec {' '.join(spec.command)}: exit {rc}"

@@ -15,6 +15,7 @@ from runtime.errors import AgentFailure
 from runtime.layout import Layout
 from runtime.meta import Meta, list_metas, list_orphans, log_path, status_of
 from runtime.planner import CheckHealth, Observed, Start, Switch, Unpack, Want
+from runtime.spec import Target
 from runtime.state import State
 
 RELEASE_STEPS = (Start, CheckHealth, Switch)
@@ -23,14 +24,11 @@ MIN_FREE_MEMORY = 32 << 20
 MIN_FREE_DISK = 64 << 20
 
 
-def want_of(name: str, t: dict) -> Want:
-    d = t.get("deploy") or {}
-    ports = tuple(sorted((p.get("protocol", "tcp"), int(p["host"]), int(p["container"]))
-                         for p in d.get("ports") or []))
-    return Want(service=name, release=t["release"], manifest=t["manifest"], ports=ports,
-                drain=float(d.get("drain", 0.0) or 0.0),
-                monitor=float(d.get("monitor", 0.0) or 0.0),
-                stop_first=bool(d.get("stop_first", False)))
+def want_of(name: str, t: Target) -> Want:
+    d = t.deploy
+    ports = tuple(sorted((p.protocol, p.host, p.container) for p in d.ports))
+    return Want(service=name, release=t.release, manifest=t.manifest, ports=ports,
+                drain=d.drain, monitor=d.monitor, stop_first=d.stop_first)
 
 
 class Host:
@@ -58,7 +56,7 @@ class Host:
         record the outcome (status shows it); an unhealthy container is reported, not
         replaced (a crash is what restarts it)."""
         st = self.state.status()
-        target = self.state.target()
+        target = self.targets()
         changed = False
         now = self.clock()
         for name, cur in sorted(st["current"].items()):
@@ -66,7 +64,7 @@ class Host:
             t = target.get(name)
             if meta is None or t is None or meta.release != cur["release"]:
                 continue
-            spec = health.HealthSpec.from_deploy(t.get("deploy") or {})
+            spec = t.deploy.health
             if spec.kind == "none" or now - last.get(name, 0.0) < spec.interval:
                 continue
             last[name] = now
@@ -93,8 +91,12 @@ class Host:
         self._port_map = None
 
     # --- observe ------------------------------------------------------------------------
+    def targets(self) -> Dict[str, Target]:
+        """The persisted target, parsed (and checked) once per read."""
+        return {n: Target.from_json(n, t) for n, t in sorted(self.state.target().items())}
+
     def wants(self) -> Tuple[Want, ...]:
-        return tuple(want_of(n, t) for n, t in sorted(self.state.target().items()))
+        return tuple(want_of(n, t) for n, t in self.targets().items())
 
     def observe(self, wants: Tuple[Want, ...]) -> Observed:
         st = self.state.status()
@@ -133,9 +135,9 @@ class Host:
                         no_room=no_room, restarts=tuple(restarts), now=now)
 
     def fits(self, w: Want) -> bool:
-        t = self.state.target().get(w.service) or {}
-        mem = ((t.get("deploy") or {}).get("resources") or {}).get("memory") or 0
-        need_mem = max(int(mem), MIN_FREE_MEMORY)
+        t = self.targets().get(w.service)
+        mem = (t.deploy.resources.memory if t is not None else None) or 0
+        need_mem = max(mem, MIN_FREE_MEMORY)
         need_disk = MIN_FREE_DISK
         if not unpack.is_unpacked(self.layout, w.manifest):
             try:
@@ -183,8 +185,8 @@ class Host:
             return msg
 
     # --- helpers for executors ----------------------------------------------------------
-    def target_of(self, service: str) -> dict:
-        t = self.state.target().get(service)
+    def target_of(self, service: str) -> Target:
+        t = self.targets().get(service)
         if t is None:
             raise AgentFailure(f"no target for service {service}")
         return t

@@ -23,6 +23,7 @@ from orchestrator.manifest.source import Doc, LMap, display_path, make_jinja, re
 from orchestrator.manifest.units import (
     PLATFORMS, check_link_rate, check_name, normalise_dest, parse_duration, parse_mode, parse_owner,
     parse_percent_or_int, parse_port, parse_size, parse_volume)
+from runtime import spec
 
 KINDS = ("Fleet", "Service")
 _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
@@ -205,7 +206,11 @@ def fleet_platforms(fleet: Fleet) -> Tuple[str, ...]:
 def _service(body: LMap, doc: Doc, fleet: Fleet, env, variables) -> Service:
     ctx = Ctx(doc.file, ("services",) + ((body["name"],) if isinstance(body.get("name"), str) else ()), doc.line)
     S.mapping(body, ctx, ("kind", "name", "image", "deploy"), required=("name", "image"))
-    name = S.convert(check_name, body["name"], Ctx(doc.file, ("services",), doc.line).key(body, "name"))
+    name_ctx = Ctx(doc.file, ("services",), doc.line).key(body, "name")
+    try:
+        name = spec.check_service_name(body["name"])
+    except spec.SpecError as exc:
+        raise name_ctx.error(exc.reason) from None
     ctx = Ctx(doc.file, ("services", name), doc.line)
     directory = os.path.dirname(doc.path)
     image = _image(body["image"], ctx.key(body, "image"), directory, fleet, env, variables, name)
@@ -420,7 +425,7 @@ def _deploy(raw: Any, ctx: Ctx, fleet: Fleet, directory: str) -> DeploySpec:
         kw["stop_first"] = S.boolean(m["stop_first"], ctx.key(m, "stop_first"))
     if "keep_releases" in m:
         kw["keep_releases"] = S.integer(m["keep_releases"], ctx.key(m, "keep_releases"), minimum=1)
-    return DeploySpec(
+    deploy = DeploySpec(
         hosts=_hosts(m["hosts"], ctx.key(m, "hosts"), fleet) if "hosts" in m else HostSelector(),
         ports=ports,
         health=_health(m["health"], ctx.key(m, "health"), ports) if "health" in m else HealthCheck(),
@@ -430,6 +435,31 @@ def _deploy(raw: Any, ctx: Ctx, fleet: Fleet, directory: str) -> DeploySpec:
         resources=_resources(m["resources"], ctx.key(m, "resources")) if "resources" in m else Resources(),
         strategy=_strategy(m["strategy"], ctx.key(m, "strategy")) if "strategy" in m else Strategy(),
         **kw)
+    try:
+        deploy.agent_spec()          # what the agent would refuse is refused here, located
+    except spec.SpecError as exc:
+        raise _locate(ctx, m, exc.path).error(exc.reason) from None
+    return deploy
+
+
+def _locate(ctx: Ctx, raw: Any, path: Tuple[Any, ...]) -> Ctx:
+    """The manifest location of a key path of the agent's deploy spec (as deep as the
+    manifest spells it: ``volumes/0/dest`` is the line of ``volumes/0``)."""
+    if path[:1] == ("monitor",):
+        path = ("strategy",) + path
+    if path[:1] == ("secrets",) and len(path) > 1 and isinstance(raw.get("secrets"), dict):
+        names = list(raw["secrets"])
+        if isinstance(path[1], int) and path[1] < len(names):
+            path = ("secrets", names[path[1]]) + path[2:]
+    cur: Any = raw
+    for key in path:
+        if isinstance(cur, dict) and key in cur:
+            ctx, cur = ctx.key(cur, key), cur[key]
+        elif isinstance(cur, list) and isinstance(key, int) and key < len(cur):
+            ctx, cur = ctx.item(cur, key), cur[key]
+        else:
+            ctx, cur = Ctx(ctx.file, ctx.path + (key,), ctx.line), None
+    return ctx
 
 
 def _hosts(raw: Any, ctx: Ctx, fleet: Fleet) -> HostSelector:

@@ -1,7 +1,8 @@
 """The validated desired state: frozen dataclasses, the only thing other layers see.
 
 Mappings are read-only ``MappingProxyType``; sequences are tuples.
-``DeploySpec.to_agent_json()`` is the one place the agent deploy spec is rendered.
+``DeploySpec.agent_spec()`` builds the agent deploy spec (``runtime/spec.py``: its shape,
+defaults and validation live there, shared with the agent).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from types import MappingProxyType
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from orchestrator.errors import ManifestError
+from runtime import spec
 
 EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -160,30 +162,11 @@ class HostSelector:
         return all(labels.get(k) == v for k, v in self.labels.items())
 
 
-@dataclass(frozen=True)
-class Port:
-    host: int
-    container: int
-    protocol: str = "tcp"
-
-
-@dataclass(frozen=True)
-class HealthCheck:
-    kind: str = "none"                    # http | tcp | exec | none
-    path: Optional[str] = None
-    port: Optional[int] = None
-    command: Tuple[str, ...] = ()
-    interval: float = 1.0
-    timeout: float = 1.0
-    retries: int = 3
-    start_period: float = 0.0
-
-
-@dataclass(frozen=True)
-class Volume:
-    name: str
-    dest: str
-    readonly: bool = False
+# The agent's own types (runtime/spec.py): one home for their shape, defaults and checks.
+Port = spec.Port
+HealthCheck = spec.Health
+Volume = spec.Volume
+Resources = spec.Resources
 
 
 @dataclass(frozen=True)
@@ -213,13 +196,6 @@ class Secret:
 
 
 @dataclass(frozen=True)
-class Resources:
-    memory: Optional[int] = None          # bytes
-    pids: Optional[int] = None
-    cpus: Optional[float] = None
-
-
-@dataclass(frozen=True)
 class Strategy:
     canary: int = 0                       # hosts in the first wave (0: no canary wave)
     max_parallel: Optional[int] = 1       # hosts per later wave, or ...
@@ -243,33 +219,27 @@ class DeploySpec:
     volumes: Tuple[Volume, ...] = ()
     secrets: Tuple[Secret, ...] = ()
     resources: Resources = Resources()
-    drain: float = 2.0
-    stop_timeout: float = 10.0
-    stop_first: bool = False
-    keep_releases: int = 3
+    drain: float = spec.Deploy.drain
+    stop_timeout: float = spec.Deploy.stop_timeout
+    stop_first: bool = spec.Deploy.stop_first
+    keep_releases: int = spec.Deploy.keep_releases
     strategy: Strategy = Strategy()
 
+    def agent_spec(self) -> spec.Deploy:
+        """The agent's deploy spec, validated as the agent validates it (``SpecError`` names
+        the key path); no secret values, no strategy or hosts except ``monitor``, which the
+        agent needs to know when a release counts as good."""
+        return spec.Deploy(
+            ports=self.ports, health=self.health, env=tuple(sorted(self.env.items())),
+            volumes=self.volumes,
+            secrets=tuple(spec.SecretMount(s.name, s.dest) for s in self.secrets),
+            resources=self.resources, drain=self.drain, monitor=self.strategy.monitor,
+            stop_timeout=self.stop_timeout, stop_first=self.stop_first,
+            keep_releases=self.keep_releases)
+
     def to_agent_json(self) -> Dict[str, Any]:
-        """The normalised agent deploy spec (contracts.md); no secret values, no strategy/hosts
-        except ``monitor``, which the agent needs to know when a release counts as good."""
-        h = self.health
-        return {
-            "ports": [{"host": p.host, "container": p.container, "protocol": p.protocol}
-                      for p in self.ports],
-            "health": {"kind": h.kind, "path": h.path, "port": h.port, "command": list(h.command),
-                       "interval": h.interval, "timeout": h.timeout, "retries": h.retries,
-                       "start_period": h.start_period},
-            "env": dict(sorted(self.env.items())),
-            "volumes": [{"name": v.name, "dest": v.dest, "readonly": v.readonly} for v in self.volumes],
-            "secrets": [{"name": s.name, "dest": s.dest} for s in self.secrets],
-            "resources": {"memory": self.resources.memory, "pids": self.resources.pids,
-                          "cpus": self.resources.cpus},
-            "drain": self.drain,
-            "monitor": self.strategy.monitor,
-            "stop_timeout": self.stop_timeout,
-            "stop_first": self.stop_first,
-            "keep_releases": self.keep_releases,
-        }
+        """The JSON the release id is computed over and the agent receives."""
+        return self.agent_spec().to_json()
 
     def read_secrets(self, environ: Optional[Mapping[str, str]] = None) -> Dict[str, bytes]:
         """{name: value} for the apply request (values go beside the spec, never in it)."""

@@ -187,6 +187,9 @@ def test_bases(tmp_path):
     assert d.services["b"].image.base == RegistryBase(ref="127.0.0.1:5000/library/busybox:1.36")
 
 
+# What the agent would refuse on the host (runtime/spec.py) is refused at load time, located.
+SERVICE_NAME_RULE = ("expected a service name of a-z, 0-9 and '-' (at most 40 characters, "
+                     "starting with a letter or digit), ")
 SVC = "kind: Service\nname: web\nimage:\n  from: scratch\n"
 
 # (files, expected error text): each must fail with exactly this located message
@@ -244,7 +247,7 @@ INVALID = [
     ({"m.yaml": SVC.replace("image:\n  from: scratch\n", "")},
      'm.yaml:1 services/web: missing required key "image"'),
     ({"m.yaml": "kind: Service\nname: Web!\nimage: {from: scratch}\n"},
-     'm.yaml:2 services/name: expected a name of lower-case letters, digits, ".", "_", "-", got "Web!"'),
+     "m.yaml:2 services/name: " + SERVICE_NAME_RULE + "got 'Web!'"),
     ({"m.yaml": "kind: Service\nname: w\nimage: {from: {debian: bookworm, packages: [Busybox]}}\n"},
      'm.yaml:3 services/w/image/from/packages/0: expected a Debian package name, got "Busybox"'),
     ({"m.yaml": "kind: Service\nname: w\nimage: {from: {oci: nowhere}}\n"},
@@ -254,6 +257,39 @@ INVALID = [
     ({"a.yaml": SVC + "deploy: {ports: ['80:80']}\n", "b.yaml": SVC.replace("web", "api") + "deploy: {ports: ['80:81']}\n"},
      'b.yaml:1 services/api/deploy/ports/0: host port 80/tcp is already published by service "web" (a.yaml)'),
 ]
+
+
+AGENT_REFUSALS = [
+    ({"m.yaml": SVC.replace("web", "my_app")}, "m.yaml:2 services/name: " + SERVICE_NAME_RULE + "got 'my_app'"),
+    ({"m.yaml": SVC.replace("web", "my.app")}, "m.yaml:2 services/name: " + SERVICE_NAME_RULE + "got 'my.app'"),
+    ({"m.yaml": SVC.replace("web", "a" * 41)}, "m.yaml:2 services/name: " + SERVICE_NAME_RULE + f"got '{'a' * 41}'"),
+    ({"m.yaml": SVC.replace("web", "b" * 63)}, "m.yaml:2 services/name: " + SERVICE_NAME_RULE + f"got '{'b' * 63}'"),
+    ({"m.yaml": SVC + "deploy:\n  resources:\n    cpus: .nan\n"},
+     "m.yaml:7 services/web/deploy/resources/cpus: expected a number of CPUs > 0 and at most 1024, got nan"),
+    ({"m.yaml": SVC + "deploy:\n  resources: {memory: 1}\n"},
+     "m.yaml:6 services/web/deploy/resources/memory: expected at least 6 MiB (6291456 bytes), got 1"),
+    ({"m.yaml": SVC + "deploy:\n  volumes:\n    - data:/data\n    - sys:/proc/sys\n"},
+     "m.yaml:8 services/web/deploy/volumes/1/dest: /proc/sys is inside /proc, which the runtime mounts "
+     "itself (a mount there could reach the host's kernel settings)"),
+    ({"m.yaml": SVC + "deploy:\n  secrets:\n    key: {env: K, dest: /sys/kernel/x}\n"},
+     "m.yaml:7 services/web/deploy/secrets/key/dest: /sys/kernel/x is inside /sys, which the runtime mounts "
+     "itself (a mount there could reach the host's kernel settings)"),
+    ({"m.yaml": SVC + "deploy:\n  drain: 2h\n"},
+     "m.yaml:6 services/web/deploy/drain: expected seconds between 0 and 3600, got 7200.0"),
+    ({"m.yaml": SVC + "deploy:\n  strategy: {monitor: 2h}\n"},
+     "m.yaml:6 services/web/deploy/strategy/monitor: expected seconds between 0 and 3600, got 7200.0"),
+]
+INVALID += AGENT_REFUSALS
+
+
+def test_what_the_loader_accepts_the_agent_accepts(full):
+    """The agent parses the JSON the loader renders to the same spec (one shape, one set of
+    defaults)."""
+    from runtime.spec import Deploy
+    for svc in load_desired(full, {}).services.values():
+        js = svc.deploy.to_agent_json()
+        assert Deploy.from_json(js) == svc.deploy.agent_spec()
+        assert Deploy.from_json(js).to_json() == js
 
 
 @pytest.mark.parametrize("files,expected", INVALID, ids=[e[1][:60] for e in INVALID])

@@ -2,6 +2,9 @@
 import pytest
 
 from runtime.bundle import BundleInput, env_of, render_config, resolve_user
+from runtime.spec import Deploy
+
+D = Deploy.from_json   # render_config reads the typed deploy spec
 
 IMAGE = {"config": {"Entrypoint": ["/bin/busybox"], "Cmd": ["httpd", "-f"],
                     "Env": ["PATH=/bin", "A=image"], "WorkingDir": "/srv"}}
@@ -13,7 +16,7 @@ B = BundleInput(container_id="oabc-web-a", hostname="web", rootfs="/c/rootfs",
 def test_render_full_config():
     deploy = {"env": {"A": "spec", "B": "1"},
               "resources": {"memory": 134217728, "pids": 256, "cpus": 0.5}}
-    cfg = render_config(IMAGE, deploy, B)
+    cfg = render_config(IMAGE, D(deploy), B)
     assert cfg["process"]["args"] == ["/bin/busybox", "httpd", "-f"]
     assert cfg["process"]["env"] == ["A=spec", "B=1", "PATH=/bin"]
     assert cfg["process"]["cwd"] == "/srv"
@@ -39,20 +42,20 @@ def test_render_full_config():
 
 
 def test_no_limits_when_unset_and_command_override():
-    cfg = render_config(IMAGE, {"command": ["/bin/sh"], "resources": {"memory": None}}, B)
+    cfg = render_config(IMAGE, D({"command": ["/bin/sh"], "resources": {"memory": None}}), B)
     assert cfg["process"]["args"] == ["/bin/sh"]
     assert cfg["linux"]["resources"] == {"devices": [{"allow": False, "access": "rwm"}]}
 
 
 def test_non_root_user_gets_no_effective_caps():
-    cfg = render_config(IMAGE, {}, BundleInput("x", "x", "/r", "/orch/x", uid=1000, gid=1000))
+    cfg = render_config(IMAGE, D({}), BundleInput("x", "x", "/r", "/orch/x", uid=1000, gid=1000))
     assert cfg["process"]["capabilities"]["effective"] == []
     assert cfg["process"]["user"] == {"uid": 1000, "gid": 1000}
 
 
 def test_missing_command_is_an_error():
     with pytest.raises(ValueError):
-        render_config({"config": {}}, {}, B)
+        render_config({"config": {}}, D({}), B)
 
 
 def test_env_defaults_path():
