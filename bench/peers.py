@@ -382,7 +382,7 @@ def measure_py(tmp: Path, orch: Orch, rounds: int, labs: List[Lab]) -> None:
     (d / "fleet.yaml").unlink()
     app = d / "app.yaml"
     text = app.read_text()
-    text = text.replace("name: pylab\nlab: {hosts: 1, arm64: 1, armv7: 1}", f"name: {lab.name}\nlab: {{hosts: 5}}")
+    text = text.replace("name: pylab\nlab: {hosts: 1, arm64: 1, armv7: 1}", f"name: {lab.name}\nlab: {{hosts: 5, arm64: 0}}")
     text = text.replace("platforms: [linux/amd64, linux/arm64, linux/arm/v7]", "platforms: [linux/amd64]")
     app.write_text(text)
     set_strategy(app, {"drain": "0s", "strategy": '{canary: 1, max_parallel: "100%", monitor: 0s, '

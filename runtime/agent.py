@@ -15,6 +15,7 @@ from runtime import admission, gc, meta, protocol, reconcile, store
 from runtime.errors import BadRequest, NotFound
 from runtime.gc import read_records
 from runtime.hostinfo import agent_digest, host_platform, serve_agent, serve_pid
+from runtime.pid1 import find_init
 from runtime.layout import Layout, write_json
 from runtime.spec import Target
 
@@ -40,7 +41,8 @@ def verb_info(layout: Layout, req: dict) -> dict:
             "python": _platform.python_version(),
             "free_disk": free_disk(layout.root), "free_memory": free_memory(),
             "nft": shutil.which("nft") is not None, "protocol": protocol.PROTOCOL_VERSION,
-            "host_id": layout.host_id(), "serve_pid": pid, "serve_agent": serve_agent(pid)}
+            "host_id": layout.host_id(), "serve_pid": pid, "serve_agent": serve_agent(pid),
+            "init": find_init()}
 
 
 def verb_observe(layout: Layout, req: dict) -> dict:

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from runtime import pid1
 from runtime.spec import Deploy
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -34,6 +35,7 @@ class BundleInput:
     volumes: Tuple[Tuple[str, str, bool], ...] = ()     # (host path, dest, readonly)
     secrets: Tuple[Tuple[str, str], ...] = ()           # (host file on tmpfs, dest)
     extra_files: Tuple[Tuple[str, str], ...] = field(default=())  # (host file, dest) ro binds
+    init: Optional[str] = None                          # host's static init binary, run as PID 1
 
 
 def args_of(image_config: Mapping, override: Optional[Sequence[str]] = None) -> List[str]:
@@ -91,6 +93,10 @@ def render_config(image_config: Mapping, deploy: Deploy, b: BundleInput) -> dict
     for host, dest in tuple(b.extra_files) + tuple(b.secrets):
         mounts.append({"destination": dest, "type": "bind", "source": host,
                        "options": ["bind", "ro", "nosuid", "nodev", "noexec"]})
+    if b.init:   # bound after /dev's tmpfs; executable (no noexec), read-only
+        args = pid1.wrap_args(args)
+        mounts.append({"destination": pid1.DEST, "type": "bind", "source": b.init,
+                       "options": ["bind", "ro", "nosuid", "nodev"]})
     caps = list(CAPS) if b.uid == 0 else []
     return {
         "ociVersion": "1.0.2",

@@ -13,7 +13,7 @@ import subprocess
 import time
 from typing import Dict, List
 
-from runtime import bundle, network, oci, unpack
+from runtime import bundle, network, oci, pid1, unpack
 from runtime.errors import BadRequest, RuntimeFailure
 from runtime.layout import Layout
 from runtime.meta import Meta, cdir, container_id, log_path, rt_of, veth_key
@@ -123,7 +123,8 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
         binput = bundle.BundleInput(container_id=cid, hostname=service, rootfs=rootfs,
                                     cgroups_path=f"/orch/{cid}", uid=uid, gid=gid,
                                     volumes=tuple(vols), secrets=tuple(secs),
-                                    extra_files=tuple(extra))
+                                    extra_files=tuple(extra),
+                                    init=pid1.find_init() if deploy.init else None)
         try:
             config = bundle.render_config(image_config, deploy, binput)
         except ValueError as exc:

@@ -104,6 +104,7 @@ class Deploy:
     stop_first: bool = False
     keep_releases: int = 3
     command: Optional[Tuple[str, ...]] = None      # overrides the image's Entrypoint + Cmd
+    init: bool = True                     # the host's static tini/catatonit as PID 1 (pid1.py)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -130,6 +131,8 @@ class Deploy:
         }
         if self.command is not None:
             out["command"] = list(self.command)
+        if not self.init:         # only when off: the default keeps every release id as it was
+            out["init"] = False
         return out
 
     @classmethod
@@ -148,6 +151,8 @@ class Deploy:
             kw["keep_releases"] = _int(m["keep_releases"], ("keep_releases",))
         if m.get("command") is not None:
             kw["command"] = _strs(m["command"], ("command",))
+        if m.get("init") is not None:
+            kw["init"] = _bool(m["init"], ("init",))
         health = Health(
             kind=_str(h.get("kind", "none") or "none", ("health", "kind")),
             path=None if h.get("path") is None else _str(h["path"], ("health", "path")),
@@ -292,7 +297,7 @@ def _finite(v: Any) -> bool:
 # --- JSON readers (each names the path of what it refuses) -------------------------------
 
 _DEPLOY_KEYS = ("ports", "health", "env", "volumes", "secrets", "resources", "drain", "monitor",
-                "stop_timeout", "stop_first", "keep_releases", "command")
+                "stop_timeout", "stop_first", "keep_releases", "command", "init")
 _HEALTH_KEYS = ("kind", "path", "port", "command", "interval", "timeout", "retries",
                 "start_period")
 

@@ -410,7 +410,7 @@ def _check_tree(top: str, root: str, src: str, ctx: Ctx) -> None:
 # ---------------------------------------------------------------- deploy
 
 _DEPLOY_KEYS = ("hosts", "ports", "health", "env", "volumes", "secrets", "resources", "drain",
-                "stop_timeout", "stop_first", "keep_releases", "strategy")
+                "stop_timeout", "stop_first", "keep_releases", "strategy", "init")
 
 
 def _deploy(raw: Any, ctx: Ctx, fleet: Fleet, directory: str) -> DeploySpec:
@@ -423,6 +423,8 @@ def _deploy(raw: Any, ctx: Ctx, fleet: Fleet, directory: str) -> DeploySpec:
         kw["stop_timeout"] = S.convert(parse_duration, m["stop_timeout"], ctx.key(m, "stop_timeout"))
     if "stop_first" in m:
         kw["stop_first"] = S.boolean(m["stop_first"], ctx.key(m, "stop_first"))
+    if "init" in m:
+        kw["init"] = S.boolean(m["init"], ctx.key(m, "init"))
     if "keep_releases" in m:
         kw["keep_releases"] = S.integer(m["keep_releases"], ctx.key(m, "keep_releases"), minimum=1)
     deploy = DeploySpec(

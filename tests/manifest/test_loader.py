@@ -325,3 +325,13 @@ def test_default_manifests_load():
     hello = d.services["hello"]
     assert hello.image.platforms == ("linux/amd64", "linux/arm64")
     assert hello.deploy.strategy.canary == 1 and hello.deploy.ports[0].host == 8080
+
+
+def test_init_is_on_by_default_and_can_be_turned_off(tmp_path):
+    svc = "kind: Service\nname: s\nimage: {from: scratch}\n"
+    on = load_desired(write(tmp_path / "a", {"s.yaml": svc}), {}).services["s"].deploy
+    off = load_desired(write(tmp_path / "b", {"s.yaml": svc + "deploy: {init: false}\n"}), {}).services["s"].deploy
+    assert on.init is True and "init" not in on.to_agent_json()      # release ids stay as they were
+    assert off.init is False and off.to_agent_json()["init"] is False
+    with pytest.raises(ManifestError, match=r"s.yaml:4 services/s/deploy/init: expected true or false"):
+        load_desired(write(tmp_path / "c", {"s.yaml": svc + "deploy: {init: maybe}\n"}), {})

@@ -76,3 +76,22 @@ def test_resolve_user(tmp_path, user, expected):
 def test_resolve_user_unknown(tmp_path):
     with pytest.raises(ValueError):
         resolve_user(str(tmp_path), "ghost")
+
+
+def test_init_runs_as_pid_1_bound_read_only_from_the_host():
+    b = BundleInput(container_id="c", hostname="web", rootfs="/c/rootfs", cgroups_path="/orch/c",
+                    init="/usr/bin/tini-static")
+    cfg = render_config(IMAGE, D({}), b)
+    assert cfg["process"]["args"] == ["/dev/init", "--", "/bin/busybox", "httpd", "-f"]
+    init = [m for m in cfg["mounts"] if m["destination"] == "/dev/init"]
+    assert init == [{"destination": "/dev/init", "type": "bind", "source": "/usr/bin/tini-static",
+                     "options": ["bind", "ro", "nosuid", "nodev"]}]
+    # mounted after /dev's tmpfs, or that tmpfs would hide it
+    dests = [m["destination"] for m in cfg["mounts"]]
+    assert dests.index("/dev/init") > dests.index("/dev")
+
+
+def test_no_init_keeps_the_image_command_as_pid_1():
+    cfg = render_config(IMAGE, D({}), B)
+    assert cfg["process"]["args"] == ["/bin/busybox", "httpd", "-f"]
+    assert "/dev/init" not in [m["destination"] for m in cfg["mounts"]]

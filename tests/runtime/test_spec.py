@@ -81,3 +81,11 @@ def test_any_valid_spec_round_trips(ports, drain, monitor, stop, keep, memory, c
     d = Deploy.from_json(js)
     assert d.to_json() == js
     assert Deploy.from_json(d.to_json()) == d
+
+
+def test_init_is_on_by_default_and_only_written_when_off():
+    assert Deploy.from_json({}).init is True and "init" not in Deploy().to_json()
+    off = parse_deploy("web", dict(deploy_spec(), init=False))
+    assert off.init is False and off.to_json()["init"] is False
+    with pytest.raises(BadRequest, match="services/web/deploy/init: expected true or false"):
+        parse_deploy("web", dict(deploy_spec(), init="no"))
