@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
 
 from orchestrator.errors import ManifestError
-from orchestrator.manifest.source import LList, LMap, TStr
+from orchestrator.manifest.source import MAX_INT_DIGITS, LList, LMap, TStr
 
 T = TypeVar("T")
 
@@ -101,6 +101,8 @@ def scalar_string(value: Any, ctx: Ctx) -> str:
 
 def integer(value: Any, ctx: Ctx, *, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
     if isinstance(value, TStr) and value.strip().lstrip("-").isdigit():
+        if len(value.strip().lstrip("-")) > MAX_INT_DIGITS:
+            raise ctx.error(f"expected an integer, got one with more than {MAX_INT_DIGITS} digits")
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ctx.error(f"expected an integer, got {describe(value)}")
@@ -169,7 +171,7 @@ def convert(fn: Callable[[Any], T], value: Any, ctx: Ctx) -> T:
     """Run a units parser, locating its ValueError."""
     try:
         return fn(value)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise ctx.error(str(exc)) from None
 
 
