@@ -101,3 +101,10 @@ def test_bad_value_in_template_output_is_located(tmp_path):
     with pytest.raises(ManifestError) as err:
         load_desired(str(tmp_path), {})
     assert err.value.line == 5 and "keep_releases" in str(err.value)
+
+
+def test_endless_file_is_refused(tmp_path):
+    """A manifest that is a link to /dev/zero is read only up to the limit."""
+    (tmp_path / "zero.yaml").symlink_to("/dev/zero")
+    answer = check_refused(load_bounded({"zero": tmp_path})["zero"])
+    assert "zero.yaml" in answer["error"] and "bytes" in answer["error"], answer
