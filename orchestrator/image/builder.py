@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from orchestrator.image import debian as deb
+from orchestrator.image import dockersteps
 from orchestrator.image import sandbox
 from orchestrator.image.cache import LayerCache, chain_key
 from orchestrator.image.documents import iso_time, merge_env, render_config, render_index, render_manifest
@@ -22,8 +23,9 @@ from orchestrator.image.layer import Layer, source_date_epoch, walk_tree, write_
 from orchestrator.image.registry import LayoutSource, RegistrySource, import_image
 from orchestrator.image.steps import copy_entries, describe, step_inputs, template_entries
 from orchestrator.errors import BuildError
-from orchestrator.manifest.model import (CopyStep, DebianBase, Desired, OciBase, RegistryBase, RunStep,
-                                         ScratchBase, Service, TemplateStep)
+from orchestrator.manifest.model import (ContextCopyStep, CopyStep, DebianBase, Desired, MkdirStep, OciBase,
+                                         RegistryBase, RunStep, ScratchBase, Service, Stage, StageBase,
+                                         StageCopyStep, TemplateStep)
 from orchestrator.manifest.units import PLATFORM_ARCH
 from orchestrator.image.store import Store
 
@@ -72,6 +74,16 @@ class BuiltImage:
 Progress = Optional[Callable[[BuildEvent], None]]
 
 
+@dataclass
+class _StageResult:
+    key: str                               # the cache chain key after the stage's last step
+    layers: List[Dict[str, Any]]
+    config: Dict[str, Any]                 # the rendered image config (a later FROM STAGE starts from it)
+    built: int = 0
+    cached: int = 0
+    emulated: int = 0
+
+
 def _layer_dict(layer: Layer) -> Dict[str, Any]:
     return {"digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size, "media_type": layer.media_type}
 
@@ -102,8 +114,11 @@ class Builder:
 
     # ---------------------------------------------------------------- bases
 
-    def _base(self, base, platform: str, warn=None) -> Tuple[str, List[Dict[str, Any]], Dict[str, Any], List[Dict], bool]:
+    def _base(self, base, platform: str, warn=None, stages=None) -> Tuple[str, List[Dict[str, Any]], Dict[str, Any], List[Dict], bool]:
         """-> (key, layers, base config section, history, cached?)"""
+        if isinstance(base, StageBase):
+            done = stages[base.stage]
+            return done.key, list(done.layers), done.config.get("config", {}), list(done.config["history"]), True
         if isinstance(base, ScratchBase):
             return chain_key(BUILDER_VERSION, "scratch", platform), [], {}, [], True
         if isinstance(base, DebianBase):
@@ -121,16 +136,20 @@ class Builder:
 
     def _debian(self, base: DebianBase, platform: str, warn=None):
         deb_arch = PLATFORM_ARCH[platform][2]
-        lkey = deb.lock_key(base.suite, deb_arch, base.packages)
+        flavour = deb.flavour(base.variant, base.slim)
+        lkey = deb.lock_key(base.suite, deb_arch, base.packages, flavour)
         pins = None if self.update_lock else self.lock.get(lkey)
         if pins:
-            key = chain_key(BUILDER_VERSION, *deb.base_record_key(base.suite, deb_arch, base.packages, pins))
+            key = chain_key(BUILDER_VERSION, *deb.base_record_key(base.suite, deb_arch, base.packages, pins, flavour))
             hit = self.cache.get(key, self.store)
             if hit:
                 return key, hit["layers"], {}, hit["history"], True
         work = deb.make_workdir(self.workroot)
         try:
-            rootfs, versions = deb.run_mmdebstrap(base.suite, deb_arch, base.packages, pins, work, warn)
+            if base.variant != "extract":
+                sandbox.ensure_binfmt(platform)      # maintainer scripts run for the target arch
+            rootfs, versions = deb.run_mmdebstrap(base.suite, deb_arch, base.packages, pins, work, warn,
+                                                  base.variant, base.slim)
             entries = list(walk_tree(rootfs, exclude=deb.EXCLUDE)) + deb.mountpoint_entries()
             layer = self._write(entries)
         finally:
@@ -139,86 +158,137 @@ class Builder:
         if missing:
             raise BuildError(f"mmdebstrap did not fetch {', '.join(missing)} for {deb_arch}")
         self.lock.set(lkey, versions)
-        key = chain_key(BUILDER_VERSION, *deb.base_record_key(base.suite, deb_arch, base.packages, versions))
+        key = chain_key(BUILDER_VERSION, *deb.base_record_key(base.suite, deb_arch, base.packages, versions, flavour))
         pkgs = " ".join(base.packages) or "(no packages)"
-        history = [{"created": iso_time(self.epoch), "created_by": f"orch: debian {base.suite} {deb_arch}: {pkgs}"}]
+        what = f"debian {base.suite}" + (f" ({flavour})" if flavour else "")
+        history = [{"created": iso_time(self.epoch), "created_by": f"orch: {what} {deb_arch}: {pkgs}"}]
         self.cache.put(key, {"layers": [_layer_dict(layer)], "history": history})
         return key, [_layer_dict(layer)], {}, history, False
 
     # ---------------------------------------------------------------- steps
 
     def _step_layer(self, step, layers: List[Dict[str, Any]], base_config: Mapping[str, Any],
-                    platform: str, svc: Service) -> Layer:
+                    platform: str, stage: Stage, stages) -> Optional[Layer]:
+        """The layer a step adds (None: the step changes no file, e.g. WORKDIR of an existing directory)."""
         if isinstance(step, CopyStep):
             existing = self.cache.chain_paths(self.store, layers)
             return self._write(copy_entries(step, existing))
         if isinstance(step, TemplateStep):
             existing = self.cache.chain_paths(self.store, layers)
             return self._write(template_entries(step, existing))
+        if isinstance(step, ContextCopyStep):
+            existing = self.cache.chain_paths(self.store, layers)
+            uid, gid = dockersteps.layer_owner(self.store, layers, step.owner)
+            return self._write(dockersteps.context_entries(step, existing, uid, gid))
+        if isinstance(step, MkdirStep):
+            entries = dockersteps.mkdir_entries(step, self.cache.chain_paths(self.store, layers))
+            return self._write(entries) if entries else None
+        if isinstance(step, StageCopyStep):
+            work = self._workdir("copy-")
+            try:
+                root = os.path.join(work, "root")
+                sandbox.unpack_layers(self.store, stages[step.stage].layers, root)
+                existing = self.cache.chain_paths(self.store, layers)
+                uid, gid = dockersteps.layer_owner(self.store, layers, step.owner)
+                return self._write(dockersteps.stage_entries(step, root, existing, uid, gid))
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
         if isinstance(step, RunStep):
-            os.makedirs(self.workroot, exist_ok=True)
-            work = tempfile.mkdtemp(prefix="run-", dir=self.workroot)
+            work = self._workdir("run-")
             self._run_counter += 1
             name = f"orch-build-{os.getpid()}-{self._run_counter}"
-            env = merge_env(base_config.get("Env") or [], dict(svc.image.config.env, **dict(step.env)))
-            cwd = svc.image.config.workdir or base_config.get("WorkingDir") or "/"
+            if step.env_only:
+                env = merge_env(base_config.get("Env") or [], dict(step.env))
+                cwd = step.workdir or "/"
+            else:
+                env = merge_env(base_config.get("Env") or [], dict(stage.config.env, **dict(step.env)))
+                cwd = stage.config.workdir or base_config.get("WorkingDir") or "/"
             try:
-                upper = sandbox.run_in_sandbox(self.store, layers, step.command, env, cwd, platform, work, name)
+                upper = sandbox.run_in_sandbox(self.store, layers, step.command, env, cwd, platform, work, name,
+                                               user=step.user)
                 return self._write(list(walk_tree(upper, overlay_upper=True, exclude=sandbox.SANDBOX_MOUNTPOINTS)))
             finally:
                 sandbox.umount_quiet(os.path.join(work, "bundle", "rootfs"))
                 shutil.rmtree(work, ignore_errors=True)
         raise BuildError(f"unknown step {step!r}")
 
+    def _workdir(self, prefix: str) -> str:
+        os.makedirs(self.workroot, exist_ok=True)
+        return tempfile.mkdtemp(prefix=prefix, dir=self.workroot)
+
     # ---------------------------------------------------------------- images
 
-    def build_platform(self, svc: Service, platform: str) -> PlatformImage:
-        started = time.monotonic()
-        steps = svc.image.steps
-        total = len(steps) + 2
-        self._emit(svc.name, platform, 0, total, f"base {svc.image.base.kind}", "start")
+    def _build_stage(self, svc: Service, stage: Stage, stages, counter: List[int], total: int) -> "_StageResult":
+        """Base + steps of one stage -> its layers and rendered config (for the image or a later stage)."""
+        platform = stage.platform
+        what = f"base {stage.base.kind}" + (f" {stage.name}" if stage.name and not stage.name.isdigit() else "")
+        self._emit(svc.name, platform, counter[0], total, what, "start")
         t0 = time.monotonic()
         key, layers, base_config, history, base_cached = self._base(
-            svc.image.base, platform, lambda msg: self._emit(svc.name, platform, 0, total, msg, "warning"))
-        layers = list(layers)
-        history = list(history)
-        built = 0 if base_cached else 1
-        cached = 1 if base_cached and layers else 0
-        self._emit(svc.name, platform, 0, total, f"base {svc.image.base.kind}",
-                   "cached" if base_cached else "built", time.monotonic() - t0)
-        emulated_steps = 0
-        for i, step in enumerate(steps, start=1):
+            stage.base, platform, lambda msg: self._emit(svc.name, platform, counter[0], total, msg, "warning"),
+            stages)
+        layers, history = list(layers), list(history)
+        result = _StageResult(key="", layers=[], config={}, built=0 if base_cached else 1,
+                              cached=1 if base_cached and layers and not isinstance(stage.base, StageBase) else 0)
+        self._emit(svc.name, platform, counter[0], total, what, "cached" if base_cached else "built",
+                   time.monotonic() - t0)
+        counter[0] += 1
+        for step in stage.steps:
+            i = counter[0]
             label = describe(step)
             key = chain_key(BUILDER_VERSION, key, step_inputs(step))
             hit = self.cache.get(key, self.store)
             t0 = time.monotonic()
             if hit:
-                layer_d = hit["layers"][0]
-                cached += 1
+                new = list(hit["layers"])
+                result.cached += 1
                 self._emit(svc.name, platform, i, total, label, "cached")
             else:
                 if isinstance(step, RunStep) and sandbox.emulated(platform):
-                    emulated_steps += 1
+                    result.emulated += 1
                     self._emit(svc.name, platform, i, total, label + f" (emulated: qemu-user for {platform}, slower)",
                                "emulated")
                 else:
                     self._emit(svc.name, platform, i, total, label, "start")
-                layer_d = _layer_dict(self._step_layer(step, layers, base_config, platform, svc))
-                self.cache.put(key, {"layers": [layer_d]})
-                built += 1
+                layer = self._step_layer(step, layers, base_config, platform, stage, stages)
+                new = [_layer_dict(layer)] if layer is not None else []
+                self.cache.put(key, {"layers": new})
+                result.built += 1
                 self._emit(svc.name, platform, i, total, label, "built", time.monotonic() - t0)
-            layers.append(layer_d)
-            history.append({"created": iso_time(self.epoch), "created_by": f"orch: {label}"})
-        config = render_config(platform, base_config, svc.image.config, [l["diff_id"] for l in layers],
-                               history, self.epoch)
-        config_digest, config_size = self.store.put_json(config)
+            counter[0] += 1
+            layers += new
+            entry = {"created": iso_time(self.epoch), "created_by": f"orch: {label}"}
+            if not new:
+                entry["empty_layer"] = True
+            history.append(entry)
+        result.key, result.layers = key, layers
+        result.config = render_config(platform, base_config, stage.config, [l["diff_id"] for l in layers],
+                                      history, self.epoch)
+        return result
+
+    def build_platform(self, svc: Service, platform: str) -> PlatformImage:
+        started = time.monotonic()
+        df = svc.image.dockerfile
+        plan = df.stages[platform] if df else (Stage("", svc.image.base, svc.image.steps, svc.image.config,
+                                                     platform),)
+        total = sum(len(stage.steps) + 1 for stage in plan) + 1
+        done: Dict[str, _StageResult] = {}
+        counter = [0]
+        for stage in plan:
+            done[stage.name] = self._build_stage(svc, stage, done, counter, total)
+        final = done[plan[-1].name]
+        layers = final.layers
+        config_digest, config_size = self.store.put_json(final.config)
         manifest = render_manifest(config_digest, config_size, layers)
         manifest_digest, manifest_size = self.store.put_json(manifest)
         size = manifest_size + config_size + sum(l["size"] for l in layers)
         seconds = time.monotonic() - started
         self._emit(svc.name, platform, total, total, "image", "done", seconds)
+        built = sum(r.built for r in done.values())
+        cached = sum(r.cached for r in done.values())
+        emulated = sum(r.emulated for r in done.values())
         return PlatformImage(platform, manifest_digest, config_digest, tuple(layers), size, built, cached,
-                             seconds, emulated_steps)
+                             seconds, emulated)
 
     def build_service(self, svc: Service, platforms: Optional[Sequence[str]] = None) -> BuiltImage:
         wanted = [p for p in svc.image.platforms if platforms is None or p in platforms]

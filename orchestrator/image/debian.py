@@ -37,7 +37,18 @@ def mountpoint_entries():
             Entry("run", "dir", 0o755), Entry("tmp", "dir", 0o1777)]
 
 
-def lock_key(suite: str, deb_arch: str, packages) -> str:
+# debian:SUITE-slim: what Docker's slim images leave out (copyright files stay)
+SLIM_EXCLUDE = ("/usr/share/man/*", "/usr/share/doc/*", "/usr/share/info/*", "/usr/share/locale/*",
+                "/usr/share/lintian/*", "/usr/share/linda/*")
+
+
+def flavour(variant: str = "extract", slim: bool = False) -> str:
+    """"" for orch's extracted bases; "minbase" / "minbase-slim" for a Dockerfile's FROM debian."""
+    return "" if variant == "extract" else variant + ("-slim" if slim else "")
+
+
+def lock_key(suite: str, deb_arch: str, packages, flavour: str = "") -> str:
+    suite = f"{suite}+{flavour}" if flavour else suite
     return f"{suite}/{deb_arch}/{'+'.join(sorted(packages)) or '-'}"
 
 
@@ -141,19 +152,37 @@ def machine_mirrors(suite: str, with_security: bool = True) -> List[str]:
     return lines
 
 
+def parse_dpkg_status(text: str) -> Dict[str, str]:
+    """dpkg's status file -> {package: version} of the installed packages (pure)."""
+    out = {}
+    for stanza in re.split(r"\n\s*\n", text):
+        fields = dict(re.findall(r"^([A-Za-z-]+): ?(.*)$", stanza, re.M))
+        if fields.get("Status", "").endswith(" installed") and "Package" in fields:
+            out[fields["Package"]] = fields.get("Version", "")
+    return out
+
+
 def mmdebstrap_argv(suite: str, deb_arch: str, packages, pins: Optional[Dict[str, str]], target: str,
-                    listing: str, mirrors: Sequence[str] = ()) -> list:
-    """The argv that extracts a base (pure; tested as data)."""
+                    listing: str, mirrors: Sequence[str] = (), variant: str = "extract",
+                    slim: bool = False) -> list:
+    """The argv that makes a base (pure; tested as data)."""
     include = [f"{n}={v}" for n, v in sorted(pins.items())] if pins else sorted(packages)
-    argv = ["mmdebstrap", "--variant=extract", f"--arch={deb_arch}", "--mode=root",
-            f"--extract-hook=ls \"$1\"/var/cache/apt/archives > {shlex.quote(listing)}"]
+    if variant == "extract":
+        hook = f"--extract-hook=ls \"$1\"/var/cache/apt/archives > {shlex.quote(listing)}"
+    else:
+        hook = f"--customize-hook=cp \"$1\"/var/lib/dpkg/status {shlex.quote(listing)}"
+    argv = ["mmdebstrap", f"--variant={variant}", f"--arch={deb_arch}", "--mode=root", hook]
+    if slim:
+        argv += [f"--dpkgopt=path-exclude={p}" for p in SLIM_EXCLUDE]
+        argv.append("--dpkgopt=path-include=/usr/share/doc/*/copyright")
     if include:
         argv.append("--include=" + ",".join(include))
     return argv + [suite, target] + list(mirrors)
 
 
 def run_mmdebstrap(suite: str, deb_arch: str, packages, pins: Optional[Dict[str, str]],
-                   workdir: str, warn=None) -> Tuple[str, Dict[str, str]]:
+                   workdir: str, warn=None, variant: str = "extract", slim: bool = False
+                   ) -> Tuple[str, Dict[str, str]]:
     """Extract a rootfs into ``workdir/rootfs``; returns (rootfs, {package: version}).
 
     When only the security suite's index cannot be fetched (a mirror mid-sync), the base is
@@ -166,7 +195,7 @@ def run_mmdebstrap(suite: str, deb_arch: str, packages, pins: Optional[Dict[str,
     proc = None
     for with_security in (True, False):
         argv = mmdebstrap_argv(suite, deb_arch, packages, pins, target, listing,
-                               machine_mirrors(suite, with_security))
+                               machine_mirrors(suite, with_security), variant, slim)
         argv[0] = tool
         shutil.rmtree(target, ignore_errors=True)
         proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -185,13 +214,15 @@ def run_mmdebstrap(suite: str, deb_arch: str, packages, pins: Optional[Dict[str,
             if pins and "not found" in reason else None
         raise BuildError(f"mmdebstrap {suite}/{deb_arch} failed: {reason}", hint=hint)
     with open(listing) as fh:
-        versions = parse_deb_names(fh.read())
+        text = fh.read()
+    versions = parse_deb_names(text) if variant == "extract" else parse_dpkg_status(text)
     return target, versions
 
 
-def base_record_key(suite: str, deb_arch: str, packages, versions: Dict[str, str]) -> list:
-    return ["debian", suite, deb_arch, sorted(packages), sorted(versions.items()), "mountpoints",
-            json.loads(canonical_json(list(EXCLUDE)))]
+def base_record_key(suite: str, deb_arch: str, packages, versions: Dict[str, str], flavour: str = "") -> list:
+    key = ["debian", suite, deb_arch, sorted(packages), sorted(versions.items()), "mountpoints",
+           json.loads(canonical_json(list(EXCLUDE)))]
+    return key + [flavour] if flavour else key
 
 
 def cleanup(path: str) -> None:

@@ -135,12 +135,13 @@ def umount_quiet(path: str) -> None:
         subprocess.run(["umount", "-l", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def runc_config(argv: Sequence[str], env: Sequence[str], cwd: str, hostname: str = "orch-build") -> Dict:
+def runc_config(argv: Sequence[str], env: Sequence[str], cwd: str, hostname: str = "orch-build",
+                uid: int = 0, gid: int = 0) -> Dict:
     """The OCI runtime config of a build sandbox (pure; tested as data)."""
     caps = list(CAPS)
     return {
         "ociVersion": "1.0.2",
-        "process": {"terminal": False, "user": {"uid": 0, "gid": 0}, "args": list(argv),
+        "process": {"terminal": False, "user": {"uid": uid, "gid": gid}, "args": list(argv),
                     "env": list(env), "cwd": cwd, "noNewPrivileges": True,
                     "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
                     "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]},
@@ -166,7 +167,8 @@ def runc_config(argv: Sequence[str], env: Sequence[str], cwd: str, hostname: str
 
 
 def run_in_sandbox(store: Store, layers: Sequence[Mapping], argv: Sequence[str], env: Sequence[str],
-                   cwd: str, platform: str, workdir: str, name: str, timeout: float = 1800.0) -> str:
+                   cwd: str, platform: str, workdir: str, name: str, timeout: float = 1800.0,
+                   user: Optional[str] = None) -> str:
     """Run ``argv`` on top of ``layers``; returns the overlay upper directory (the changes).
 
     The caller turns the upper directory into a layer and removes ``workdir``.
@@ -179,6 +181,8 @@ def run_in_sandbox(store: Store, layers: Sequence[Mapping], argv: Sequence[str],
     for d in (lower, upper, work, merged):
         os.makedirs(d, exist_ok=True)
     unpack_layers(store, layers, lower)
+    from orchestrator.image.dockersteps import root_owner
+    uid, gid = root_owner(lower, user)
     opts = f"lowerdir={lower},upperdir={upper},workdir={work}"
     mount = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, merged],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -186,7 +190,7 @@ def run_in_sandbox(store: Store, layers: Sequence[Mapping], argv: Sequence[str],
         raise BuildError(f"cannot mount the build overlay: {mount.stderr.decode(errors='replace').strip()}")
     try:
         with open(os.path.join(bundle, "config.json"), "w") as fh:
-            json.dump(runc_config(argv, env, cwd), fh)
+            json.dump(runc_config(argv, env, cwd, uid=uid, gid=gid), fh)
         state = os.path.join(workdir, "runc-state")
         try:
             proc = subprocess.run([runc, "--root", state, "run", "--bundle", bundle, name],

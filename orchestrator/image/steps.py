@@ -52,8 +52,12 @@ def step_inputs(step) -> Dict[str, Any]:
         return {"template": step.dest, "mode": step.mode, "owner": list(step.owner or ()),
                 "content": hashlib.sha256(step.content).hexdigest()}
     if isinstance(step, RunStep):
-        return {"run": list(step.command), "env": sorted(step.env.items()), "sandbox": 1}
-    raise TypeError(step)
+        out = {"run": list(step.command), "env": sorted(step.env.items()), "sandbox": 1}
+        if step.env_only:                           # a Dockerfile RUN: its own cwd, user and env
+            out.update(workdir=step.workdir, user=step.user, env_only=True)
+        return out
+    from orchestrator.image import dockersteps
+    return dockersteps.inputs(step)
 
 
 def describe(step) -> str:
@@ -61,6 +65,8 @@ def describe(step) -> str:
         return f"copy {step.src} -> {step.dest}"
     if isinstance(step, TemplateStep):
         return f"template {step.src} -> {step.dest}"
+    if getattr(step, "label", ""):
+        return step.label
     return "run " + " ".join(step.command)
 
 

@@ -6,6 +6,7 @@ Pure except for reading the manifests and the files they name (copy/template sou
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import re
@@ -205,7 +206,7 @@ def fleet_platforms(fleet: Fleet) -> Tuple[str, ...]:
 
 def _service(body: LMap, doc: Doc, fleet: Fleet, env, variables) -> Service:
     ctx = Ctx(doc.file, ("services",) + ((body["name"],) if isinstance(body.get("name"), str) else ()), doc.line)
-    S.mapping(body, ctx, ("kind", "name", "image", "deploy"), required=("name", "image"))
+    S.mapping(body, ctx, ("kind", "name", "image", "deploy", "push"), required=("name", "image"))
     name_ctx = Ctx(doc.file, ("services",), doc.line).key(body, "name")
     try:
         name = spec.check_service_name(body["name"])
@@ -217,8 +218,18 @@ def _service(body: LMap, doc: Doc, fleet: Fleet, env, variables) -> Service:
     deploy_raw = body.get("deploy")
     deploy = _deploy(deploy_raw if deploy_raw is not None else LMap(), ctx.key(body, "deploy"),
                      fleet, directory)
+    if image.health is not None and not (isinstance(deploy_raw, dict) and "health" in deploy_raw):
+        deploy = dataclasses.replace(deploy, health=image.health)     # the Dockerfile's HEALTHCHECK
+    push = _push_ref(body["push"], ctx.key(body, "push")) if "push" in body else None
     return Service(name=name, image=image, deploy=deploy, file=doc.file, line=doc.line,
-                   directory=directory)
+                   directory=directory, push=push)
+
+
+def _push_ref(raw: Any, ctx: Ctx) -> str:
+    ref = S.string(raw, ctx)
+    if not _REF.match(ref) or "@" in ref:
+        raise ctx.error(f'expected REGISTRY/REPO[:TAG] like "registry.example:5000/team/web:1", got "{ref}"')
+    return ref
 
 
 _IMAGE_KEYS = ("from", "platforms", "steps", "env", "entrypoint", "cmd", "workdir", "user", "labels",
@@ -226,19 +237,11 @@ _IMAGE_KEYS = ("from", "platforms", "steps", "env", "entrypoint", "cmd", "workdi
 
 
 def _image(raw: Any, ctx: Ctx, directory: str, fleet: Fleet, env, variables, service: str) -> ImageSpec:
+    if isinstance(raw, dict) and "dockerfile" in raw:
+        return _dockerfile(raw, ctx, directory, fleet)
     m = S.mapping(raw, ctx, _IMAGE_KEYS, required=("from",))
     base = _base(m["from"], ctx.key(m, "from"), directory)
-    if "platforms" in m:
-        pctx = ctx.key(m, "platforms")
-        names = S.string_list(m["platforms"], pctx, nonempty=True)
-        platforms = []
-        for i, p in enumerate(names):
-            p = _platform(p, pctx.item(m["platforms"], i))
-            if p in platforms:
-                raise pctx.item(m["platforms"], i).error(f'platform "{p}" listed twice')
-            platforms.append(p)
-    else:
-        platforms = list(fleet_platforms(fleet))
+    platforms = _platforms(m, ctx, fleet)
     steps = []
     if "steps" in m:
         sctx = ctx.key(m, "steps")
@@ -256,6 +259,43 @@ def _image(raw: Any, ctx: Ctx, directory: str, fleet: Fleet, env, variables, ser
         expose=_expose(m["expose"], ctx.key(m, "expose")) if "expose" in m else (),
         stop_signal=_signal(m["stop_signal"], ctx.key(m, "stop_signal")) if "stop_signal" in m else None)
     return ImageSpec(base=base, platforms=tuple(platforms), steps=tuple(steps), config=config)
+
+
+def _platforms(m: LMap, ctx: Ctx, fleet: Fleet) -> List[str]:
+    if "platforms" not in m:
+        return list(fleet_platforms(fleet))
+    pctx = ctx.key(m, "platforms")
+    names = S.string_list(m["platforms"], pctx, nonempty=True)
+    platforms: List[str] = []
+    for i, p in enumerate(names):
+        p = _platform(p, pctx.item(m["platforms"], i))
+        if p in platforms:
+            raise pctx.item(m["platforms"], i).error(f'platform "{p}" listed twice')
+        platforms.append(p)
+    return platforms
+
+
+def _dockerfile(m: LMap, ctx: Ctx, directory: str, fleet: Fleet) -> ImageSpec:
+    """image: {dockerfile: PATH, context: DIR, target: STAGE, args: {...}, platforms: [...]}"""
+    from orchestrator.image.context import dockerfile_image
+    from orchestrator.image.sandbox import host_platform
+    S.mapping(m, ctx, ("dockerfile", "context", "target", "args", "platforms"), required=("dockerfile",))
+    platforms = _platforms(m, ctx, fleet)
+    path = _source_path(S.string(m["dockerfile"], ctx.key(m, "dockerfile")), ctx.key(m, "dockerfile"),
+                        directory, allow_dir=False)
+    if "context" in m:
+        context = _source_path(S.string(m["context"], ctx.key(m, "context")), ctx.key(m, "context"),
+                               directory, allow_dir=True)
+        if not os.path.isdir(context):
+            raise ctx.key(m, "context").error("expected a directory")
+    else:
+        context = os.path.dirname(path)
+    target = S.string(m["target"], ctx.key(m, "target")) if "target" in m else None
+    actx = ctx.key(m, "args")
+    args = S.string_map(m["args"], actx, key_check=_env_key) if "args" in m else {}
+    return dockerfile_image(path, display_path(path), context, platforms, args, target, host_platform(),
+                            lambda name: actx.key(m["args"], name).error(
+                                f'the Dockerfile declares no ARG {name}'))
 
 
 def _env_key(k: str) -> str:

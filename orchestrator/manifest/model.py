@@ -76,6 +76,8 @@ class DebianBase:
     suite: str
     packages: Tuple[str, ...] = ()
     kind: str = "debian"
+    variant: str = "extract"      # or "minbase" (Dockerfile FROM debian:SUITE: maintainer scripts run)
+    slim: bool = False            # minbase without docs, man pages and locales (debian:SUITE-slim)
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,13 @@ class RegistryBase:
     kind: str = "registry"
 
 
-Base = Union[ScratchBase, DebianBase, OciBase, RegistryBase]
+@dataclass(frozen=True)
+class StageBase:
+    stage: str                    # an earlier Dockerfile stage (FROM build AS final)
+    kind: str = "stage"
+
+
+Base = Union[ScratchBase, DebianBase, OciBase, RegistryBase, StageBase]
 
 
 @dataclass(frozen=True)
@@ -121,9 +129,44 @@ class RunStep:
     command: Tuple[str, ...]      # argv; a string in the manifest becomes ["/bin/sh", "-c", s]
     env: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     kind: str = "run"
+    workdir: Optional[str] = None  # Dockerfile RUN: its WORKDIR, USER and exactly the ENV/ARG set above it
+    user: Optional[str] = None
+    env_only: bool = False
+    label: str = ""
 
 
-Step = Union[CopyStep, TemplateStep, RunStep]
+@dataclass(frozen=True)
+class ContextCopyStep:
+    """Dockerfile COPY/ADD from the build context, resolved at load time (.dockerignore applied)."""
+
+    label: str                                  # "Dockerfile:7 COPY app/ /srv/"
+    files: Tuple[Tuple[str, str, str], ...]     # (file | dir | symlink, path in the image, source path | link)
+    owner: Optional[str] = None                 # --chown user[:group], names resolved in the image
+    mode: Optional[int] = None                  # --chmod
+    kind: str = "context"
+
+
+@dataclass(frozen=True)
+class StageCopyStep:
+    """Dockerfile COPY --from=STAGE: paths (globs allowed) of an earlier stage's filesystem."""
+
+    label: str
+    stage: str
+    sources: Tuple[str, ...]
+    dest: str                                   # ends with "/" when it names a directory
+    owner: Optional[str] = None
+    mode: Optional[int] = None
+    kind: str = "stage-copy"
+
+
+@dataclass(frozen=True)
+class MkdirStep:
+    label: str
+    path: str                                   # Dockerfile WORKDIR: made when missing
+    kind: str = "mkdir"
+
+
+Step = Union[CopyStep, TemplateStep, RunStep, ContextCopyStep, StageCopyStep, MkdirStep]
 
 
 @dataclass(frozen=True)
@@ -139,11 +182,30 @@ class ImageConfig:
 
 
 @dataclass(frozen=True)
+class Stage:
+    """One Dockerfile stage for one platform: a base, its steps and its image config."""
+
+    name: str
+    base: Base
+    steps: Tuple[Step, ...]
+    config: ImageConfig
+    platform: str                               # FROM --platform may differ from the image's
+
+
+@dataclass(frozen=True)
+class DockerfileSpec:
+    path: str                                   # as shown in errors
+    stages: Mapping[str, Tuple[Stage, ...]]     # {platform: stages in build order}; the last is the image
+
+
+@dataclass(frozen=True)
 class ImageSpec:
     base: Base
     platforms: Tuple[str, ...]
     steps: Tuple[Step, ...] = ()
     config: ImageConfig = ImageConfig()
+    dockerfile: Optional[DockerfileSpec] = None   # image: {dockerfile: ...}; base/steps/config are its image stage
+    health: Optional["HealthCheck"] = None        # from a Dockerfile HEALTHCHECK (the deploy's unless it sets one)
 
 
 # ---------------------------------------------------------------- deploy
@@ -257,6 +319,7 @@ class Service:
     file: str                             # manifest file as displayed in errors
     line: int
     directory: str                        # absolute directory of the manifest file (copy sources)
+    push: Optional[str] = None            # REGISTRY/REPO[:TAG] that `orch push SERVICE` sends the image to
 
 
 @dataclass(frozen=True)
