@@ -2,7 +2,9 @@
 
 ``root`` (default /var/lib/orch) holds blobs/, images/, containers/, volumes/, state/;
 ``run`` (default /run/orch) holds what must vanish on reboot: runc state, secrets tmpfs,
-the serve pidfile.
+the serve pidfile; ``etc`` (default /etc/orch) the host's own settings (agent.json).
+Both state trees are root's alone (0700): unpacked images keep their setuid files and file
+capabilities for the container, and no other user of the host can reach them.
 """
 from __future__ import annotations
 
@@ -17,6 +19,11 @@ from typing import Any
 class Layout:
     root: str
     run: str
+    etc: str = "/etc/orch"
+
+    @property
+    def config(self) -> str:
+        return os.path.join(self.etc, "agent.json")
 
     @property
     def blobs(self) -> str:
@@ -64,8 +71,11 @@ class Layout:
     def ensure(self) -> None:
         for d in (self.blobs, self.incoming, self.images, self.containers, self.volumes,
                   self.state, self.logs, self.run, self.runc_root):
-            os.makedirs(d, exist_ok=True)
-        os.chmod(self.state, 0o700)
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        for d in (self.root, os.path.dirname(self.blobs), self.blobs, self.incoming,
+                  self.images, self.containers, self.volumes, self.state, self.logs, self.run):
+            if os.stat(d).st_mode & 0o077:    # hosts made before this was the rule
+                os.chmod(d, 0o700)
 
     def host_id(self) -> str:
         """A random id kept per host, so container ids and cgroups never collide between

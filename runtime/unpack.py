@@ -7,6 +7,13 @@ root at run time) and the unpacker itself never follows a link out of the root: 
 directory is resolved component by component with links clamped to the root.
 Whiteouts (``.wh.NAME``) and opaque directories (``.wh..wh..opq``) are honoured.
 Each layer is hashed while it is read; a mismatch throws the whole unpack away.
+
+Budgets (``Budget``, from the agent's config) are enforced while the layers stream, before
+each write: bytes written, entries created, a share of the filesystem's space and inodes
+kept free. A tar header larger than ``MAX_HEADER`` is refused before tarfile holds it in
+memory. Sparse members are written by seeking over their holes, which cost no budget.
+Every error names the image and the layer; a failed unpack leaves nothing behind.
+The build machine unpacks base layers with this same module (``apply_layers``).
 """
 from __future__ import annotations
 
@@ -14,14 +21,16 @@ import json
 import os
 import shutil
 import stat
-from typing import TYPE_CHECKING, List, Optional, Set
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, BinaryIO, Callable, ContextManager, List, Mapping, Optional, \
+    Sequence, Set
 
 if TYPE_CHECKING:
     import tarfile
 
 from runtime import protocol, store
-from runtime.errors import BadRequest, DigestMismatch, UnsafeImage
-from runtime.layout import Layout, write_json
+from runtime.errors import AgentFailure, BadRequest, DigestMismatch, NoRoom, UnsafeImage
+from runtime.layout import Layout, read_json, write_json
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -33,6 +42,113 @@ LAYER_TYPES = (
 )
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
                "application/vnd.docker.distribution.manifest.list.v2+json")
+MAX_HEADER = 1 << 20      # bytes of tar headers (PAX, GNU long names, sparse maps) per entry
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one image may take when it is unpacked (all its layers together). The defaults
+    suit a Raspberry Pi's SD card; ``/etc/orch/agent.json`` {"unpack": {...}} changes them."""
+
+    max_bytes: int = 16 << 30              # file data written (holes of sparse files are free)
+    max_files: int = 500_000               # entries created: files, dirs, links, fifos
+    reserve_percent: float = 5.0           # of the filesystem's space that stays free
+    reserve_inodes_percent: float = 5.0    # of its inodes that stay free
+
+    @classmethod
+    def from_config(cls, section: object, where: str) -> "Budget":
+        if not isinstance(section, dict):
+            raise BadRequest(f"{where}: expected an object")
+        known = {f.name for f in fields(cls)}
+        for key, value in section.items():
+            if key not in known:
+                raise BadRequest(f"{where}/{key}: unknown setting (known: "
+                                 f"{', '.join(sorted(known))})")
+            ok = isinstance(value, int) if key.startswith("max_") else \
+                isinstance(value, (int, float)) and 0 <= value < 100
+            if isinstance(value, bool) or not ok or value < 0:
+                raise BadRequest(f"{where}/{key}: expected "
+                                 + ("a whole number >= 0" if key.startswith("max_")
+                                    else "a percentage in [0, 100)") + f", got {value!r}")
+        return cls(**section)
+
+
+def load_budget(path: str) -> Budget:
+    """The unpack budget from the agent's config file (defaults when it is absent)."""
+    try:
+        cfg = read_json(path, {})
+    except ValueError as exc:
+        raise BadRequest(f"{path}: not JSON: {exc}") from None
+    if not isinstance(cfg, dict):
+        raise BadRequest(f"{path}: expected an object")
+    return Budget.from_config(cfg.get("unpack", {}), f"{path}: unpack")
+
+
+class Meter:
+    """Charges one image's unpack against its budget: asked before each entry is created and
+    before each file's data is written, so nothing over the budget ever reaches the disk."""
+
+    def __init__(self, root: str, budget: Budget):
+        self.root, self.budget = root, budget
+        self.bytes = 0
+        self.files = 0
+
+    def entry(self, name: str) -> None:
+        self.files += 1
+        if self.files > self.budget.max_files:
+            raise UnsafeImage(f"{name!r}: more than {self.budget.max_files} files (budget)")
+        st = os.statvfs(self.root)
+        keep = st.f_files * self.budget.reserve_inodes_percent / 100
+        if st.f_files and st.f_favail - 1 < keep:
+            raise NoRoom(f"{name!r}: unpacking would leave fewer than "
+                         f"{self.budget.reserve_inodes_percent:g}% of the inodes free")
+
+    def data(self, name: str, n: int) -> None:
+        if self.bytes + n > self.budget.max_bytes:
+            raise UnsafeImage(f"{name!r}: the image unpacks to more than "
+                              f"{self.budget.max_bytes} bytes (budget)")
+        st = os.statvfs(self.root)
+        keep = st.f_blocks * st.f_frsize * self.budget.reserve_percent / 100
+        if st.f_bavail * st.f_frsize - n < keep:
+            raise NoRoom(f"{name!r}: writing {n} bytes would leave less than "
+                         f"{self.budget.reserve_percent:g}% of the disk free "
+                         f"({st.f_bavail * st.f_frsize} bytes free)")
+        self.bytes += n
+
+
+class _Guard:
+    """The decompressed tar stream as tarfile reads it. While tarfile reads an entry's
+    headers (``headers`` is a count), more than ``MAX_HEADER`` bytes is refused: a PAX or
+    GNU long-name header of gigabytes would otherwise be read whole into memory."""
+
+    def __init__(self, f: BinaryIO):
+        self.f = f
+        self.headers: Optional[int] = None
+
+    def read(self, n: int = -1) -> bytes:
+        b = self.f.read(n)
+        if self.headers is not None:
+            self.headers += len(b)
+            if self.headers > MAX_HEADER:
+                raise UnsafeImage(f"a tar header is larger than {MAX_HEADER} bytes")
+        return b
+
+
+class _Prefixed:
+    """A stream with its first bytes already read (to sniff the compression)."""
+
+    def __init__(self, head: bytes, f: BinaryIO):
+        self.head, self.f = head, f
+
+    def read(self, n: int = -1) -> bytes:
+        if self.head:
+            if n is None or n < 0:
+                b, self.head = self.head + self.f.read(), b""
+                return b
+            b, self.head = self.head[:n], self.head[n:]
+            return b
+        return self.f.read(n)
 
 
 def image_dir(layout: Layout, manifest_digest: str) -> str:
@@ -149,27 +265,64 @@ def _apply_meta(path: str, m: "tarfile.TarInfo") -> None:
         pass
 
 
-def apply_layer(root: str, fileobj, created: Optional[Set[str]] = None) -> None:
-    """Extract one layer (tar or tar+gzip stream) on top of ``root``."""
+def _write_file(tf: "tarfile.TarFile", m: "tarfile.TarInfo", path: str, meter: Meter) -> None:
+    """A regular file's data; a sparse member's holes are seeked over, never written."""
+    segments = m.sparse if m.sparse is not None else [(0, m.size)]
+    meter.data(m.name, sum(n for _, n in segments))
+    src = tf.extractfile(m).raw       # the member itself, unbuffered: seek skips holes
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        for offset, n in segments:
+            src.seek(offset)
+            os.lseek(fd, offset, os.SEEK_SET)
+            while n > 0:
+                b = src.read(min(n, CHUNK))
+                if not b:
+                    raise UnsafeImage(f"{m.name!r}: unexpected end of data")
+                os.write(fd, b)
+                n -= len(b)
+        os.ftruncate(fd, m.size)
+    finally:
+        os.close(fd)
+
+
+def apply_layer(root: str, fileobj, created: Optional[Set[str]] = None,
+                meter: Optional[Meter] = None) -> None:
+    """Extract one layer (tar or tar+gzip stream) on top of ``root``, charging ``meter``
+    (a fresh default budget when none is given)."""
     import gzip
     import tarfile
     import zlib
     created = set() if created is None else created
+    meter = meter or Meter(root, Budget())
     try:
-        tf = tarfile.open(fileobj=fileobj, mode="r|*")
-    except tarfile.TarError as exc:
+        head = fileobj.read(2)
+        raw = _Prefixed(head, fileobj)
+        stream = _Guard(gzip.GzipFile(fileobj=raw, mode="rb") if head == b"\x1f\x8b" else raw)
+        stream.headers = 0
+        tf = tarfile.open(fileobj=stream, mode="r|")
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise UnsafeImage(f"layer is not a readable tar: {exc}") from None
     with tf:
         try:
-            for m in tf:
+            while True:
+                stream.headers = 0
+                m = tf.next()
+                stream.headers = None
+                if m is None:
+                    break
+                tf.members = []      # stream mode keeps every header otherwise
                 parts = check_member(m)
                 if not parts:
                     continue
                 base = parts[-1]
                 parent = _resolve(root, parts[:-1])
                 if not os.path.isdir(parent):
+                    meter.entry("/".join(parts[:-1]))
                     os.makedirs(parent, mode=0o755)
                 rel = "/".join(parts)
+                if base.startswith(WHITEOUT) and m.size:
+                    raise UnsafeImage(f"whiteout with content: {m.name!r}")
                 if base == OPAQUE:
                     for child in os.listdir(parent):
                         cp = os.path.join(parent, child)
@@ -187,6 +340,7 @@ def apply_layer(root: str, fileobj, created: Optional[Set[str]] = None) -> None:
                                                       and not os.path.islink(path)):
                         _remove(path)
                     if not os.path.lexists(path):
+                        meter.entry(m.name)
                         os.mkdir(path, 0o755)
                     # metadata now, never deferred: a later entry may turn a parent of this
                     # path into a link, and a deferred chmod would then land outside the root
@@ -194,12 +348,9 @@ def apply_layer(root: str, fileobj, created: Optional[Set[str]] = None) -> None:
                     continue
                 if os.path.lexists(path):
                     _remove(path)
+                meter.entry(m.name)
                 if m.isfile():
-                    src = tf.extractfile(m)
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                                 0o600)
-                    with os.fdopen(fd, "wb") as out:
-                        shutil.copyfileobj(src, out, 1 << 20)
+                    _write_file(tf, m, path, meter)
                 elif m.issym():
                     os.symlink(m.linkname, path)
                 elif m.islnk():
@@ -219,6 +370,28 @@ def apply_layer(root: str, fileobj, created: Optional[Set[str]] = None) -> None:
             raise UnsafeImage(f"layer could not be unpacked: {exc}") from None
 
 
+def apply_layers(root: str, layers: Sequence[Mapping], open_blob: Callable[[str], ContextManager],
+                 budget: Budget, image: str) -> None:
+    """Apply ``layers`` ([{"digest": ...}], bottom first) onto ``root`` within one budget.
+    Each layer is hashed while it is read and must match its digest. Errors name the image
+    and the layer; the caller removes ``root`` on failure."""
+    meter = Meter(root, budget)
+    created: Set[str] = set()
+    for i, layer in enumerate(layers, 1):
+        digest = layer["digest"]
+        where = f"image {image} layer {i}/{len(layers)} {digest}"
+        try:
+            with open_blob(digest) as raw:
+                reader = store.HashingReader(raw)
+                created.clear()
+                apply_layer(root, reader, created, meter)
+                got = reader.drain()
+        except AgentFailure as exc:
+            raise type(exc)(f"{where}: {exc.message}", **exc.extra) from None
+        if got != digest:
+            raise DigestMismatch(f"{where}: on disk it hashes to {got}; refusing it")
+
+
 def read_manifest(layout: Layout, manifest_digest: str) -> dict:
     try:
         m = json.loads(store.read_verified(layout, manifest_digest))
@@ -229,30 +402,29 @@ def read_manifest(layout: Layout, manifest_digest: str) -> dict:
     return m
 
 
-def unpack_image(layout: Layout, manifest_digest: str) -> str:
-    """Unpack once into images/<hex>/rootfs (+ config.json); returns the image dir."""
+def unpack_image(layout: Layout, manifest_digest: str, budget: Optional[Budget] = None) -> str:
+    """Unpack once into images/<hex>/rootfs (+ config.json); returns the image dir (0700:
+    nothing in an image, setuid files included, is reachable by other users of the host)."""
     dest = image_dir(layout, manifest_digest)
     if os.path.isdir(os.path.join(dest, "rootfs")):
         return dest
+    budget = budget or load_budget(layout.config)
     manifest = read_manifest(layout, manifest_digest)
     config = json.loads(store.read_verified(layout, manifest["config"]["digest"]))
     tmp = f"{dest}.tmp-{os.getpid()}"
     if os.path.exists(tmp):
         shutil.rmtree(tmp)
     rootfs = os.path.join(tmp, "rootfs")
-    os.makedirs(rootfs, mode=0o755)
+    os.makedirs(tmp, mode=0o700)
+    os.mkdir(rootfs, 0o755)
     try:
-        for layer in manifest.get("layers", []):
+        layers = manifest.get("layers", [])
+        for layer in layers:
             mt = layer.get("mediaType", LAYER_TYPES[1])
             if mt not in LAYER_TYPES:
-                raise BadRequest(f"unsupported layer media type {mt!r}")
-            with store.open_blob(layout, layer["digest"]) as raw:
-                reader = store.HashingReader(raw)
-                apply_layer(rootfs, reader)
-                got = reader.drain()
-            if got != layer["digest"]:
-                raise DigestMismatch(f"layer {layer['digest']} on disk hashes to {got}; "
-                                     "refusing it")
+                raise BadRequest(f"image {manifest_digest}: unsupported layer media type {mt!r}")
+        apply_layers(rootfs, layers, lambda d: store.open_blob(layout, d), budget,
+                     manifest_digest)
         write_json(os.path.join(tmp, "config.json"), config)
         write_json(os.path.join(tmp, "manifest.json"), manifest)
         os.rename(tmp, dest)
