@@ -22,6 +22,7 @@ MASKED = ("/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/late
           "/sys/firmware")
 READONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 CPU_PERIOD = 100000
+BUILD_CAPS = CAPS + ("CAP_AUDIT_WRITE", "CAP_SETFCAP")  # package scripts set file capabilities
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,27 @@ def render_config(image_config: Mapping, deploy: Deploy, b: BundleInput) -> dict
             "readonlyPaths": list(READONLY),
         },
     }
+
+
+def render_build_config(argv: Sequence[str], env: Sequence[str], cwd: str,
+                        hostname: str = "orch-build", uid: int = 0, gid: int = 0) -> dict:
+    """The config.json of a build sandbox (a ``run:`` step): a container's own config (same
+    namespaces, masks, devices, mounts: nothing of the build machine) with a writable root
+    ``rootfs`` beside it, the build capabilities and a /tmp without a size cap."""
+    cfg = render_config({"config": {"WorkingDir": cwd, "Env": list(env)}},
+                        Deploy(command=tuple(argv), init=False),
+                        BundleInput(container_id="build", hostname=hostname, rootfs="rootfs",
+                                    cgroups_path=""))
+    cfg["root"]["readonly"] = False
+    cfg["process"]["env"] = list(env)
+    cfg["process"]["user"] = {"uid": uid, "gid": gid}
+    caps = list(BUILD_CAPS)
+    cfg["process"]["capabilities"] = {k: caps for k in ("bounding", "effective", "permitted")}
+    del cfg["linux"]["cgroupsPath"]
+    for m in cfg["mounts"]:
+        if m["destination"] == "/tmp":
+            m["options"] = [o for o in m["options"] if not o.startswith("size=")]
+    return cfg
 
 
 def _table(path: str) -> List[List[str]]:

@@ -84,6 +84,19 @@ class _StageResult:
     emulated: int = 0
 
 
+def base_name(base) -> str:
+    """How errors name a base image: oci:DIR[:TAG], a registry reference, debian:SUITE, scratch."""
+    if isinstance(base, OciBase):
+        return f"oci:{base.dir}" + (f":{base.tag}" if base.tag else "")
+    if isinstance(base, RegistryBase):
+        return base.ref
+    if isinstance(base, DebianBase):
+        return f"debian:{base.suite}"
+    if isinstance(base, StageBase):
+        return f"stage {base.stage}"
+    return "scratch"
+
+
 def _layer_dict(layer: Layer) -> Dict[str, Any]:
     return {"digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size, "media_type": layer.media_type}
 
@@ -187,7 +200,7 @@ class Builder:
             work = self._workdir("copy-")
             try:
                 root = os.path.join(work, "root")
-                sandbox.unpack_layers(self.store, stages[step.stage].layers, root)
+                sandbox.unpack_layers(self.store, stages[step.stage].layers, root, f"stage {step.stage} ({platform})")
                 existing = self.cache.chain_paths(self.store, layers)
                 uid, gid = dockersteps.layer_owner(self.store, layers, step.owner)
                 return self._write(dockersteps.stage_entries(step, root, existing, uid, gid))
@@ -205,7 +218,8 @@ class Builder:
                 cwd = stage.config.workdir or base_config.get("WorkingDir") or "/"
             try:
                 upper = sandbox.run_in_sandbox(self.store, layers, step.command, env, cwd, platform, work, name,
-                                               user=step.user)
+                                               user=step.user,
+                                               image=f"{base_name(stage.base)} ({platform})")
                 return self._write(list(walk_tree(upper, overlay_upper=True, exclude=sandbox.SANDBOX_MOUNTPOINTS)))
             finally:
                 sandbox.umount_quiet(os.path.join(work, "bundle", "rootfs"))
