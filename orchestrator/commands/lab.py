@@ -16,7 +16,8 @@ EXAMPLES = (
 def add_arguments(parser) -> None:
     import argparse
     named = argparse.ArgumentParser(add_help=False)
-    named.add_argument("--name", default="lab", help="lab name (default: lab); labs stand side by side")
+    named.add_argument("--name", default="lab", help="lab name (default: lab); labs stand side by side "
+                       "($ORCH_LAB_PREFIX, when set, is put in front of every lab name)")
     sub = parser.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
     up = sub.add_parser("up", parents=[named], help="create or update the lab (idempotent)")
     up.add_argument("--hosts", type=int, default=2, help="amd64 hosts (default 2)")
@@ -40,11 +41,13 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from orchestrator.errors import LabError, UsageError
-    from orchestrator.lab.layout import LabLayout, LabSpec
+    from orchestrator.lab.layout import LabLayout, LabSpec, lab_name
     from orchestrator.lab.machine import LabMachine, known_labs, load_layout
     from orchestrator.tools import find_tool
 
     action = args.lab_command
+    if action != "list":
+        args.name = lab_name(args.name, os.environ)
     if action == "up":
         spec = LabSpec(args.name, args.hosts, args.arm64, args.armv7, args.link_rate,
                        booted=args.booted, bullseye=args.bullseye).validate()

@@ -1,12 +1,13 @@
 """The hosts of a fleet, as SSH targets with labels: a lab (brought up if it is not) or real hosts."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Mapping, Optional
 
 from orchestrator.lab.fleet import lab_hosts
-from orchestrator.lab.layout import DEFAULT_STATE_ROOT, LabLayout, LabSpec
+from orchestrator.lab.layout import DEFAULT_STATE_ROOT, LabLayout, LabSpec, lab_name
 from orchestrator.lab.machine import LabMachine
 from orchestrator.manifest.model import Fleet, HostSelector
 from orchestrator.transport.ssh import SSHTarget, resolve_target
@@ -20,9 +21,11 @@ class InventoryHost:
     platform: Optional[str] = None          # declared; otherwise the agent reports it
 
 
-def lab_layout(fleet: Fleet, state_root: Path = DEFAULT_STATE_ROOT) -> LabLayout:
+def lab_layout(fleet: Fleet, state_root: Path = DEFAULT_STATE_ROOT,
+               environ: Optional[Mapping[str, str]] = None) -> LabLayout:
     spec = fleet.lab
-    return LabLayout(LabSpec(fleet.name, spec.hosts, spec.arm64, spec.armv7, spec.link_rate).validate(),
+    name = lab_name(fleet.name, os.environ if environ is None else environ)
+    return LabLayout(LabSpec(name, spec.hosts, spec.arm64, spec.armv7, spec.link_rate).validate(),
                      state_root)
 
 

@@ -9,7 +9,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
 from orchestrator.errors import LabError
 
@@ -25,6 +25,12 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,23}$")
 _RATE_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)$")
 DEFAULT_STATE_ROOT = Path("/var/lib/orch-lab")
 FIRST_HOST_OCTET = 10
+
+
+def lab_name(name: str, environ: Mapping[str, str]) -> str:
+    """The lab a fleet or `--name` stands for: ``$ORCH_LAB_PREFIX`` + name. A test or CI job sets
+    the prefix so that the labs it makes, as written in the docs, never meet a person's labs."""
+    return environ.get("ORCH_LAB_PREFIX", "") + name
 
 
 @dataclass(frozen=True)

@@ -104,9 +104,9 @@ class LabMachine:
         _write_atomic(lay.authorized_keys, lay.user_key.with_suffix(".pub").read_text(), 0o600)
         self._ensure_bridge()
         registered = self._ensure_binfmt()
-        wanted = {h.name for h in lay.hosts()}
+        wanted = {h.name: h for h in lay.hosts()}
         for stale in self._recorded_hosts():
-            if stale.name not in wanted:
+            if wanted.get(stale.name) != stale:     # gone, or moved (address, veth) by a new shape
                 self._teardown_host(stale)
         started = [host for host in lay.hosts() if self._ensure_host(host)]
         self._write_known_hosts()
@@ -228,6 +228,8 @@ class LabMachine:
         _run([ip, "-n", host.netns, "link", "set", "lo", "up"])
         _run([ip, "-n", host.netns, "link", "set", host.veth_host, "name", "eth0"])
         _run([ip, "-n", host.netns, "addr", "add", f"{host.address}/24", "dev", "eth0"])
+        # the address may have been another host's a moment ago (a reshaped lab): forget its MAC
+        _run([ip, "neigh", "flush", "to", host.address, "dev", self.layout.bridge], check=False)
         _run([ip, "-n", host.netns, "link", "set", "eth0", "up"])
         _run([ip, "-n", host.netns, "route", "add", "default", "via", self.layout.gateway])
         _run([ip, "netns", "exec", host.netns, self.tools["sysctl"], "-qw", "net.ipv4.ip_forward=1"])

@@ -158,3 +158,23 @@ def _is_zombie(pid):
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_reshaping_a_lab_moves_hosts_whose_place_changed(lab_root):
+    """The README's second `orch lab up` adds hosts before arm64-1, so arm64-1 moves to another
+    address and veth; a host that moved is remade, and a reused address is not answered by the
+    host that had it before (stale neighbour entry on the bridge)."""
+    name = f"test-shape-{os.getpid() % 10000}"
+    first = make_lab(name, amd64=2, arm64=1)
+    try:
+        for counts in ({"amd64": 3, "arm64": 1, "armv7": 1, "link_rate": "10mbit"}, {"amd64": 4, "arm64": 0}):
+            shaped = make_lab(name, **counts)
+            try:
+                res = fan_out(shaped.hosts, lambda h: shaped.run(h, ["cat", "/etc/orch/platform", "/etc/orch/hostname"]))
+                assert not res.failed, res.failed
+                for h in shaped.hosts:
+                    assert res.ok[h.name][1].decode().split() == [h.platform, h.name]
+            finally:
+                shaped.pool.close()
+    finally:
+        remove_lab(first)
