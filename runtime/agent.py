@@ -28,6 +28,12 @@ def make_host(layout: Layout, log=None):
     return host.Host(layout, rt, log=log or (lambda m: None))
 
 
+def _check_lock(layout: Layout, token: Optional[str], verb: str) -> None:
+    """Before a mutating verb looks at anything: the caller must hold the deploy lock."""
+    from runtime.state import State
+    State(layout).check_lock(token, verb)
+
+
 # --- verbs --------------------------------------------------------------------------------
 
 def verb_info(layout: Layout, req: dict) -> dict:
@@ -70,9 +76,10 @@ def verb_apply(layout: Layout, req: dict, log=None) -> dict:
     if not isinstance(services, dict) or not services:
         raise BadRequest("apply: expected {\"services\": {NAME: {...}}, \"who\": ...}")
     who = str(req.get("who") or "unknown")
-    h = make_host(layout, log)
     plat = host_platform()
     checked = {n: admission.check_service(layout, n, s, plat) for n, s in sorted(services.items())}
+    _check_lock(layout, req.get("lock"), "apply")
+    h = make_host(layout, log)
     with h.state.flock("converge.lock"):
         target = h.state.target()
         admission.check_ports({n: Target.from_json(n, t).deploy for n, t in target.items()
@@ -97,7 +104,9 @@ def verb_apply(layout: Layout, req: dict, log=None) -> dict:
     return {"services": {n: reconcile.result_of(h, n) for n in checked}}
 
 
-def verb_rollback(layout: Layout, service: str, to: Optional[str], who: str, log=None) -> dict:
+def verb_rollback(layout: Layout, service: str, to: Optional[str], who: str, log=None,
+                  lock: Optional[str] = None) -> dict:
+    _check_lock(layout, lock, "rollback")
     h = make_host(layout, log)
     with h.state.flock("converge.lock"):
         st = h.state.status()
@@ -119,8 +128,10 @@ def verb_rollback(layout: Layout, service: str, to: Optional[str], who: str, log
     return {"services": {service: reconcile.result_of(h, service)}}
 
 
-def verb_remove(layout: Layout, service: str, who: str, log=None) -> dict:
+def verb_remove(layout: Layout, service: str, who: str, log=None,
+                lock: Optional[str] = None) -> dict:
     """Stop a service's containers, drop its published ports and forget its target."""
+    _check_lock(layout, lock, "remove")
     h = make_host(layout, log)
     with h.state.flock("converge.lock"):
         target = h.state.target()
@@ -213,13 +224,17 @@ def verb_lock(layout: Layout, req: dict) -> dict:
     holder = req.get("holder")
     if not holder:
         raise BadRequest("lock: expected {\"holder\": ..., \"ttl\": seconds}")
-    return {"ok": True, "lock": State(layout).lock(str(holder), float(req.get("ttl", 900)))}
+    token = req.get("token")
+    return {"ok": True, "lock": State(layout).lock(str(holder), float(req.get("ttl", 900)),
+                                                   str(token) if token else None,
+                                                   bool(req.get("force")))}
 
 
 def verb_unlock(layout: Layout, req: dict) -> dict:
     from runtime.state import State
     layout.ensure()
-    prev = State(layout).unlock(str(req.get("holder") or ""), bool(req.get("force")))
+    prev = State(layout).unlock(str(req.get("token") or req.get("holder") or ""),
+                                bool(req.get("force")))
     return {"ok": True, "released": prev}
 
 
@@ -232,4 +247,5 @@ def verb_audit(layout: Layout, req: dict) -> dict:
 
 
 def verb_gc(layout: Layout, req: dict) -> dict:
+    _check_lock(layout, req.get("lock"), "gc")
     return gc.run_gc(make_host(layout))

@@ -73,9 +73,10 @@ def dispatch(args, stdin, stdout) -> int:
         agent.verb_logs(layout, args.service, args.tail, args.follow, stdout)
         return protocol.EXIT_OK
     elif v == "remove":
-        body = agent.verb_remove(layout, args.service, args.who, _log)
+        body = agent.verb_remove(layout, args.service, args.who, _log, _request(stdin).get("lock"))
     elif v == "rollback":
-        body = agent.verb_rollback(layout, args.service, args.to, args.who, _log)
+        body = agent.verb_rollback(layout, args.service, args.to, args.who, _log,
+                                   _request(stdin).get("lock"))
     else:
         req = _request(stdin) if protocol.VERBS.get(v) else {}
         fn = getattr(agent, "verb_" + v)

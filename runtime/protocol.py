@@ -22,11 +22,14 @@ failed).
                            state: running|stopped|created|gone|missing;
                            health: healthy|unhealthy|unknown (serve probes once per interval)
   logs NAME [--tail N] [--follow]   raw text of the serving slot's stdout+stderr (not JSON)
-  rollback NAME [--to RELEASE] [--who W]   -> like apply
-  remove NAME [--who W] -> {services: {NAME: {ok, removed}}}
-  gc                    -> {removed_images, removed_blobs, freed}
-  lock {holder, ttl}    -> {ok, lock: {holder, since, expires}} | error "locked" (+holder...)
-  unlock {holder, force} -> {ok, released}
+  rollback NAME [--to RELEASE] [--who W]  {lock}  -> like apply
+  remove NAME [--who W] {lock} -> {services: {NAME: {ok, removed}}}
+  gc {lock}             -> {removed_images, removed_blobs, freed}
+  lock {holder, ttl, token?, force?} -> {ok, lock: {holder, since, expires}}
+                           | error "locked" (+holder, since, expires)
+  unlock {token|holder, force} -> {ok, released}
+The MUTATING verbs run only for the session holding the deploy lock: their request carries
+``lock`` (the token given to ``lock``), else they fail with "locked" naming the holder.
   audit                 -> {lines: [{when, who, action, service, release}]}
   serve [--daemon]      the supervisor loop; pidfile <run>/serve.pid (/run/orch/serve.pid);
                         --daemon starts it detached and answers {pid, pidfile, started}
@@ -45,9 +48,10 @@ PIDFILE = "serve.pid"  # under the run dir: /run/orch/serve.pid
 # verb -> takes a JSON request on stdin
 VERBS = {
     "info": False, "have": True, "observe": True, "receive": False, "apply": True, "status": False,
-    "logs": False, "rollback": False, "gc": False, "lock": True, "unlock": True,
-    "audit": False, "serve": False, "remove": False,
+    "logs": False, "rollback": True, "gc": True, "lock": True, "unlock": True,
+    "audit": False, "serve": False, "remove": True,
 }
+MUTATING = frozenset({"apply", "rollback", "remove", "gc"})
 
 # exit codes (stable)
 EXIT_OK = 0
@@ -159,6 +163,7 @@ def parse_answer(rc: int, stdout: bytes) -> Tuple[bool, Dict[str, Any]]:
 
 
 def apply_request(services: Mapping[str, Mapping[str, Any]], who: str,
-                  wait: Optional[bool] = True) -> Dict[str, Any]:
-    """Shape of the ``apply`` request (each service: release, index, manifest, deploy, secrets)."""
-    return {"services": dict(services), "who": who, "wait": bool(wait)}
+                  wait: Optional[bool] = True, lock: Optional[str] = None) -> Dict[str, Any]:
+    """Shape of the ``apply`` request (each service: release, index, manifest, deploy, secrets;
+    ``lock``: the deploy-lock token of the session)."""
+    return {"services": dict(services), "who": who, "wait": bool(wait), "lock": lock}

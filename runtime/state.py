@@ -8,7 +8,8 @@ service that needs them waits for the orchestrator's next apply.
                 restart counts, release history, IP allocation cursor
 - journal.log   one JSON line per executed step (begin / done / error)
 - audit.log     append-only: who applied or rolled back what, when (never secrets)
-- lock.json     the deploy lock {holder, since, expires}
+- lock.json     the deploy lock {holder, token, since, expires} (0600: the token is the
+                session's proof that it holds the lock; answers never show it)
 """
 from __future__ import annotations
 
@@ -133,25 +134,45 @@ class State:
         finally:
             os.close(fd)
 
-    def lock(self, holder: str, ttl: float) -> Dict[str, Any]:
+    def lock(self, holder: str, ttl: float, token: Optional[str] = None,
+             force: bool = False) -> Dict[str, Any]:
+        """Take (or extend) the deploy lock for the session ``token`` (default: ``holder``).
+        Held by another live session: Locked, naming it, unless ``force`` (the orchestrator
+        forces only a host whose holder lost the fleet's first host, see fleet/lock.py)."""
+        token = token or holder
         with self.flock("lock.flock"):
             now = self.clock()
             cur = read_json(self._p("lock.json"))
-            if cur and cur.get("holder") != holder and cur.get("expires", 0) > now:
+            mine = bool(cur) and _token_of(cur) == token
+            if cur and not mine and cur.get("expires", 0) > now and not force:
                 raise Locked(f"locked by {cur['holder']}", holder=cur["holder"],
                              since=cur["since"], expires=cur["expires"])
-            since = cur["since"] if cur and cur.get("holder") == holder else now
-            rec = {"holder": holder, "since": since, "expires": now + float(ttl)}
-            write_json(self._p("lock.json"), rec, durable=True)
-            return rec
+            since = cur["since"] if mine else now
+            rec = {"holder": holder, "token": token, "since": since, "expires": now + float(ttl)}
+            write_json(self._p("lock.json"), rec, 0o600, durable=True)
+            return {k: v for k, v in rec.items() if k != "token"}
 
-    def unlock(self, holder: str, force: bool = False) -> Optional[Dict[str, Any]]:
+    def unlock(self, token: str, force: bool = False) -> Optional[Dict[str, Any]]:
         with self.flock("lock.flock"):
             cur = read_json(self._p("lock.json"))
             if not cur:
                 return None
-            if cur.get("holder") != holder and not force and cur.get("expires", 0) > self.clock():
+            if _token_of(cur) != token and not force and cur.get("expires", 0) > self.clock():
                 raise Locked(f"locked by {cur['holder']}", holder=cur["holder"],
                              since=cur["since"], expires=cur["expires"])
             os.unlink(self._p("lock.json"))
-            return cur
+            return {k: v for k, v in cur.items() if k != "token"}
+
+    def check_lock(self, token: Optional[str], verb: str) -> None:
+        """A mutating verb runs only for the session that holds the deploy lock."""
+        cur = read_json(self._p("lock.json"))
+        if not cur or cur.get("expires", 0) <= self.clock():
+            raise Locked(f"{verb}: refused, the deploy lock is not held (take it first: "
+                         f"orch takes it for every change)", holder=None)
+        if not token or _token_of(cur) != token:
+            raise Locked(f"{verb}: refused, the deploy lock is held by {cur['holder']}",
+                         holder=cur["holder"], since=cur["since"], expires=cur["expires"])
+
+
+def _token_of(rec: Dict[str, Any]) -> str:
+    return str(rec.get("token") or rec.get("holder") or "")

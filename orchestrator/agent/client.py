@@ -89,18 +89,29 @@ class AgentClient:
     def status(self) -> Dict[str, Any]:
         return self.call("status")
 
-    def apply(self, services: Mapping[str, Mapping[str, Any]], who: str) -> Dict[str, Any]:
-        return self.call("apply", protocol.apply_request(services, who), timeout=None)
+    # Mutating verbs need the session's deploy-lock token (orchestrator/fleet/lock.py takes it).
+    def apply(self, services: Mapping[str, Mapping[str, Any]], who: str, *, lock: str,
+              timeout: Optional[float] = 300) -> Dict[str, Any]:
+        return self.call("apply", protocol.apply_request(services, who, lock=lock), timeout=timeout)
 
-    def rollback(self, service: str, to: Optional[str] = None, who: Optional[str] = None) -> Dict[str, Any]:
+    def rollback(self, service: str, to: Optional[str] = None, who: Optional[str] = None, *,
+                 lock: str, timeout: Optional[float] = 300) -> Dict[str, Any]:
         args = [service] + (["--to", to] if to else []) + (["--who", who] if who else [])
-        return self.call("rollback", None, *args, timeout=None)
+        return self.call("rollback", {"lock": lock}, *args, timeout=timeout)
 
-    def lock(self, holder: str, ttl: float) -> Dict[str, Any]:
-        return self.call("lock", {"holder": holder, "ttl": ttl})
+    def remove(self, service: str, who: Optional[str] = None, *, lock: str,
+               timeout: Optional[float] = 300) -> Dict[str, Any]:
+        return self.call("remove", {"lock": lock}, service, *(["--who", who] if who else []),
+                         timeout=timeout)
+
+    def lock(self, holder: str, ttl: float, token: Optional[str] = None,
+             force: bool = False) -> Dict[str, Any]:
+        return self.call("lock", {"holder": holder, "ttl": ttl, "token": token or holder,
+                                  "force": force}, timeout=60)
 
     def unlock(self, holder: str, force: bool = False) -> Dict[str, Any]:
-        return self.call("unlock", {"holder": holder, "force": force})
+        """``holder``: the token the lock was taken with (the holder's name for old locks)."""
+        return self.call("unlock", {"token": holder, "force": force}, timeout=60)
 
     def audit(self) -> Dict[str, Any]:
         return self.call("audit")

@@ -17,7 +17,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from orchestrator.fleet.deploy import MAX_PARALLEL_HOSTS, open_fleet, operator
+    from orchestrator.fleet.deploy import MAX_PARALLEL_HOSTS, open_fleet
+    from orchestrator.fleet.lock import mutating, operator
     from orchestrator.errors import RolloutError, UsageError
     from orchestrator.transport.fanout import fan_out
     from orchestrator.fleet.inventory import select_hosts
@@ -28,10 +29,15 @@ def run(args) -> int:
         raise UsageError(f"no service {args.service!r} in {args.directory} "
                          f"(services: {', '.join(fleet.desired.services) or 'none'})")
     names = [h.name for h in select_hosts(service.deploy.hosts, fleet.hosts)]
+    who = operator()
     with fleet.pool:
-        clients, errors = fleet.clients(names)
-        fan = fan_out(list(clients.items()), lambda kv: kv[1].rollback(args.service, args.to, who=operator()),
-                      name=lambda kv: kv[0], max_parallel=MAX_PARALLEL_HOSTS)
+        clients, errors = fleet.clients()            # the whole fleet: the lock is the fleet's
+        with mutating(clients, who) as lock:
+            errors.update(lock.lost)
+            held = {h: c for h, c in lock.clients.items() if h in names}
+            fan = fan_out(list(held.items()),
+                          lambda kv: kv[1].rollback(args.service, args.to, who=who, lock=lock.token),
+                          name=lambda kv: kv[0], max_parallel=MAX_PARALLEL_HOSTS)
     rows = {h: (fan.ok.get(h, {}).get("services") or {}).get(args.service) or {"ok": False, "error": str(
         errors.get(h) or fan.failed.get(h))} for h in names}
     if args.json:

@@ -6,38 +6,24 @@ to the edge modules (SSH, agent client, shipper). The CLI commands are thin wrap
 from __future__ import annotations
 
 import base64
-import getpass
 import os
-import socket
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from orchestrator.agent.client import AgentClient
 from orchestrator.agent.install import ensure_agent, observe_host
-from orchestrator.errors import LockHeldError
 from orchestrator.transport.fanout import fan_out
 from orchestrator.fleet.inventory import InventoryHost, fleet_hosts, select_hosts
 from orchestrator.manifest.inputs import load_checked
 from orchestrator.manifest.loader import load_desired
 from orchestrator.manifest.model import Desired
+from orchestrator.fleet.lock import MAX_PARALLEL_HOSTS, FleetLock, mutating, operator
 from orchestrator.fleet.planner import DesiredRelease, FleetPlan, HostFacts, plan_fleet
 from orchestrator.fleet.rollout import RolloutResult, ServicePolicy, run_rollout
 from orchestrator.transport.shipper import ShipResult, reconnecting_client, ship_blobs
 from orchestrator.transport.ssh import ConnectionPool
 from orchestrator.image.store import Store
 from runtime import protocol
-
-LOCK_TTL = 900.0
-MAX_PARALLEL_HOSTS = 32
-
-
-def operator() -> str:
-    try:
-        user = getpass.getuser()
-    except Exception:  # noqa: BLE001 - no passwd entry in some containers
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
-
 
 @dataclass
 class Prepared:
@@ -61,12 +47,13 @@ class ApplyReport:
     plan: FleetPlan
     shipped: Dict[str, ShipResult] = field(default_factory=dict)
     ship_failed: Dict[str, str] = field(default_factory=dict)
+    lost: Dict[str, str] = field(default_factory=dict)      # hosts that stopped answering
     rollout: Optional[RolloutResult] = None
     final: Dict[str, Dict[str, Optional[str]]] = field(default_factory=dict)   # host -> service -> release
 
     @property
     def ok(self) -> bool:
-        return (not self.plan.failed_hosts and not self.ship_failed
+        return (not self.plan.failed_hosts and not self.ship_failed and not self.lost
                 and (self.rollout is None or self.rollout.ok))
 
 
@@ -161,82 +148,71 @@ def observe(prep: Prepared, pool: ConnectionPool) -> Observed:
     return Observed(facts, clients, plan_fleet(prep.releases, facts, blobs_of, strategies))
 
 
-# ---- locking ------------------------------------------------------------------------------
-def acquire_locks(clients: Mapping[str, AgentClient], holder: str) -> List[str]:
-    """Take the fleet lock on every reachable host, or none of them (LockHeldError names the holder)."""
-    fan = fan_out(list(clients.items()), lambda kv: kv[1].lock(holder, LOCK_TTL), name=lambda kv: kv[0],
-                  max_parallel=MAX_PARALLEL_HOSTS)
-    held = [h for h in fan.failed.values() if getattr(h, "code", None) == protocol.E_LOCKED]
-    if held or fan.failed:
-        release_locks({h: clients[h] for h in fan.ok}, holder)
-        first = held[0] if held else next(iter(fan.failed.values()))
-        if held:
-            raise LockHeldError(f"fleet is locked: {first}", hint="wait for it, or use --force-unlock if it is stale")
-        raise first
-    return list(fan.ok)
-
-
-def refresh_locks(clients: Mapping[str, AgentClient], holder: str) -> None:
-    """Extend the lease on every host; one that stopped answering is left to the rollout to report."""
-    fan_out(list(clients.items()), lambda kv: kv[1].lock(holder, LOCK_TTL), name=lambda kv: kv[0],
-            max_parallel=MAX_PARALLEL_HOSTS)
-
-
-def release_locks(clients: Mapping[str, AgentClient], holder: str, force: bool = False) -> None:
-    fan_out(list(clients.items()), lambda kv: kv[1].unlock(holder, force), name=lambda kv: kv[0],
-            max_parallel=MAX_PARALLEL_HOSTS)
-
-
 # ---- apply --------------------------------------------------------------------------------
 def apply(prep: Prepared, obs: Observed, pool: ConnectionPool, *, who: Optional[str] = None,
           environ: Optional[Mapping[str, str]] = None, on_bytes: Optional[Callable[[str, int], None]] = None,
           on_event: Optional[Callable[[str], None]] = None, force_unlock: bool = False) -> ApplyReport:
-    plan = obs.plan
-    report = ApplyReport(plan)
-    if plan.up_to_date:
+    """Lock the fleet, observe again under the lock (a plan made before it may be stale), ship
+    and roll out; the lock is released on every way out."""
+    if obs.plan.up_to_date and not force_unlock:
+        report = ApplyReport(obs.plan)
         names = [r.service for r in prep.releases]
         report.final = {h: {n: f.releases.get(n) for n in names} for h, f in obs.facts.items()}
         return report
     who = who or operator()
-    holder = f"{who} pid {os.getpid()}"
-    reachable = {h: c for h, c in obs.clients.items() if not obs.facts[h].error}
-    if force_unlock:
-        release_locks(reachable, holder, force=True)
-    acquire_locks(reachable, holder)
-    try:
-        secrets = {name: {k: base64.b64encode(v).decode() for k, v in
-                          prep.desired.services[name].deploy.read_secrets(environ).items()}
-                   for name in prep.desired.services}
-        _ship(prep, obs, pool, report, on_bytes)
-        releases = {r.service: r for r in prep.releases}
-        manifests = {(c.service, hp.host): c.manifest for hp in plan.hosts for c in hp.changes}
-
-        def apply_one(host: str, service: str) -> dict:
-            rel = releases[service]
-            body = {"release": rel.release, "index": rel.index, "manifest": manifests[(service, host)],
-                    "deploy": rel.deploy, "secrets": secrets[service]}
-            return obs.clients[host].apply({service: body}, who)
-
-        def revert_one(host: str, service: str, old: Optional[str]) -> None:
-            obs.clients[host].rollback(service, old, who=who)
-
-        policies = {name: ServicePolicy(s.deploy.strategy.on_failure, MAX_PARALLEL_HOSTS)
-                    for name, s in prep.desired.services.items()}
-        dropped = list(plan.failed_hosts) + list(report.ship_failed)
-
-        def on_wave(w) -> None:
-            refresh_locks(reachable, holder)         # a long rollout keeps its lease
-            if on_event:
-                on_event(f"{w.service}: {'canary' if w.canary else 'wave ' + str(w.number)} -> {', '.join(w.hosts)}")
-
-        report.rollout = run_rollout(
-            plan, policies, apply_one, revert_one, dropped=dropped, on_wave=on_wave,
-            on_outcome=(lambda o: on_event(f"{o.host}: {o.service} {'ok ' + (o.release or '') if o.ok else 'FAILED: ' + str(o.error)}"))
-            if on_event else None)
-    finally:
-        release_locks(reachable, holder)
+    with mutating(_fleet_clients(prep, obs, pool), who, force=force_unlock) as lock:
+        obs = observe(prep, pool)
+        report = ApplyReport(obs.plan)
+        report.lost.update({h: str(e) for h, e in lock.lost.items()})
+        if not obs.plan.up_to_date:
+            _apply_locked(prep, obs, pool, lock, report, who, environ, on_bytes, on_event)
     report.final = final_releases(prep, obs.clients)
     return report
+
+
+def _fleet_clients(prep: Prepared, obs: Observed, pool: ConnectionPool) -> Dict[str, AgentClient]:
+    """Every reachable host of the fleet, not only those this change touches: all commands on
+    one fleet then meet at the same first host when they take the lock."""
+    out = {h: c for h, c in obs.clients.items() if not obs.facts[h].error}
+    others = [h for h in prep.hosts if h.name not in obs.facts]
+    fan = fan_out(others, lambda h: ensure_agent(pool.get(h.name), prep.agent_pyz, prep.agent_digest),
+                  max_parallel=MAX_PARALLEL_HOSTS)
+    out.update(fan.ok)
+    return out
+
+
+def _apply_locked(prep: Prepared, obs: Observed, pool: ConnectionPool, lock: FleetLock,
+                  report: ApplyReport, who: str, environ, on_bytes, on_event) -> None:
+    plan = obs.plan
+    secrets = {name: {k: base64.b64encode(v).decode() for k, v in
+                      prep.desired.services[name].deploy.read_secrets(environ).items()}
+               for name in prep.desired.services}
+    _ship(prep, obs, pool, report, on_bytes)
+    releases = {r.service: r for r in prep.releases}
+    manifests = {(c.service, hp.host): c.manifest for hp in plan.hosts for c in hp.changes}
+
+    def apply_one(host: str, service: str) -> dict:
+        rel = releases[service]
+        body = {"release": rel.release, "index": rel.index, "manifest": manifests[(service, host)],
+                "deploy": rel.deploy, "secrets": secrets[service]}
+        return obs.clients[host].apply({service: body}, who, lock=lock.token)
+
+    def revert_one(host: str, service: str, old: Optional[str]) -> None:
+        obs.clients[host].rollback(service, old, who=who, lock=lock.token)
+
+    policies = {name: ServicePolicy(s.deploy.strategy.on_failure, MAX_PARALLEL_HOSTS)
+                for name, s in prep.desired.services.items()}
+    dropped = list(plan.failed_hosts) + list(report.ship_failed) + list(report.lost)
+
+    def on_wave(w) -> None:
+        lock.refresh()                            # a long rollout keeps its lease
+        if on_event:
+            on_event(f"{w.service}: {'canary' if w.canary else 'wave ' + str(w.number)} -> {', '.join(w.hosts)}")
+
+    report.rollout = run_rollout(
+        plan, policies, apply_one, revert_one, dropped=dropped, on_wave=on_wave,
+        on_outcome=(lambda o: on_event(f"{o.host}: {o.service} {'ok ' + (o.release or '') if o.ok else 'FAILED: ' + str(o.error)}"))
+        if on_event else None)
 
 
 def _ship(prep: Prepared, obs: Observed, pool: ConnectionPool, report: ApplyReport, on_bytes) -> None:

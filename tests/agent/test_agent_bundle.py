@@ -69,8 +69,11 @@ def test_sources_are_cached_beside_the_pyz_with_bytecode(tmp_path):
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest.split(":")[1]   # untouched
     other = path.parent / "gone.pyz"                  # gc drops caches of agents no longer there
     (path.parent / ".cache" / "gone.pyz-123").mkdir()
-    subprocess.run(["/usr/bin/python3", str(path), "--root", str(tmp_path / "r"), "--run",
-                    str(tmp_path / "run"), "gc"], capture_output=True, check=True, env=env)
+    agent = [str(path), "--root", str(tmp_path / "r"), "--run", str(tmp_path / "run")]
+    subprocess.run(["/usr/bin/python3", *agent, "lock"], input=b'{"holder": "t", "token": "k"}',
+                   capture_output=True, check=True, env=env)
+    subprocess.run(["/usr/bin/python3", *agent, "gc"], input=b'{"lock": "k"}', capture_output=True,
+                   check=True, env=env)
     assert not (path.parent / ".cache" / "gone.pyz-123").exists() and not other.exists()
     assert cache.is_dir()
 

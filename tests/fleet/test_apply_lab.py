@@ -150,19 +150,102 @@ def test_failing_canary_halts_with_no_other_host_changed(lab_project, tmp_path):
 
 def test_second_apply_refuses_while_the_fleet_is_locked(lab_project):
     css = lab_project / "hello" / "www" / "style.css"
-    css.write_text(css.read_text() + "\n/* locked change */\n")
+    css.write_text(css.read_text() + f"\n/* locked change {secrets.token_hex(4)} */\n")
     prep = prepare(str(lab_project), {})
+    leader, other = sorted(h.name for h in prep.hosts)[:2]
     with ConnectionPool(h.target for h in prep.hosts) as pool:
         obs = observe(prep, pool)
-        other = obs.clients[prep.hosts[1].name]
-        other.lock("alice@ci pid 42", 600)
+        obs.clients[leader].lock("alice@ci pid 42", 600, "t-alice")
         try:
             with pytest.raises(LockHeldError, match="alice@ci pid 42"):
                 apply(prep, obs, pool)
+            assert _lock_on(other) is None                 # refused at the first host: nothing else taken
         finally:
-            other.unlock("alice@ci pid 42")
+            obs.clients[leader].unlock("t-alice")
+        obs.clients[other].lock("bob@ci pid 43", 600, "t-bob")   # stale: bob does not hold the leader
         report = apply(prep, obs, pool)
     assert report.ok
+    assert all(_lock_on(h.name) is None for h in prep.hosts)   # released everywhere
+
+
+def _lock_on(host_name: str):
+    import json
+
+    from orchestrator.lab.layout import LabLayout, LabSpec
+    path = LabLayout(LabSpec(LAB)).host(host_name).var_lib_orch / "state" / "lock.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _wait_for_lock(host_name: str, timeout: float = 120.0) -> dict:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        held = _lock_on(host_name)
+        if held:
+            return held
+        time.sleep(0.05)
+    raise AssertionError(f"nobody took the lock on {host_name}")
+
+
+def test_rollback_during_an_apply_is_refused_and_names_the_holder(lab_project):
+    run_apply(lab_project)
+    css = lab_project / "hello" / "www" / "style.css"
+    css.write_text(css.read_text() + f"\n/* during rollback {secrets.token_hex(4)} */\n")
+    prep = prepare(str(lab_project), {})
+    leader = sorted(h.name for h in prep.hosts)[0]
+    out = {}
+
+    def background():
+        with ConnectionPool(h.target for h in prep.hosts) as pool:
+            out["report"] = apply(prep, observe(prep, pool), pool, who="carol@ci")
+
+    t = threading.Thread(target=background)
+    t.start()
+    try:
+        assert "carol@ci" in _wait_for_lock(leader)["holder"]
+        back = orch_cli("rollback", "hello", str(lab_project))
+    finally:
+        t.join(300)
+    assert back.returncode == 10, (back.stdout, back.stderr)          # LockHeldError
+    assert "carol@ci" in back.stderr
+    report = out["report"]
+    assert report.ok, report
+    assert len({r["hello"] for r in report.final.values()}) == 1       # one release everywhere
+    assert report.final == run_apply(lab_project)[2].final             # and it is the manifests'
+
+
+def test_two_concurrent_applies_one_proceeds_one_is_refused(lab_project, tmp_path):
+    stamp = secrets.token_hex(4)
+    variants = {who: _variant(lab_project, tmp_path, who, lambda t, w=who: t) for who in ("ann", "ben")}
+    for who, d in variants.items():
+        css = d / "hello" / "www" / "style.css"
+        css.write_text(css.read_text() + f"\n/* {who} {stamp} */\n")
+    preps = {who: prepare(str(d), {}) for who, d in variants.items()}
+    barrier = threading.Barrier(2)
+    results = {}
+
+    def one(who):
+        prep = preps[who]
+        with ConnectionPool(h.target for h in prep.hosts) as pool:
+            obs = observe(prep, pool)
+            barrier.wait()
+            try:
+                results[who] = apply(prep, obs, pool, who=f"{who}@ci")
+            except LockHeldError as exc:
+                results[who] = exc
+
+    threads = [threading.Thread(target=one, args=(w,)) for w in preps]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    refused = [w for w, r in results.items() if isinstance(r, LockHeldError)]
+    assert len(refused) == 1, results
+    winner = next(w for w in results if w not in refused)
+    assert f"{winner}@ci" in str(results[refused[0]])                   # names who holds it
+    assert results[winner].ok
+    wanted = preps[winner].releases[0].release
+    assert {r["hello"] for r in results[winner].final.values()} == {wanted}
+    assert all(_lock_on(h.name) is None for h in preps[winner].hosts)
 
 
 def _variant(lab_project: Path, tmp_path: Path, name: str, edit) -> Path:

@@ -212,7 +212,20 @@ class Agent:
         return self.prog + self.opts + [verb] + list(args)
 
     def call(self, verb: str, *args: str, req=None, data: Optional[bytes] = None,
-             timeout: float = 120) -> Tuple[int, dict]:
+             timeout: float = 120, lock: bool = True) -> Tuple[int, dict]:
+        """A mutating verb (apply, rollback, remove, gc) runs under the deploy lock, taken
+        for this call and released after it (``lock=False``: sent without a token)."""
+        from runtime import protocol
+        if lock and verb in protocol.MUTATING and data is None:
+            token = "test-" + os.urandom(8).hex()
+            rc, body = self.call("lock", req={"holder": "imagekit", "token": token, "ttl": 600})
+            if rc:
+                return rc, body
+            try:
+                return self.call(verb, *args, req=dict(req or {}, lock=token), timeout=timeout,
+                                 lock=False)
+            finally:
+                self.call("unlock", req={"token": token})
         stdin = data if data is not None else (json.dumps(req).encode() if req is not None
                                                else b"")
         rc, out, err = self.runner(self.argv(verb, *args), stdin, timeout)

@@ -124,3 +124,31 @@ def test_releases_to_keep():
     st = {"current": {"web": {"release": "r3"}}, "history": {"web": ["r1", "r2"]}}
     keep = releases_to_keep({"web": {"release": "r4"}}, st, [("api", "x1")])
     assert keep == {("web", "r1"), ("web", "r2"), ("web", "r3"), ("web", "r4"), ("api", "x1")}
+
+
+def test_a_mutating_verb_runs_only_for_the_lock_holder(agent):
+    rc, body = agent.call("rollback", "web", lock=False)                 # nobody holds it
+    assert rc == protocol.EXIT_LOCKED and "not held" in body["error"]["message"]
+    assert agent.call("lock", req={"holder": "alice@ci pid 7", "token": "t-alice", "ttl": 30})[0] == 0
+    for verb, args, req in (("rollback", ("web",), None), ("remove", ("web",), {"lock": "t-bob"}),
+                            ("gc", (), {"lock": "alice@ci pid 7"})):    # no token, another, the name
+        rc, body = agent.call(verb, *args, req=req, lock=False)
+        assert rc == protocol.EXIT_LOCKED and body["error"]["holder"] == "alice@ci pid 7", body
+        assert "alice@ci pid 7" in body["error"]["message"]
+    rc, body = agent.call("rollback", "web", req={"lock": "t-alice"}, lock=False)
+    assert body["error"]["code"] == protocol.E_NOT_FOUND, body           # past the lock
+    rc, body = agent.call("lock", req={"holder": "bob", "token": "t-bob", "ttl": 30})
+    assert rc == protocol.EXIT_LOCKED and "t-alice" not in str(body)      # the token never shows
+    assert agent.call("lock", req={"holder": "bob", "token": "t-bob", "ttl": 30, "force": True})[0] == 0
+    rc, body = agent.call("rollback", "web", req={"lock": "t-alice"}, lock=False)
+    assert rc == protocol.EXIT_LOCKED and body["error"]["holder"] == "bob"  # fenced off
+
+
+def test_apply_without_the_lock_changes_nothing(agent, tmp_path):
+    img = ik.make_image({"linux/amd64": [ik.tar_bytes([ik.file_entry("f", b"x")])]})
+    agent.ship(img)
+    spec = ik.deploy_spec(port=8080)
+    services = {"web": {"index": img.index, "deploy": spec}}
+    rc, body = agent.call("apply", req={"who": "t", "services": services}, lock=False)
+    assert rc == protocol.EXIT_LOCKED and body["error"]["code"] == protocol.E_LOCKED, body
+    assert not (tmp_path / "root" / "state" / "target.json").exists()

@@ -1,0 +1,105 @@
+"""The fleet lock: every command that changes hosts runs inside ``mutating(...)``, and only there.
+
+Like Kamal's ``mutating do`` block, one place decides how the lock is taken, so a new command
+cannot forget it: the agent's mutating verbs (apply, rollback, remove, gc) refuse a request that
+does not carry the token of the session holding the lock, and ``AgentClient`` asks for it.
+
+Taking it across hosts cannot deadlock or split: the hosts are taken in a fixed order (sorted
+names), the first one alone and first: it is the fleet's *leader*. Two sessions racing for the
+same fleet meet there; exactly one gets it, the other is refused and names the holder without
+having touched any other host. Whoever holds the leader takes the rest at once; a lock left on
+one of them by a session that no longer holds the leader (it died, or lost a host mid-rollout)
+is stale and is taken over. Any refusal releases everything taken so far.
+"""
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import secrets
+import socket
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, Mapping
+
+from orchestrator.agent.client import AgentClient
+from orchestrator.errors import LockHeldError, OrchError
+from orchestrator.transport.fanout import fan_out
+from runtime import protocol
+
+LOCK_TTL = 900.0               # a session that dies leaves a lock that expires after this
+MAX_PARALLEL_HOSTS = 32
+
+
+def operator() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry in some containers
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+@dataclass
+class FleetLock:
+    """What a session holds: the token the agents check, on which hosts."""
+
+    holder: str                                    # shown to others: "alice@laptop pid 42"
+    token: str                                     # never shown: the session's proof
+    clients: Dict[str, AgentClient]                # hosts held, by name
+    lost: Dict[str, OrchError] = field(default_factory=dict)   # hosts that did not answer
+
+    def refresh(self) -> None:
+        """Extend the lease; a host that stopped answering is left to the caller to report."""
+        _each(self.clients, lambda c: c.lock(self.holder, LOCK_TTL, self.token))
+
+    def release(self) -> None:
+        _each(self.clients, lambda c: c.unlock(self.token))
+
+
+def _each(clients: Mapping[str, AgentClient], fn):
+    return fan_out(list(clients.items()), lambda kv: fn(kv[1]), name=lambda kv: kv[0],
+                   max_parallel=MAX_PARALLEL_HOSTS)
+
+
+def _refused(err: OrchError) -> bool:
+    return getattr(err, "code", None) == protocol.E_LOCKED
+
+
+def acquire(clients: Mapping[str, AgentClient], who: str, *, force: bool = False) -> FleetLock:
+    """Take the lock on every host of ``clients``, or on none (LockHeldError names the holder).
+    ``force`` breaks whatever lock is there (``--force-unlock``: a stale lock the TTL has not
+    freed yet). A host that does not answer is in ``.lost``, not held."""
+    lock = FleetLock(f"{who} pid {os.getpid()}", secrets.token_hex(16), {})
+    order = sorted(clients)
+    if not order:
+        return lock
+    leader, rest = order[0], order[1:]
+    try:
+        clients[leader].lock(lock.holder, LOCK_TTL, lock.token, force=force)
+    except OrchError as exc:
+        if _refused(exc):
+            raise LockHeldError(f"fleet is locked: {exc}",
+                                hint="wait for it, or use --force-unlock if it is stale") from None
+        raise
+    lock.clients[leader] = clients[leader]
+    fan = _each({h: clients[h] for h in rest},
+                lambda c: c.lock(lock.holder, LOCK_TTL, lock.token, force=True))
+    lock.clients.update({h: clients[h] for h in fan.ok})
+    lock.lost.update({h: e for h, e in fan.failed.items() if not _refused(e)})
+    refused = [e for e in fan.failed.values() if _refused(e)]
+    if refused:   # only an agent that forbids the take-over refuses here: hold nothing
+        lock.release()
+        raise LockHeldError(f"fleet is locked: {refused[0]}",
+                            hint="wait for it, or use --force-unlock if it is stale")
+    return lock
+
+
+@contextlib.contextmanager
+def mutating(clients: Mapping[str, AgentClient], who: str, *, force: bool = False
+             ) -> Iterator[FleetLock]:
+    """``with mutating(clients, who) as lock:`` the only way a command changes hosts: the
+    lock is held inside and released on every way out."""
+    lock = acquire(clients, who, force=force)
+    try:
+        yield lock
+    finally:
+        lock.release()
