@@ -331,7 +331,7 @@ def test_a_secret_reaches_the_container_but_no_layer_log_or_audit_line(lab_proje
                             f"  health: {{exec: [/bin/busybox, grep, -q, {value}, /run/secrets/token],")
         return text.replace("monitor: 2s", "monitor: 0s")
     variant = _variant(lab_project, tmp_path, "with-secret", edit)
-    prep, plan, report = (lambda p: (p,) + _apply_with_env(p, {"ORCH_TEST_TOKEN": value}))(prepare(str(variant), {}))
+    prep, plan, report = (lambda p: (p,) + _apply_with_env(p, {"ORCH_TEST_TOKEN": value}))(prepare(str(variant), {}, environ={"ORCH_TEST_TOKEN": value}))
     assert report.ok, report.rollout        # the health check itself proves the container reads the value
     needle = value.encode()
     for host in LabLayout(LabSpec(LAB)).hosts():
