@@ -20,6 +20,7 @@ from orchestrator.errors import OrchError
 COMMANDS = {
     "lab": "orchestrator.commands.lab",
     "build": "orchestrator.commands.build",
+    "push": "orchestrator.commands.push",
     "plan": "orchestrator.commands.plan",
     "apply": "orchestrator.commands.apply",
     "status": "orchestrator.commands.status",

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Fixtures that start real components (namespaces, sshd, runc, nftables, mmdebstrap, a registry).
 # A test that uses any of them, directly or through other fixtures, is marked `lab` here, so
 # `pytest -m "not lab"` is the fast path and no test has to remember its own mark.
-LAB_FIXTURES = frozenset({"static_busybox", "debian_home", "registry", "netns", "bullseye_root"})
+LAB_FIXTURES = frozenset({"static_busybox", "debian_home", "registry", "auth_registry", "netns", "bullseye_root"})
 
 
 def is_lab_fixture(name: str) -> bool:

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import textwrap
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -41,19 +42,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def registry(tmp_path_factory):
-    """Debian's docker-registry serving on loopback; yields "127.0.0.1:PORT"."""
+def _serve_registry(root, port, extra=""):
+    """Run Debian's docker-registry on 127.0.0.1:PORT until the generator is closed."""
     exe = shutil.which("docker-registry") or "/usr/bin/docker-registry"
-    root = tmp_path_factory.mktemp("registry")
-    port = free_port()
     config = root / "config.yml"
     config.write_text(textwrap.dedent(f"""\
         version: 0.1
         log: {{level: error}}
         storage: {{filesystem: {{rootdirectory: {root / 'data'}}}, delete: {{enabled: true}}}}
         http: {{addr: 127.0.0.1:{port}}}
-        """))
+        """) + extra)
     log = open(root / "registry.log", "wb")
     proc = subprocess.Popen([exe, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -62,6 +60,10 @@ def registry(tmp_path_factory):
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).read()
                 break
+            except urllib.error.HTTPError as exc:
+                if exc.code == 401:          # up, and asking for credentials
+                    break
+                raise
             except OSError:
                 if time.time() > deadline or proc.poll() is not None:
                     raise RuntimeError("docker-registry did not start: " + (root / "registry.log").read_text())
@@ -74,6 +76,28 @@ def registry(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    """Debian's docker-registry serving on loopback; yields "127.0.0.1:PORT"."""
+    yield from _serve_registry(tmp_path_factory.mktemp("registry"), free_port())
+
+
+AUTH_USER, AUTH_PASSWORD = "orch-tester", "correct horse battery"
+
+
+@pytest.fixture(scope="session")
+def auth_registry(tmp_path_factory):
+    """docker-registry with htpasswd (bcrypt) authentication; yields "127.0.0.1:PORT".
+
+    The user is AUTH_USER with AUTH_PASSWORD; the file is made by htpasswd (apache2-utils)."""
+    root = tmp_path_factory.mktemp("auth-registry")
+    line = subprocess.run(["htpasswd", "-nbB", AUTH_USER, AUTH_PASSWORD], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    (root / "htpasswd").write_text(line + "\n")
+    extra = f"auth: {{htpasswd: {{realm: orch-test, path: {root / 'htpasswd'}}}}}\n"
+    yield from _serve_registry(root, free_port(), extra)
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
