@@ -143,3 +143,89 @@ def test_cli_push_uses_the_service_push_key(hello, registry, home, tmp_path, cap
     assert out["target"] == f"{registry}/orch-test/cli:1" and out["manifests"] == 2
     assert cli.main(["push", "hello", f"{registry}/orch-test/cli:2", str(project), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["sent"] == 0               # same repository: blobs are there
+
+
+# ---------------------------------------------------------------- Bearer tokens
+
+class TokenGate:
+    """A token service in front of the loopback registry, as Docker Hub or GHCR do it: /v2/ answers
+    401 with a Bearer challenge; /token trades Basic credentials for a token; requests that carry
+    the token are passed to the real registry (Location headers rewritten to come back here)."""
+
+    def __init__(self, backend, user, password):
+        import http.server
+        import secrets
+        import threading
+        import urllib.request
+        gate = self
+        self.token = secrets.token_hex(8)
+        self.scopes = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, code, headers, body=b""):
+                self.send_response(code)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def handle_one(self):
+                if self.path.startswith("/token"):
+                    from urllib.parse import parse_qs, urlsplit
+                    gate.scopes.append(parse_qs(urlsplit(self.path).query).get("scope", [""])[0])
+                    want = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+                    if self.headers.get("Authorization") != want:
+                        return self._send(401, [])
+                    return self._send(200, [("Content-Type", "application/json")],
+                                      json.dumps({"token": gate.token}).encode())
+                if self.headers.get("Authorization") != f"Bearer {gate.token}":
+                    realm = f"http://{gate.address}/token"
+                    return self._send(401, [("WWW-Authenticate",
+                                             f'Bearer realm="{realm}",service="gate",scope="repository:x:pull"')])
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                req = urllib.request.Request(f"http://{backend}{self.path}", data=body, method=self.command)
+                for k in ("Content-Type", "Content-Range", "Accept"):
+                    if self.headers.get(k):
+                        req.add_header(k, self.headers[k])
+                try:
+                    resp = urllib.request.urlopen(req, timeout=30)
+                except urllib.error.HTTPError as exc:
+                    resp = exc
+                headers = [(k, v.replace(f"http://{backend}", f"http://{gate.address}"))
+                           for k, v in resp.headers.items() if k.lower() not in ("content-length", "connection")]
+                return self._send(resp.status if hasattr(resp, "status") else resp.code, headers, resp.read())
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = handle_one
+
+        import urllib.error  # noqa: F401 - used in the handler
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_push_with_a_bearer_token(hello, registry):
+    gate = TokenGate(registry, "bearer-user", "bearer-pass")
+    try:
+        ref = f"{gate.address}/orch-test/bearer:1"
+        report = push_index(hello["store"], hello["built"].index_digest, ref, chunk=64 << 10,
+                            environ={"ORCH_REGISTRY_USERNAME": "bearer-user", "ORCH_REGISTRY_PASSWORD": "bearer-pass"})
+        assert report.sent == report.blobs and report.chunked >= 1
+        assert gate.scopes[0] == "repository:orch-test/bearer:pull,push"
+        raw = skopeo_inspect(f"{registry}/orch-test/bearer:1", "--raw")
+        assert json.loads(raw)["manifests"][0]["digest"] == hello["built"].manifests["linux/amd64"]
+        with pytest.raises(PushError, match="refused the credentials"):
+            push_index(hello["store"], hello["built"].index_digest, ref,
+                       environ={"ORCH_REGISTRY_USERNAME": "bearer-user", "ORCH_REGISTRY_PASSWORD": "nope-77"})
+    finally:
+        gate.close()
