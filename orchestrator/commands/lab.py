@@ -1,4 +1,4 @@
-"""`orch lab up|status|ssh|down`: a fleet of real SSH hosts on this machine."""
+"""`orch lab up|status|ssh|down|power-cut|boot|reboot|link`: a fleet of real SSH hosts on this machine."""
 from __future__ import annotations
 
 import json
@@ -9,6 +9,9 @@ HELP = "make, inspect and remove the lab fleet (real sshd hosts in namespaces on
 EXAMPLES = (
     'orch lab up --hosts 2 --arm64 1',
     'orch lab ssh arm64-1 "uname -m; cat /etc/orch/platform"',
+    'orch lab up --hosts 0 --arm64 0 --booted 1 --bullseye 1',
+    'orch lab power-cut booted-1 && orch lab boot booted-1',
+    'orch lab link amd64-1 rate 2mbit',
     'orch lab down',
 )
 
@@ -36,6 +39,16 @@ def add_arguments(parser) -> None:
     ssh.add_argument("host")
     ssh.add_argument("cmd", nargs=argparse.REMAINDER, metavar="COMMAND", help="remote command line (default: a login shell)")
     sub.add_parser("down", parents=[named], help="remove everything the lab made (idempotent)")
+    for action, text in (("power-cut", "pull a host's plug: every process killed at once, memory and tmpfs lost, "
+                                       "the disk kept"),
+                         ("boot", "switch a host on (after a power cut); waits for its sshd"),
+                         ("reboot", "reboot a host (booted hosts shut down in order first)")):
+        fault = sub.add_parser(action, parents=[named], help=text)
+        fault.add_argument("host")
+    link = sub.add_parser("link", parents=[named], help="cut, restore or throttle a host's link")
+    link.add_argument("host")
+    link.add_argument("state", choices=("down", "up", "rate"))
+    link.add_argument("rate", nargs="?", default=None, help="with rate: a tc rate such as 2mbit, or none")
     sub.add_parser("list", help="names of labs that are up")
 
 
@@ -70,6 +83,8 @@ def run(args) -> int:
         hosts = LabMachine(layout).status()
         _print_hosts(hosts, args.json)
         return 0 if all(h["up"] for h in hosts) else 1
+    if action in ("power-cut", "boot", "reboot", "link"):
+        return _fault(args, layout)
     if action == "ssh":
         host = layout.host(args.host)
         argv = [find_tool("ssh"), "-i", str(layout.user_key),
@@ -84,6 +99,26 @@ def run(args) -> int:
         sys.stdout.flush()
         os.execv(argv[0], argv)
     raise UsageError(f"unknown lab action {action!r}")
+
+
+def _fault(args, layout) -> int:
+    from orchestrator.lab import faults
+    from orchestrator.lab.machine import LabMachine
+
+    host = layout.host(args.host)
+    machine = LabMachine(layout)
+    if args.lab_command == "power-cut":
+        faults.run_power_cut(machine, host)
+        print(f"{host.name}: power cut")
+    elif args.lab_command == "boot":
+        took = faults.run_boot(machine, host)
+        print(f"{host.name}: up in {took:.1f}s" if took else f"{host.name}: already on")
+    elif args.lab_command == "reboot":
+        print(f"{host.name}: rebooted, up in {faults.run_reboot(machine, host):.1f}s")
+    else:
+        faults.run_link(host, args.state, args.rate)
+        print(f"{host.name}: link {args.state}{' ' + args.rate if args.rate else ''}")
+    return 0
 
 
 def _print_hosts(hosts, as_json: bool) -> None:

@@ -86,6 +86,14 @@ class HostLayout:
         return 22
 
     @property
+    def mac(self) -> str:
+        """A fixed, locally administered MAC for eth0: a host that is switched off and on again keeps
+        it, as a real one does, so the machine's ARP entry for the host stays right (a new MAC
+        each boot leaves a REACHABLE entry pointing at the old one for up to 45 s)."""
+        d = hashlib.sha256(f"orch-lab/{self.lab}/{self.name}".encode()).digest()
+        return "02:" + ":".join(f"{b:02x}" for b in d[:5])
+
+    @property
     def var_lib_orch(self) -> Path:
         return self.state_dir / "var-lib-orch"
 

@@ -92,11 +92,7 @@ class LabMachine:
     # ---- up -------------------------------------------------------------------------------
     def up(self, *, report: bool = True) -> List[dict]:
         """Make the lab exist and run (idempotent); returns `status()` unless `report` is False."""
-        if os.geteuid() != 0:
-            raise LabError("the lab needs root (network and mount namespaces)", hint="run as root")
-        self.tools = require_tools(LAB_TOOLS, "the lab fleet")
-        if self.layout.spec.link_rate:
-            self.tools["tc"] = find_tool("tc", "--link-rate")
+        self.need_tools()
         lay = self.layout
         lay.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(lay.state_dir, 0o700)
@@ -114,6 +110,25 @@ class LabMachine:
         for host in started:        # a host that was already up may be unreachable on purpose (link down)
             self._wait_ssh(host, timeout=power.BOOT_TIMEOUT if host.booted else 10.0)
         return self.status() if report else []
+
+    def need_tools(self) -> None:
+        if os.geteuid() != 0:
+            raise LabError("the lab needs root (network and mount namespaces)", hint="run as root")
+        self.tools = require_tools(LAB_TOOLS, "the lab fleet")
+        if self.layout.spec.link_rate:
+            self.tools["tc"] = find_tool("tc", "--link-rate")
+
+    # ---- one host (orchestrator.lab.faults: power cut, boot, reboot) -------------------------
+    def start_host(self, host: HostLayout) -> bool:
+        """Boot a host that is off (True), or leave a running one alone (False); waits for sshd."""
+        started = self._ensure_host(host)
+        if started:
+            self._wait_ssh(host, timeout=power.BOOT_TIMEOUT if host.booted else 10.0)
+        return started
+
+    def stop_host(self, host: HostLayout) -> None:
+        """Every process of the host gone and its network namespace with them; its disk stays."""
+        self._teardown_host(host)
 
     def _ensure_key(self, path: Path, comment: str) -> None:
         if path.exists() and path.with_suffix(".pub").exists():
@@ -226,7 +241,7 @@ class LabMachine:
         _run([ip, "link", "set", host.veth_host, "netns", host.netns])
         _run([ip, "link", "set", host.veth_root, "master", self.layout.bridge, "up"])
         _run([ip, "-n", host.netns, "link", "set", "lo", "up"])
-        _run([ip, "-n", host.netns, "link", "set", host.veth_host, "name", "eth0"])
+        _run([ip, "-n", host.netns, "link", "set", host.veth_host, "name", "eth0", "address", host.mac])
         _run([ip, "-n", host.netns, "addr", "add", f"{host.address}/24", "dev", "eth0"])
         # the address may have been another host's a moment ago (a reshaped lab): forget its MAC
         _run([ip, "neigh", "flush", "to", host.address, "dev", self.layout.bridge], check=False)

@@ -56,6 +56,7 @@ def host_files(host: HostLayout, host_key: str, host_key_pub: str, authorized_ke
         "root/.ssh/authorized_keys": (authorized_keys, 0o600),
         "etc/orch/platform": (host.platform + "\n", 0o644),
         "etc/orch/hostname": (host.name + "\n", 0o644),
+        "etc/systemd/journald.conf.d/orch-lab.conf": ("[Journal]\nSystemMaxUse=32M\n", 0o644),
     }
 
 
@@ -190,9 +191,9 @@ def run_power_off(host: HostLayout, nspawn_pid: Optional[int], timeout: float = 
     for pid in pids + ([nspawn_pid] if nspawn_pid else []):
         while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}") and not _zombie(pid):
             time.sleep(0.02)
-    if nspawn_pid:
-        try:
-            os.waitpid(nspawn_pid, os.WNOHANG)
+    if nspawn_pid and _zombie(nspawn_pid):
+        try:                      # our own child when the lab was made by this process
+            os.waitpid(nspawn_pid, 0)
         except ChildProcessError:
             pass
     for cg in sorted(cgroups, key=lambda p: -len(str(p))):
