@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     rm = sub.add_parser("remove")
     rm.add_argument("service")
     rm.add_argument("--who", default="unknown")
+    sub.add_parser("session", help="answer framed requests on stdin until EOF (runtime/session.py)")
     sv = sub.add_parser("serve")
     sv.add_argument("--daemon", action="store_true",
                     help="start detached, print {pid, pidfile} and return")
@@ -60,6 +61,10 @@ def dispatch(args, stdin, stdout) -> int:
     from runtime import agent
     layout = Layout(args.root, args.run)
     v = args.verb
+    if v == "session":
+        from runtime import session
+        return session.run_session(_session_dispatch(layout), stdin.buffer if hasattr(stdin, "buffer") else stdin,
+                                   stdout.buffer if hasattr(stdout, "buffer") else stdout)
     if v == "serve":
         from runtime import supervisor
         if args.daemon:
@@ -87,6 +92,33 @@ def dispatch(args, stdin, stdout) -> int:
             not all(s.get("ok") for s in body["services"].values()):
         return protocol.EXIT_PARTIAL
     return protocol.EXIT_OK
+
+
+def _session_dispatch(layout: Layout):
+    """(verb, request, stream) -> (exit code, body) for the session: the same verb functions
+    as the command line, with arguments spelled as request keys."""
+    from runtime import agent
+
+    def one(verb: str, req: dict, stream) -> tuple:
+        try:
+            if verb == "receive":
+                body = agent.verb_receive(layout, stream)
+            elif verb in ("rollback", "remove"):
+                service, who = str(req.get("service") or ""), str(req.get("who") or "unknown")
+                body = agent.verb_rollback(layout, service, req.get("to"), who, _log) if verb == "rollback" \
+                    else agent.verb_remove(layout, service, who, _log)
+            elif verb == "apply":
+                body = agent.verb_apply(layout, req, _log)
+            elif verb in protocol.VERBS and hasattr(agent, "verb_" + verb):
+                body = getattr(agent, "verb_" + verb)(layout, req)
+            else:
+                return protocol.EXIT_USAGE, protocol.error_body(protocol.E_USAGE, f"unknown verb {verb!r}")
+        except AgentFailure as exc:
+            return exc.exit_code, exc.body()
+        if verb in ("apply", "rollback", "remove") and not all(s.get("ok") for s in body["services"].values()):
+            return protocol.EXIT_PARTIAL, body
+        return protocol.EXIT_OK, body
+    return one
 
 
 def main(argv: Optional[List[str]] = None) -> int:
