@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -205,6 +206,7 @@ def set_strategy(path: Path, lines: Dict[str, str]) -> None:
 class Orch:
     def __init__(self, env: dict):
         self.env = env
+        self.cpu: List[float] = []       # CPU seconds of each timed apply (orch and its ssh children)
 
     def __call__(self, *args: str) -> subprocess.CompletedProcess:
         return run(ORCH + list(args), env=self.env, cwd=REPO)
@@ -219,10 +221,19 @@ class Orch:
             self("apply", str(directory))
 
     def apply(self, directory: Path) -> float:
-        return timed(lambda: self("apply", str(directory)))
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        took = timed(lambda: self("apply", str(directory)))
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+        return took
 
     def forget_connections(self) -> None:
-        """Close connections an earlier orch command left open (none are kept yet)."""
+        """Close the SSH connections earlier orch commands left open (ControlPersist)."""
+        from orchestrator.transport.ssh import control_dir
+        d = control_dir()
+        for sock in (Path(d).iterdir() if d else []):
+            subprocess.run(["ssh", "-F", "/dev/null", "-o", f"ControlPath={sock}", "-O", "exit", "lab"],
+                           capture_output=True)
 
 
 # ---- report -----------------------------------------------------------------------------------
@@ -234,8 +245,9 @@ def stats(xs: List[float]) -> str:
 
 
 def report(what: str, orch: List[float], peer_name: Optional[str] = None, peer: Optional[List[float]] = None,
-           target: str = "") -> None:
-    lines = [f"{what}", f"    orch   {stats(orch)}"]
+           target: str = "", cpu: Optional[List[float]] = None) -> None:
+    lines = [f"{what}", f"    orch   {stats(orch)}" + (f"   (cpu here: median {statistics.median(cpu):.2f} s)"
+                                                        if cpu else "")]
     if peer:
         ratio = statistics.median(orch) / statistics.median(peer)
         lines.append(f"    {peer_name:<6} {stats(peer)}")
@@ -280,11 +292,12 @@ def measure_one_and_cold(tmp: Path, orch: Orch, rounds: int, do_one: bool, do_co
             ctx.mkdir()
             shutil.copy(d / "hello" / "www" / "style.css", ctx / "style.css")
             (ctx / "Dockerfile").write_text("FROM bench/hello:0\nCOPY style.css /srv/www/style.css\n")
-        one_orch, one_docker, cold_orch, cold_docker = [], [], [], []
+        one_orch, one_docker, cold_orch, cold_docker, one_cpu, cold_cpu = [], [], [], [], [], []
         for r in range(rounds):
             if do_one:
                 touch_line(d / "hello" / "www" / "style.css", r)
                 one_orch.append(orch.apply(d))
+                one_cpu.append(orch.cpu[-1])
                 touch_line(ctx / "style.css", r)
                 one_docker.append(timed(lambda: docker_deploy(target, build, ctx, r, host)))
             if do_cold:
@@ -295,16 +308,17 @@ def measure_one_and_cold(tmp: Path, orch: Orch, rounds: int, do_one: bool, do_co
                 # the same image as hello: only the new service's start is timed (build is cached)
                 orch("build", str(c))
                 cold_orch.append(orch.apply(c))
+                cold_cpu.append(orch.cpu[-1])
                 wait_200(f"http://{host}:{9100 + r}/", 5)
                 cold_docker.append(timed(lambda: (run(target.remote("run", "-d", "--name", f"cold{r}", "-p",
                                                                       f"{9200 + r}:80", "bench/hello:0")),
                                                   wait_200(f"http://{host}:{9200 + r}/"))))
         if do_one:
             report("one-file change, 1 host, whole command", one_orch, "docker", one_docker,
-                   "orch < 0.5 s and <= 0.5x docker build+save/gzip/ssh load+run+health+rm")
+                   "orch < 0.5 s and <= 0.5x docker build+save/gzip/ssh load+run+health+rm", one_cpu)
         if do_cold:
             report("cold start of a new service (image on the host)", cold_orch, "docker", cold_docker,
-                   "<= 1.0x ssh + docker run to first 200")
+                   "<= 1.0x ssh + docker run to first 200", cold_cpu)
         if do_rss:
             measure_rss(lab)
     finally:
@@ -369,18 +383,20 @@ def measure_noop(tmp: Path, orch: Orch, rounds: int, labs: List[Lab]) -> None:
                    f"[all:vars]\nansible_user=root\nansible_ssh_private_key_file={lab.layout.user_key}\n"
                    f"ansible_ssh_common_args='{common}'\n")
     penv = dict(os.environ, ANSIBLE_HOST_KEY_CHECKING="True", ANSIBLE_PYTHON_INTERPRETER="auto_silent")
-    cold, warm, pyinfra, ansible = [], [], [], []
+    cold, warm, pyinfra, ansible, cold_cpu, warm_cpu = [], [], [], [], [], []
     for _ in range(rounds):
         orch.forget_connections()
         cold.append(orch.apply(d))
+        cold_cpu.append(orch.cpu[-1])
         warm.append(orch.apply(d))
+        warm_cpu.append(orch.cpu[-1])
         pyinfra.append(timed(lambda: run([str(VENV / "bin" / "pyinfra"), "-y", str(inv), "exec", "--", "true"],
                                          env=penv, cwd=tmp)))
         ansible.append(timed(lambda: run([str(VENV / "bin" / "ansible"), "all", "-i", str(ini), "-f", "20",
                                           "-m", "raw", "-a", "true"], env=penv, cwd=tmp)))
-    report("no-op apply, 20 hosts, cold", cold, "pyinfra", pyinfra, "<= 1.0x pyinfra exec -- true (cold)")
+    report("no-op apply, 20 hosts, cold", cold, "pyinfra", pyinfra, "<= 1.0x pyinfra exec -- true (cold)", cold_cpu)
     report("no-op apply, 20 hosts, cold", cold, "ansibl", ansible, "(for reference: ansible -m raw -a true)")
-    report("no-op apply, 20 hosts, warm (right after another orch command)", warm, target="< 0.3 s")
+    report("no-op apply, 20 hosts, warm (right after another orch command)", warm, target="< 0.3 s", cpu=warm_cpu)
 
 
 def measure_py(tmp: Path, orch: Orch, rounds: int, labs: List[Lab]) -> None:
@@ -415,14 +431,15 @@ def measure_py(tmp: Path, orch: Orch, rounds: int, labs: List[Lab]) -> None:
             list(ex.map(one, lab.hosts))
 
     rsync_all()
-    o, p = [], []
+    o, p, cpu = [], [], []
     for r in range(rounds):
         touch_line(d / "app" / "server.py", r, "# bench {}")
         o.append(orch.apply(d))
+        cpu.append(orch.cpu[-1])
         touch_line(root / "app" / "server.py", r, "# bench {}")
         p.append(timed(rsync_all))
     report(f"one-file change, python-app ({size / 1e6:.0f} MB root), 5 hosts, canary 1 then the rest", o,
-           "rsync", p, "<= 1.0x rsync -az of its root to the 5 hosts")
+           "rsync", p, "<= 1.0x rsync -az of its root to the 5 hosts", cpu)
 
 
 def measure_defaults(tmp: Path, orch: Orch, rounds: int, labs: List[Lab]) -> None:
@@ -432,11 +449,13 @@ def measure_defaults(tmp: Path, orch: Orch, rounds: int, labs: List[Lab]) -> Non
     d = copy_project(REPO / "manifests", tmp / "def", lab.fleet_yaml())
     orch("build", str(d))
     orch.setup(d)
-    o = []
+    o, cpu = [], []
     for r in range(rounds):
         touch_line(d / "hello" / "www" / "style.css", r)
         o.append(orch.apply(d))
-    report("shipped manifests/ as they are, one-file change, 3 hosts (2 amd64 + 1 arm64)", o, target="< 2 s")
+        cpu.append(orch.cpu[-1])
+    report("shipped manifests/ as they are, one-file change, 3 hosts (2 amd64 + 1 arm64)", o, target="< 2 s",
+           cpu=cpu)
 
 
 def main() -> int:
@@ -455,8 +474,10 @@ def main() -> int:
     ensure_peers("one" in only or "cold" in only, "py" in only, "noop" in only)
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="orch-bench-peers-"))
-    # a store of its own, kept between runs (Debian bases are slow to make the first time)
+    # a store of its own, kept between runs (Debian bases are slow to make the first time);
+    # bytecode is cached as on any installed machine (this one sets PYTHONDONTWRITEBYTECODE)
     env = dict(os.environ, ORCH_HOME=str(CACHE / "orch-home"), PYTHONPATH=str(REPO))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     orch = Orch(env)
     labs: List[Lab] = []
     print(f"bench/peers.py --rounds {args.rounds} --only {args.only}   "

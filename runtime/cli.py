@@ -105,8 +105,8 @@ def _session_dispatch(layout: Layout):
                 body = agent.verb_receive(layout, stream)
             elif verb in ("rollback", "remove"):
                 service, who = str(req.get("service") or ""), str(req.get("who") or "unknown")
-                body = agent.verb_rollback(layout, service, req.get("to"), who, _log) if verb == "rollback" \
-                    else agent.verb_remove(layout, service, who, _log)
+                body = agent.verb_rollback(layout, service, req.get("to"), who, _log, req.get("lock")) \
+                    if verb == "rollback" else agent.verb_remove(layout, service, who, _log, req.get("lock"))
             elif verb == "apply":
                 body = agent.verb_apply(layout, req, _log)
             elif verb in protocol.VERBS and hasattr(agent, "verb_" + verb):

@@ -53,11 +53,14 @@ def install_agent(conn: SSHConnection, local_pyz: str, digest: str) -> str:
 
 
 class AgentClient:
-    """The agent on one host, reached through one pooled SSH connection."""
+    """The agent on one host, reached through one pooled SSH connection; with a `session`
+    (orchestrator/agent/session.py), every verb goes to one agent process instead of a new
+    `python3 AGENT VERB` each."""
 
-    def __init__(self, conn: SSHConnection, path: str):
+    def __init__(self, conn: SSHConnection, path: str, session=None):
         self.conn = conn
         self.path = path
+        self.session = session
 
     @property
     def host(self) -> str:
@@ -68,15 +71,24 @@ class AgentClient:
 
     def call(self, verb: str, request: Optional[Mapping[str, Any]] = None, *args: str,
              timeout: Optional[float] = 300) -> Dict[str, Any]:
+        if self.session is not None and not self.session.closed and not args:
+            return self._in_session(verb, request or {}, timeout)
         data = json.dumps(request).encode() if request is not None else None
         res = self.conn.run(self.argv(verb, *args), input=data, timeout=timeout)
         ok, body = protocol.parse_answer(res.exit_code, res.stdout)
-        if ok:
+        return self._answer(verb, res.exit_code, body, res.stderr.decode(errors="replace").strip()[-500:])
+
+    def _in_session(self, verb: str, request: Dict[str, Any], timeout: Optional[float]) -> Dict[str, Any]:
+        code, body = self.session.call(verb, request, timeout=timeout)
+        return self._answer(verb, code, body, "")
+
+    def _answer(self, verb: str, code: int, body: Dict[str, Any], stderr: str) -> Dict[str, Any]:
+        if code == protocol.EXIT_OK and "error" not in body:
             return body
-        if res.exit_code == protocol.EXIT_PARTIAL and "services" in body:
+        if code == protocol.EXIT_PARTIAL and "services" in body:
             return body            # apply: per-service outcome, some failed
         err = body.get("error") or {}
-        message = err.get("message") or res.stderr.decode(errors="replace").strip()[-500:] or f"exit {res.exit_code}"
+        message = err.get("message") or stderr or f"exit {code}"
         raise AgentError(f"{verb}: {message}", host=self.host, code=err.get("code"))
 
     # ---- verbs ----------------------------------------------------------------------------
@@ -96,11 +108,15 @@ class AgentClient:
 
     def rollback(self, service: str, to: Optional[str] = None, who: Optional[str] = None, *,
                  lock: str, timeout: Optional[float] = 300) -> Dict[str, Any]:
+        if self.session is not None and not self.session.closed:
+            return self._in_session("rollback", {"service": service, "to": to, "who": who, "lock": lock}, timeout)
         args = [service] + (["--to", to] if to else []) + (["--who", who] if who else [])
         return self.call("rollback", {"lock": lock}, *args, timeout=timeout)
 
     def remove(self, service: str, who: Optional[str] = None, *, lock: str,
                timeout: Optional[float] = 300) -> Dict[str, Any]:
+        if self.session is not None and not self.session.closed:
+            return self._in_session("remove", {"service": service, "who": who, "lock": lock}, timeout)
         return self.call("remove", {"lock": lock}, service, *(["--who", who] if who else []),
                          timeout=timeout)
 
@@ -134,8 +150,13 @@ class AgentClient:
         finally:
             close_quietly(channel)
 
-    def send_blobs(self, frames: Iterable[bytes], on_bytes=None) -> Dict[str, Any]:
-        """Stream `receive` frames to the agent in one command (no per-blob round trips)."""
+    def send_blobs(self, frames: Iterable[bytes], on_bytes=None, nbytes: Optional[int] = None) -> Dict[str, Any]:
+        """Stream `receive` frames to the agent in one command (no per-blob round trips); inside
+        the session when there is one and the stream's length (`nbytes`) is known."""
+        if self.session is not None and not self.session.closed and nbytes is not None:
+            code, body = self.session.call("receive", data=frames, nbytes=nbytes, on_bytes=on_bytes,
+                                           timeout=None)
+            return self._answer("receive", code, body, "")
         res = self.conn.stream_to(self.argv("receive"), frames, on_bytes)
         ok, body = protocol.parse_answer(res.exit_code, res.stdout)
         if not ok:

@@ -6,13 +6,12 @@ containers are run detached by the OCI runtime and keep serving.
 """
 from __future__ import annotations
 
-import json
 from typing import Sequence, Tuple
 
 from orchestrator.agent.client import AGENT_DIR, AgentClient, agent_path, install_agent
+from orchestrator.agent.session import AgentSession, SessionGone
 from orchestrator.errors import AgentError
 from orchestrator.transport.ssh import SSHConnection
-from runtime import protocol
 
 UNIT_PATH = "/etc/systemd/system/orch-agent.service"
 
@@ -60,22 +59,25 @@ def ensure_agent(conn: SSHConnection, local_pyz: str, digest: str) -> AgentClien
 def observe_host(conn: SSHConnection, local_pyz: str, digest: str,
                  digests: Sequence[str] = ()) -> Tuple[AgentClient, dict]:
     """One round trip in the steady state: the agent's `observe` (info, which of `digests` the
-    host has, status). The agent is installed first only where its file is missing, and its
-    supervisor restarted only where it runs another agent file."""
-    client = AgentClient(conn, agent_path(digest))
-    request = json.dumps({"digests": list(digests)}).encode()
-    res = conn.run(client.argv("observe"), input=request, timeout=120)
-    if res.exit_code == 127:
-        raise AgentError("python3 is not installed on the host", host=conn.target.name,
-                         hint="install it there: apt-get install python3-minimal")
-    if res.exit_code == 2 and b"can't open file" in res.stderr:
-        install_agent(conn, local_pyz, digest)
-        res = conn.run(client.argv("observe"), input=request, timeout=120)
-    ok, body = protocol.parse_answer(res.exit_code, res.stdout)
-    if not ok:
-        err = body.get("error") or {}
-        raise AgentError(f"observe: {err.get('message') or res.stderr.decode(errors='replace').strip()[-300:]}",
-                         host=conn.target.name, code=err.get("code"))
+    host has, status), as the first request of an agent session that the returned client keeps
+    for the rest of the command. The agent is installed first only where its file is missing,
+    and its supervisor restarted only where it runs another agent file."""
+    path = agent_path(digest)
+    for attempt in (1, 2):
+        session = AgentSession.open(conn, path)
+        try:
+            code, body = session.call("observe", {"digests": list(digests)}, timeout=120)
+            break
+        except SessionGone as exc:
+            if session.exit_code == 127:
+                raise AgentError("python3 is not installed on the host", host=conn.target.name,
+                                 hint="install it there: apt-get install python3-minimal") from None
+            if attempt == 1 and session.exit_code == 2 and "can't open file" in str(exc):
+                install_agent(conn, local_pyz, digest)
+                continue
+            raise
+    client = AgentClient(conn, path, session)
+    body = client._answer("observe", code, body, "")
     _check_info(conn, client.path, digest, body["info"])
     return client, body
 

@@ -219,7 +219,7 @@ def _ship(prep: Prepared, obs: Observed, pool: ConnectionPool, report: ApplyRepo
     todo = [hp for hp in obs.plan.hosts if hp.blobs and not hp.error]
 
     def one(hp):
-        connect = reconnecting_client(pool, hp.host, obs.clients[hp.host].path)
+        connect = reconnecting_client(pool, hp.host, obs.clients[hp.host].path, first=obs.clients[hp.host])
         return ship_blobs(connect, hp.blobs, prep.store.open_blob, partial=dict(hp.resume),
                           on_bytes=(lambda n: on_bytes(hp.host, n)) if on_bytes else None)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -21,9 +21,22 @@ class ShipResult:
     attempts: int
 
 
-def reconnecting_client(pool: ConnectionPool, host: str, agent_path: str) -> Callable[[], AgentClient]:
-    """A `connect` for `ship_blobs`: the pooled connection (the pool reconnects a dropped link)."""
-    return lambda: AgentClient(pool.get(host), agent_path)
+def reconnecting_client(pool: ConnectionPool, host: str, agent_path: str,
+                        first: Optional[AgentClient] = None) -> Callable[[], AgentClient]:
+    """A `connect` for `ship_blobs`: `first` (the command's agent session) if given, then the
+    pooled connection (the pool reconnects a dropped link)."""
+    given = [first] if first is not None else []
+    return lambda: given.pop() if given else AgentClient(pool.get(host), agent_path)
+
+
+def stream_size(sizes: Mapping[str, int], partial: Mapping[str, int]) -> int:
+    """Bytes of the `receive` stream protocol.iter_frames makes for these blobs."""
+    total = 0
+    for digest, size in sizes.items():
+        offset = int(partial.get(digest, 0))
+        offset = 0 if offset > size else offset
+        total += len(protocol.frame_header(digest, size, offset)) + size - offset
+    return total
 
 
 def ship_blobs(connect: Callable[[], AgentClient], blobs: Sequence[Tuple[str, int]], open_blob,
@@ -60,7 +73,7 @@ def ship_blobs(connect: Callable[[], AgentClient], blobs: Sequence[Tuple[str, in
         if not todo:
             return
         frames = protocol.iter_frames(todo, state["partial"], open_blob)
-        answer = client.send_blobs(frames, on_bytes=count)
+        answer = client.send_blobs(frames, on_bytes=count, nbytes=stream_size(todo, state["partial"]))
         missing = [d for d in todo if d not in set(answer.get("stored", [])) | set(answer.get("present", []))]
         if missing:
             raise TransportError(f"agent did not keep {len(missing)} blob(s): {missing[0]}", host=client.host)

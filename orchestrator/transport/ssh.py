@@ -6,11 +6,14 @@ Host keys are checked against known_hosts and never auto-accepted.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shlex
 import shutil
 import socket
+import stat
 import subprocess
+import tempfile
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +23,11 @@ import paramiko
 
 from orchestrator.errors import HostKeyError, TransportError
 
+# Seconds an OpenSSH connection outlives the command that opened it (ControlPersist): the next
+# command on the same host then costs no handshake. "0" or "no" turns it off; so does
+# `ControlMaster no` or `ControlPersist no` for the host in ~/.ssh/config.
+PERSIST_ENV = "ORCH_SSH_PERSIST"
+DEFAULT_PERSIST = "60"
 WINDOW = 64 * 1024 * 1024       # large SSH window: bulk transfers are not stalled by round trips
 MAX_PACKET = 256 * 1024 - 1024  # below OpenSSH's 256 KiB packet limit
 
@@ -36,6 +44,7 @@ class SSHTarget:
     known_hosts: Optional[str] = None          # None: ~/.ssh/known_hosts (and /etc/ssh/ssh_known_hosts)
     proxy_jump: Optional["SSHTarget"] = None
     connect_timeout: float = 10.0
+    persist: bool = True                       # False: ~/.ssh/config says ControlMaster/ControlPersist no
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,8 @@ def resolve_target(target: SSHTarget, config_path: Optional[str] = None) -> SSHT
         changes["key_path"] = os.path.expanduser(found["identityfile"][0])
     if "userknownhostsfile" in found and not target.known_hosts:
         changes["known_hosts"] = os.path.expanduser(found["userknownhostsfile"].split()[0])
+    if found.get("controlmaster", "").lower() == "no" or found.get("controlpersist", "").lower() == "no":
+        changes["persist"] = False
     if "proxyjump" in found and not target.proxy_jump and found["proxyjump"].lower() != "none":
         jump = found["proxyjump"].split(",")[0]
         user, _, hostport = jump.rpartition("@")
@@ -106,6 +117,7 @@ class SSHConnection:
         self._client: Optional[paramiko.SSHClient] = None
         self._jump: Optional["SSHConnection"] = None
         self._lock = threading.Lock()
+        self._processes: List["RemoteProcess"] = []     # sessions: ended when this closes
 
     # -- connecting -----------------------------------------------------------------------
     def connect(self) -> "SSHConnection":
@@ -162,7 +174,18 @@ class SSHConnection:
             self.connect()
         return self._client.get_transport()
 
+    def end_input(self) -> None:
+        """Tell every session on this host that no request follows (they end on their own)."""
+        with self._lock:
+            processes = list(self._processes)
+        for p in processes:
+            p.end_input()
+
     def close(self) -> None:
+        with self._lock:
+            processes, self._processes = self._processes, []
+        for p in processes:
+            p.close()
         with self._lock:
             self._close_locked()
 
@@ -233,7 +256,22 @@ class SSHConnection:
                     "-o", "GlobalKnownHostsFile=/dev/null"]
         if t.key_path:
             cmd += ["-i", os.path.expanduser(t.key_path), "-o", "IdentitiesOnly=yes"]
-        return cmd + [t.address, "--", self.command_line(argv)]
+        return cmd + control_options(t) + [t.address, "--", self.command_line(argv)]
+
+    def open_process(self, argv: Sequence[str]) -> "RemoteProcess":
+        """Start `argv` on the host with its stdin/stdout as pipes here (an agent session).
+
+        Through the OpenSSH client where it can stand in, so the connection is shared with
+        (and outlives, see PERSIST_ENV) other commands; else on a paramiko channel."""
+        cmd = self.openssh_argv(argv)
+        if cmd is None:
+            process = RemoteProcess(self.target.name, channel=self.open_command(argv))
+        else:
+            process = RemoteProcess(self.target.name, proc=subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        with self._lock:
+            self._processes.append(process)
+        return process
 
     def stream_to(self, argv: Sequence[str], chunks: Iterable[bytes],
                   on_bytes: Optional[Callable[[int], None]] = None) -> CommandResult:
@@ -309,6 +347,90 @@ class SSHConnection:
             raise TransportError(f"cannot copy {local_path} to {remote_path}: {exc}", host=self.target.name) from exc
 
 
+def control_dir() -> Optional[str]:
+    """The directory of the ControlMaster sockets (short: a socket path is at most 107 bytes),
+    private to this user; None where it cannot be made safely."""
+    path = os.path.join(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir(), f"orch-ssh-{os.getuid()}")
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        return None                        # someone else's, or readable by others: no sharing
+    return path
+
+
+def control_options(target: SSHTarget) -> List[str]:
+    """OpenSSH options that share one connection per host between commands and keep it open
+    for a while after the last one (empty when turned off)."""
+    persist = os.environ.get(PERSIST_ENV, DEFAULT_PERSIST).strip().lower()
+    if not target.persist or persist in ("0", "no", "off", "false", ""):
+        return []
+    d = control_dir()
+    if d is None:
+        return []
+    # one master per host *and* per trust settings: a command that checks against another
+    # known_hosts file or logs in with another key never rides on this one's connection
+    key = "\0".join(str(x) for x in (target.address, target.port, target.user, target.key_path,
+                                      target.known_hosts))
+    name = hashlib.sha256(key.encode()).hexdigest()[:32]
+    return ["-o", "ControlMaster=auto", "-o", f"ControlPath={d}/{name}", "-o", f"ControlPersist={persist}"]
+
+
+class RemoteProcess:
+    """A remote command with pipes: an OpenSSH client process, or a paramiko channel."""
+
+    def __init__(self, host: str, *, proc: Optional[subprocess.Popen] = None,
+                 channel: Optional[paramiko.Channel] = None):
+        self.host = host
+        self._proc, self._channel = proc, channel
+        self._err = bytearray()
+        if proc is not None:
+            self.stdin, self.stdout = proc.stdin, proc.stdout
+            err = proc.stderr
+        else:
+            self.stdin, self.stdout = channel.makefile_stdin("wb"), channel.makefile("rb")
+            err = channel.makefile_stderr("rb")
+        self._reader = threading.Thread(target=_drain, args=(err, self._err), daemon=True)
+        self._reader.start()
+
+    def stderr_tail(self, n: int = 500) -> str:
+        return bytes(self._err[-n:]).decode(errors="replace").strip()
+
+    def kill(self) -> None:
+        """Stop it now (a deadline passed): a blocked read then sees EOF."""
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.kill()
+        else:
+            close_quietly(self._channel)
+
+    def end_input(self) -> None:
+        try:
+            self.stdin.close()
+        except (OSError, ValueError, EOFError, paramiko.SSHException):
+            pass
+
+    def close(self, timeout: float = 10.0) -> Optional[int]:
+        """End its input, wait for it, and return its exit code (None if unknown)."""
+        self.end_input()
+        if self._proc is not None:
+            try:
+                code = self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                code = self._proc.wait()
+            for f in (self._proc.stdout,):
+                f.close()
+        else:
+            code = self._channel.recv_exit_status() if self._channel.exit_status_ready() or \
+                self._channel.status_event.wait(timeout) else None
+            close_quietly(self._channel)
+        self._reader.join(timeout=2)
+        return code
+
+
 def close_quietly(channel: paramiko.Channel) -> None:
     """Close a channel whose link may already be gone (closing must not mask the real error)."""
     try:
@@ -341,15 +463,19 @@ class ConnectionPool:
             self._targets[target.name] = target
 
     def get(self, name: str) -> SSHConnection:
+        """The host's connection; paramiko connects on first use (an agent session goes
+        through the OpenSSH client and may never need it)."""
         with self._lock:
             conn = self._conns.get(name)
             if conn is None:
                 conn = self._conns[name] = SSHConnection(self._targets[name])
-        return conn.connect()
+        return conn
 
     def close(self) -> None:
         with self._lock:
             conns, self._conns = list(self._conns.values()), {}
+        for c in conns:              # every host's sessions wind down at once, then we wait
+            c.end_input()
         for c in conns:
             c.close()
 

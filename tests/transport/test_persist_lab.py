@@ -1,0 +1,77 @@
+"""Connections that outlive a command, on a real lab host: a second `orch apply` right after
+the first costs sshd no new handshake; ORCH_SSH_PERSIST=0 turns that off; host keys are still
+checked strictly for every new connection."""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from orchestrator.errors import TransportError
+from orchestrator.lab.layout import LabLayout, LabSpec
+from orchestrator.lab.machine import LabMachine
+from orchestrator.transport.ssh import SSHConnection, SSHTarget, control_options
+from tests.conftest import REPO
+
+LAB = f"test-persist-{secrets.token_hex(2)}"
+
+
+@pytest.fixture(scope="module")
+def persist_lab(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("project") / "manifests"
+    shutil.copytree(REPO / "manifests", directory)
+    (directory / "fleet.yaml").write_text(f"kind: Fleet\nname: {LAB}\nlab: {{hosts: 1, arm64: 0}}\n")
+    text = (directory / "hello.yaml").read_text().replace("platforms: [linux/amd64, linux/arm64]",
+                                                          "platforms: [linux/amd64]")
+    (directory / "hello.yaml").write_text(text)
+    env = dict(os.environ, ORCH_HOME=str(tmp_path_factory.mktemp("home")), PYTHONPATH=str(REPO))
+    layout = LabLayout(LabSpec(LAB, 1, 0))
+    try:
+        yield directory, env, layout
+    finally:
+        LabMachine(layout).down()
+
+
+def handshakes(layout) -> int:
+    log = layout.hosts()[0].log_file
+    return log.read_text(errors="replace").count("Accepted publickey") if log.exists() else 0
+
+
+def apply(directory, env):
+    p = subprocess.run([sys.executable, "-m", "orchestrator.cli", "apply", str(directory)], env=env,
+                       capture_output=True, text=True, cwd=REPO)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p.stdout
+
+
+def test_a_second_command_costs_no_handshake(persist_lab):
+    directory, env, layout = persist_lab
+    apply(directory, env)                                  # brings the lab up, deploys
+    before = handshakes(layout)
+    assert "up to date" in apply(directory, env)
+    assert handshakes(layout) == before
+
+
+def test_persistence_can_be_turned_off(persist_lab):
+    directory, env, layout = persist_lab
+    before = handshakes(layout)
+    assert "up to date" in apply(directory, dict(env, ORCH_SSH_PERSIST="0"))
+    assert handshakes(layout) > before
+
+
+def test_a_changed_host_key_is_refused_even_while_a_connection_persists(persist_lab, tmp_path):
+    directory, env, layout = persist_lab
+    host = layout.hosts()[0]
+    wrong = tmp_path / "known_hosts"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], check=True)
+    wrong.write_text(f"{host.address} {(tmp_path / 'k.pub').read_text().split()[0]} "
+                     f"{(tmp_path / 'k.pub').read_text().split()[1]}\n")
+    target = SSHTarget(name=host.name, address=host.address, key_path=str(layout.user_key),
+                       known_hosts=str(wrong))
+    assert control_options(target)                         # persistence is on ...
+    with pytest.raises(TransportError, match="Host key verification failed"):
+        SSHConnection(target).stream_to(["true"], [])     # ... and still a new, checked connection
