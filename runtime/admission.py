@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Dict, List, Mapping
 
 from runtime import protocol, spec, store
 from runtime.errors import BadRequest, MissingBlob
 from runtime.layout import Layout
 from runtime.spec import Deploy, SpecError
+
+PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
 def blobs_of(layout: Layout, manifest_digest: str) -> List[str]:
@@ -44,7 +47,14 @@ def check_service(layout: Layout, name: str, s: dict, plat: str) -> dict:
     if missing:
         raise MissingBlob(f"services/{name}: blobs not on this host: {', '.join(missing)}",
                           missing=missing)
-    return {"release": rel, "index": index, "manifest": manifest, "deploy": deploy}
+    out = {"release": rel, "index": index, "manifest": manifest, "deploy": deploy}
+    project = s.get("project")
+    if project is not None:
+        if not isinstance(project, str) or not PROJECT_RE.match(project):
+            raise BadRequest(f"services/{name}/project: expected 1-63 of a-z A-Z 0-9 . _ -, "
+                             f"got {project!r}")
+        out["project"] = project       # who deployed it: the only one that may prune it
+    return out
 
 
 def check_ports(existing: Mapping[str, Deploy], new: Mapping[str, Deploy]) -> None:

@@ -101,6 +101,7 @@ def verb_apply(layout: Layout, req: dict, log=None) -> dict:
             return {"services": {n: {"ok": True, "accepted": True, "wanted": t["release"]}
                                  for n, t in checked.items()}}
         reconcile.converge(h, services=list(checked))
+        _collect(h)
     return {"services": {n: reconcile.result_of(h, n) for n in checked}}
 
 
@@ -125,6 +126,7 @@ def verb_rollback(layout: Layout, service: str, to: Optional[str], who: str, log
         h.state.save_target(target)
         h.state.audit(who, "rollback", service, to)
         reconcile.converge(h, services=[service])
+        _collect(h)
     return {"services": {service: reconcile.result_of(h, service)}}
 
 
@@ -173,7 +175,7 @@ def verb_status(layout: Layout, req: dict) -> dict:
                  "state": meta.status_of(m, rt) if m else "missing",
                  "health": _health(st, name, m),
                  "since": cur.get("since"), "previous": list(st["history"].get(name) or []),
-                 "wanted": wanted,
+                 "wanted": wanted, "project": (target.get(name) or {}).get("project"),
                  "slots": {s: {"release": x.release, "state": meta.status_of(x, rt),
                                "ip": x.ip} for (n, s), x in sorted(metas.items()) if n == name}}
         why = (st["failed"].get(name) or {}).get(wanted)
@@ -244,6 +246,14 @@ def verb_audit(layout: Layout, req: dict) -> dict:
     return {"lines": State(layout).audit_lines()}
 
 
+
+
+def _collect(h) -> None:
+    """Garbage after a change (the converge lock is held): never fails the change itself."""
+    try:
+        gc.collect(h)
+    except Exception as exc:  # noqa: BLE001 - reported, the next apply collects again
+        h.log(f"gc: {type(exc).__name__}: {exc}")
 
 
 def verb_gc(layout: Layout, req: dict) -> dict:

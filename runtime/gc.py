@@ -7,13 +7,14 @@ import shutil
 import sys
 import time
 import zipfile
-from typing import List
+from typing import Dict, List
 
 from runtime import admission, meta, protocol
 from runtime.errors import AgentFailure
 from runtime.layout import Layout, read_json, write_json
 
 BLOB_GRACE = 600.0
+DEFAULT_KEEP = 3
 
 
 def read_records(layout: Layout) -> dict:
@@ -21,9 +22,16 @@ def read_records(layout: Layout) -> dict:
     return read_json(os.path.join(layout.state, "releases.json"), {}) or {}
 
 
+def trim_history(history: Dict[str, List[str]], keep_of: Dict[str, int]) -> Dict[str, List[str]]:
+    """Each service's rollback history cut so that the host keeps ``keep_releases`` releases
+    of it counting the serving one (the default 3: serving + the 2 before it)."""
+    return {n: (list(h)[-(keep_of.get(n, DEFAULT_KEEP) - 1):] if keep_of.get(n, DEFAULT_KEEP) > 1 else [])
+            for n, h in history.items()}
+
+
 def releases_to_keep(target: dict, st: dict, container_releases) -> set:
     """(service, release) pairs gc must keep: the target, what serves, the rollback history
-    (already cut to keep_releases) and whatever a container still runs."""
+    (cut to keep_releases by ``trim_history``) and whatever a container still runs."""
     keep = {(n, t["release"]) for n, t in target.items()}
     keep |= {(n, c["release"]) for n, c in st["current"].items()}
     keep |= {(n, r) for n, hist in st["history"].items() for r in hist}
@@ -32,51 +40,64 @@ def releases_to_keep(target: dict, st: dict, container_releases) -> set:
 
 
 def run_gc(h) -> dict:
-    """Drop images, blobs and release records nothing keeps (under the converge lock)."""
+    """``gc`` verb: collect under the converge lock."""
+    with h.state.flock("converge.lock"):
+        return collect(h)
+
+
+def collect(h) -> dict:
+    """Drop images, blobs and release records nothing keeps. The caller holds the converge
+    lock (``apply`` and ``rollback`` collect at their end, so a host never holds more than
+    ``keep_releases`` images of a service)."""
     layout = h.layout
     removed_images: List[str] = []
     removed_blobs: List[str] = []
     freed = 0
-    with h.state.flock("converge.lock"):
-        st = h.state.status()
-        target = h.state.target()
-        records = read_records(layout)
-        keep_rel = releases_to_keep(target, st, ((m.service, m.release)
-                                                 for m in meta.list_metas(layout)))
-        keep_blobs = set()
-        keep_images = set()
-        for name, rel in keep_rel:
-            rec = (records.get(name) or {}).get(rel)
-            if not rec:
-                continue
-            keep_images.add(protocol.split_digest(rec["manifest"]))
-            keep_blobs.update({rec["index"], rec["manifest"]})
-            try:
-                keep_blobs.update(admission.blobs_of(layout, rec["manifest"]))
-            except AgentFailure:
-                pass
-        for name in list(records):
-            records[name] = {r: v for r, v in records[name].items() if (name, r) in keep_rel}
-        write_json(os.path.join(layout.state, "releases.json"), records, 0o600)
-        for d in sorted(os.listdir(layout.images)):
-            if d not in keep_images:
-                p = os.path.join(layout.images, d)
-                shutil.rmtree(p, ignore_errors=True)
-                removed_images.append(d)
-        keep_hex = {protocol.split_digest(d) for d in keep_blobs}
-        now = time.time()
-        for d in sorted(os.listdir(layout.blobs)):
-            p = layout.blob(d)
-            stt = os.stat(p)
-            if d not in keep_hex and now - stt.st_mtime > BLOB_GRACE:
-                os.unlink(p)
-                freed += stt.st_size
-                removed_blobs.append("sha256:" + d)
-        for d in os.listdir(layout.incoming):
-            p = os.path.join(layout.incoming, d)
-            if now - os.stat(p).st_mtime > 3600:
-                freed += os.stat(p).st_size
-                os.unlink(p)
+    st = h.state.status()
+    target = h.state.target()
+    keep_of = {n: int((t.get("deploy") or {}).get("keep_releases") or DEFAULT_KEEP)
+               for n, t in target.items()}
+    trimmed = trim_history(st["history"], keep_of)
+    if trimmed != st["history"]:
+        st["history"] = trimmed
+        h.state.save_status(st)
+    records = read_records(layout)
+    keep_rel = releases_to_keep(target, st, ((m.service, m.release)
+                                             for m in meta.list_metas(layout)))
+    keep_blobs = set()
+    keep_images = set()
+    for name, rel in keep_rel:
+        rec = (records.get(name) or {}).get(rel)
+        if not rec:
+            continue
+        keep_images.add(protocol.split_digest(rec["manifest"]))
+        keep_blobs.update({rec["index"], rec["manifest"]})
+        try:
+            keep_blobs.update(admission.blobs_of(layout, rec["manifest"]))
+        except AgentFailure:
+            pass
+    for name in list(records):
+        records[name] = {r: v for r, v in records[name].items() if (name, r) in keep_rel}
+    write_json(os.path.join(layout.state, "releases.json"), records, 0o600)
+    for d in sorted(os.listdir(layout.images)):
+        if d not in keep_images:
+            p = os.path.join(layout.images, d)
+            shutil.rmtree(p, ignore_errors=True)
+            removed_images.append(d)
+    keep_hex = {protocol.split_digest(d) for d in keep_blobs}
+    now = time.time()
+    for d in sorted(os.listdir(layout.blobs)):
+        p = layout.blob(d)
+        stt = os.stat(p)
+        if d not in keep_hex and now - stt.st_mtime > BLOB_GRACE:
+            os.unlink(p)
+            freed += stt.st_size
+            removed_blobs.append("sha256:" + d)
+    for d in os.listdir(layout.incoming):
+        p = os.path.join(layout.incoming, d)
+        if now - os.stat(p).st_mtime > 3600:
+            freed += os.stat(p).st_size
+            os.unlink(p)
     gc_source_caches()
     return {"removed_images": removed_images, "removed_blobs": removed_blobs, "freed": freed}
 

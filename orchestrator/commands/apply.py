@@ -49,6 +49,8 @@ def run(args) -> int:
         "shipped": {h: {"blobs": r.blobs, "bytes": r.bytes_sent, "attempts": r.attempts}
                     for h, r in report.shipped.items()},
         "ship_failed": report.ship_failed,
+        "removed": report.removed,
+        "remove_failed": report.remove_failed,
         "halted": report.rollout.halted if report.rollout else None,
         "outcomes": [o.__dict__ for o in (report.rollout.outcomes if report.rollout else [])],
         "hosts": report.final,
@@ -60,7 +62,8 @@ def run(args) -> int:
         _print_summary(summary)
     if not report.ok:
         raise RolloutError("rollout incomplete: " + (summary["halted"] or
-                           ", ".join(sorted(set(report.plan.failed_hosts) | set(report.ship_failed)))
+                           ", ".join(sorted(set(report.plan.failed_hosts) | set(report.ship_failed)
+                                            | set(report.remove_failed)))
                            or "see the summary above"))
     return 0
 
@@ -68,6 +71,8 @@ def run(args) -> int:
 def _print_summary(summary) -> None:
     for host, err in summary["ship_failed"].items():
         print(f"{host}: transfer failed: {err}")
+    for key, err in summary["remove_failed"].items():
+        print(f"{key}: removal failed: {err}")
     if summary["halted"]:
         print(f"halted: {summary['halted']}")
     print("now running:")

@@ -50,11 +50,13 @@ class ApplyReport:
     lost: Dict[str, str] = field(default_factory=dict)      # hosts that stopped answering
     rollout: Optional[RolloutResult] = None
     final: Dict[str, Dict[str, Optional[str]]] = field(default_factory=dict)   # host -> service -> release
+    removed: Dict[str, List[str]] = field(default_factory=dict)    # host -> services removed
+    remove_failed: Dict[str, str] = field(default_factory=dict)    # "host/service" -> why
 
     @property
     def ok(self) -> bool:
         return (not self.plan.failed_hosts and not self.ship_failed and not self.lost
-                and (self.rollout is None or self.rollout.ok))
+                and not self.remove_failed and (self.rollout is None or self.rollout.ok))
 
 
 def prepare(directory: str, variables: Mapping[str, str], *, progress=None, bring_up_lab: bool = True,
@@ -116,8 +118,7 @@ def open_fleet(directory: str, variables: Mapping[str, str], pool: Optional[Conn
 
 def observe(prep: Prepared, pool: ConnectionPool) -> Observed:
     """Install/upgrade the agent where needed, then ask every host what it has and runs."""
-    wanted_hosts = {h for r in prep.releases for h in r.host_names}
-    hosts = [h for h in prep.hosts if h.name in wanted_hosts]
+    hosts = list(prep.hosts)    # every host: one that no service selects any more may hold one to remove
     blobs_of = {m: prep.store.blobs_for(m) for r in prep.releases for m in r.manifests.values()}
     digests_by_platform: Dict[str, List[str]] = {}
     for rel in prep.releases:
@@ -132,10 +133,12 @@ def observe(prep: Prepared, pool: ConnectionPool) -> Observed:
         clients[host.name] = client
         platform = host.platform or seen["info"]["platform"]
         have, status = seen["have"], seen["status"]
-        releases = {name: s.get("release") for name, s in (status.get("services") or {}).items()
+        services = status.get("services") or {}
+        releases = {name: s.get("release") for name, s in services.items()
                     if s.get("release") and s.get("state") == "running"}
+        projects = {name: s["project"] for name, s in services.items() if s.get("project")}
         return HostFacts(host.name, platform, frozenset(have.get("present", [])),
-                         dict(have.get("partial", {})), releases)
+                         dict(have.get("partial", {})), releases, projects=projects)
 
     fan = fan_out(hosts, one, max_parallel=MAX_PARALLEL_HOSTS)
     facts = dict(fan.ok)
@@ -145,7 +148,8 @@ def observe(prep: Prepared, pool: ConnectionPool) -> Observed:
     for rel in prep.releases:
         s = prep.desired.services[rel.service].deploy.strategy
         strategies[rel.service] = (s.canary, s.wave_size(len(rel.host_names)))
-    return Observed(facts, clients, plan_fleet(prep.releases, facts, blobs_of, strategies))
+    return Observed(facts, clients, plan_fleet(prep.releases, facts, blobs_of, strategies,
+                                               project=prep.desired.fleet.owner))
 
 
 # ---- apply --------------------------------------------------------------------------------
@@ -194,7 +198,7 @@ def _apply_locked(prep: Prepared, obs: Observed, pool: ConnectionPool, lock: Fle
     def apply_one(host: str, service: str) -> dict:
         rel = releases[service]
         body = {"release": rel.release, "index": rel.index, "manifest": manifests[(service, host)],
-                "deploy": rel.deploy, "secrets": secrets[service]}
+                "deploy": rel.deploy, "secrets": secrets[service], "project": prep.desired.fleet.owner}
         return obs.clients[host].apply({service: body}, who, lock=lock.token)
 
     def revert_one(host: str, service: str, old: Optional[str]) -> None:
@@ -213,6 +217,27 @@ def _apply_locked(prep: Prepared, obs: Observed, pool: ConnectionPool, lock: Fle
         plan, policies, apply_one, revert_one, dropped=dropped, on_wave=on_wave,
         on_outcome=(lambda o: on_event(f"{o.host}: {o.service} {'ok ' + (o.release or '') if o.ok else 'FAILED: ' + str(o.error)}"))
         if on_event else None)
+    if not report.rollout.halted:
+        _remove_dropped(plan, obs, lock, report, who, on_event)
+
+
+def _remove_dropped(plan, obs: Observed, lock: FleetLock, report: ApplyReport, who: str, on_event) -> None:
+    """Services this project dropped from the manifests leave their hosts, once the rollout of
+    what stays has succeeded (a renamed service serves under its new name first)."""
+    todo = [(hp.host, r.service) for hp in plan.hosts if not hp.error for r in hp.removals]
+
+    def one(item):
+        host, service = item
+        obs.clients[host].remove(service, who, lock=lock.token)
+        if on_event:
+            on_event(f"{host}: {service} removed (no longer in the manifests)")
+        return service
+
+    fan = fan_out(todo, one, name=lambda item: f"{item[0]}/{item[1]}", max_parallel=MAX_PARALLEL_HOSTS)
+    for key in fan.ok:
+        host, service = key.split("/", 1)
+        report.removed.setdefault(host, []).append(service)
+    report.remove_failed.update({k: str(e) for k, e in fan.failed.items()})
 
 
 def _ship(prep: Prepared, obs: Observed, pool: ConnectionPool, report: ApplyReport, on_bytes) -> None:

@@ -4,7 +4,7 @@ No I/O, no clock: everything the planner needs is passed in, so it is tested wit
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 
@@ -30,6 +30,7 @@ class HostFacts:
     partial: Mapping[str, int] = field(default_factory=dict)
     releases: Mapping[str, str] = field(default_factory=dict)   # service -> running release
     error: Optional[str] = None                    # unreachable, missing python3, ...
+    projects: Mapping[str, str] = field(default_factory=dict)   # service -> project that deployed it
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,12 @@ class Change:
 
 
 @dataclass(frozen=True)
+class Removal:
+    service: str
+    release: Optional[str]
+
+
+@dataclass(frozen=True)
 class HostPlan:
     host: str
     platform: Optional[str]
@@ -48,6 +55,7 @@ class HostPlan:
     blobs: Tuple[Tuple[str, int], ...] = ()        # (digest, size) the host lacks, manifest first
     resume: Mapping[str, int] = field(default_factory=dict)   # digest -> bytes already there
     error: Optional[str] = None
+    removals: Tuple["Removal", ...] = ()           # this project's services the manifests dropped here
 
     @property
     def bytes_to_send(self) -> int:
@@ -55,7 +63,7 @@ class HostPlan:
 
     @property
     def up_to_date(self) -> bool:
-        return not self.changes and self.error is None
+        return not self.changes and not self.removals and self.error is None
 
 
 @dataclass(frozen=True)
@@ -89,21 +97,28 @@ class PlanError(ValueError):
 
 def plan_fleet(releases: Sequence[DesiredRelease], facts: Mapping[str, HostFacts],
                blobs_of: Mapping[str, Sequence[Tuple[str, int]]],
-               strategies: Mapping[str, Tuple[int, int]]) -> FleetPlan:
+               strategies: Mapping[str, Tuple[int, int]], project: Optional[str] = None) -> FleetPlan:
     """Plan every host and every service's waves.
 
     `blobs_of[manifest_digest]` lists (digest, size) of manifest, config and layers;
-    `strategies[service] = (canary, wave_size)`.
+    `strategies[service] = (canary, wave_size)`. With `project`, a service that project
+    deployed on a host and that the manifests no longer put there is planned for removal;
+    services of other projects (or of none recorded) are never touched.
     """
     host_order: List[str] = []
     for rel in releases:
         for name in rel.host_names:
             if name not in host_order:
                 host_order.append(name)
+    if project:   # hosts no release selects any more may still run what this project dropped
+        host_order += [n for n in facts if n not in host_order and not facts[n].error]
 
     plans = []
     for name in host_order:
-        plans.append(_plan_host(name, facts.get(name, HostFacts(name, error="not observed")), releases, blobs_of))
+        hp = _plan_host(name, facts.get(name, HostFacts(name, error="not observed")), releases, blobs_of)
+        if project and not hp.error:
+            hp = replace(hp, removals=plan_removals(name, facts[name], releases, project))
+        plans.append(hp)
 
     changing = {(c.service, p.host) for p in plans for c in p.changes}
     waves: List[Wave] = []
@@ -137,6 +152,14 @@ def _plan_host(name: str, facts: HostFacts, releases: Sequence[DesiredRelease],
                 needed.setdefault(digest, size)
     resume = {d: facts.partial[d] for d in needed if 0 < facts.partial.get(d, 0) <= needed[d]}
     return HostPlan(name, facts.platform, tuple(changes), tuple(needed.items()), resume)
+
+
+def plan_removals(host: str, facts: HostFacts, releases: Sequence[DesiredRelease],
+                  project: str) -> Tuple[Removal, ...]:
+    """The services `project` deployed on `host` that no desired release puts there any more."""
+    wanted = {r.service for r in releases if host in r.host_names}
+    return tuple(Removal(s, facts.releases.get(s)) for s, p in sorted(facts.projects.items())
+                 if p == project and s not in wanted)
 
 
 def plan_waves(service: str, hosts: Sequence[str], canary: int, wave_size: int) -> List[Wave]:

@@ -23,6 +23,7 @@ def plan_to_json(plan: FleetPlan) -> Dict:
                         for c in hp.changes],
             "blobs": [{"digest": d, "size": s, "have": hp.resume.get(d, 0)} for d, s in hp.blobs],
             "bytes_to_send": hp.bytes_to_send,
+            "removals": [r.service for r in hp.removals],
         } for hp in plan.hosts],
         "waves": [{"service": w.service, "number": w.number, "canary": w.canary, "hosts": list(w.hosts)}
                   for w in plan.waves],
@@ -37,12 +38,14 @@ def render_plan(plan: FleetPlan) -> str:
         if hp.error:
             lines.append(f"{hp.host}: UNREACHABLE or unusable: {hp.error}")
             continue
-        if not hp.changes:
+        if not hp.changes and not hp.removals:
             lines.append(f"{hp.host} ({hp.platform}): up to date")
             continue
         lines.append(f"{hp.host} ({hp.platform}): {len(hp.blobs)} blob(s) to ship, {human_bytes(hp.bytes_to_send)}")
         for c in hp.changes:
             lines.append(f"  ~ {c.service}: {c.old_release or '(none)'} -> {c.new_release} (replace container)")
+        for r in hp.removals:
+            lines.append(f"  - {r.service}: {r.release or '(not running)'} (remove: no longer in the manifests)")
         if hp.blobs:
             lines.append("    ships " + ", ".join(
                 f"{d.split(':')[-1][:12]} ({human_bytes(size - hp.resume.get(d, 0))}"

@@ -138,9 +138,11 @@ def _collect_vars(docs: List[Doc]) -> Dict[str, Any]:
 
 def _fleet(body: LMap, doc: Doc) -> Fleet:
     ctx = Ctx(doc.file, ("fleet",) + ((body["name"],) if isinstance(body.get("name"), str) else ()), doc.line)
-    S.mapping(body, ctx, ("kind", "name", "lab", "hosts"), required=("name",))
+    S.mapping(body, ctx, ("kind", "name", "project", "lab", "hosts"), required=("name",))
     name = S.convert(check_name, body["name"], Ctx(doc.file, ("fleet",), doc.line).key(body, "name"))
     ctx = Ctx(doc.file, ("fleet", name), doc.line)
+    project = S.convert(check_name, body["project"], ctx.key(body, "project")) \
+        if body.get("project") is not None else None
     which = S.one_of_keys(body, ctx, ("lab", "hosts"))
     if which == "lab":
         lctx = ctx.key(body, "lab")
@@ -154,7 +156,7 @@ def _fleet(body: LMap, doc: Doc) -> Fleet:
             if lab.get("link_rate") is not None else None)
         if spec.total == 0:
             raise lctx.error("a lab needs at least one host")
-        return Fleet(name=name, lab=spec, file=doc.file, line=doc.line)
+        return Fleet(name=name, lab=spec, file=doc.file, line=doc.line, project=project)
     hctx = ctx.key(body, "hosts")
     seq = S.items(body["hosts"], hctx)
     if not seq:
@@ -177,7 +179,7 @@ def _fleet(body: LMap, doc: Doc) -> Fleet:
             port=S.integer(h.get("port", 22), ictx.key(h, "port"), minimum=1, maximum=65535),
             labels=frozen_map(S.string_map(h.get("labels", {}), ictx.key(h, "labels"))),
             platform=platform))
-    return Fleet(name=name, hosts=tuple(hosts), file=doc.file, line=doc.line)
+    return Fleet(name=name, hosts=tuple(hosts), file=doc.file, line=doc.line, project=project)
 
 
 def _platform(value: Any, ctx: Ctx) -> str:

@@ -55,10 +55,17 @@ class Fleet:
     hosts: Tuple[FleetHost, ...] = ()
     file: Optional[str] = None
     line: Optional[int] = None
+    project: Optional[str] = None       # who owns what it deploys (default: the fleet's name)
 
     @property
     def is_lab(self) -> bool:
         return self.lab is not None
+
+    @property
+    def owner(self) -> str:
+        """The project recorded with every service this fleet deploys: an apply removes only
+        services of its own project that the manifests dropped."""
+        return self.project or self.name
 
 
 DEFAULT_FLEET = Fleet(name="lab", lab=LabSpec(hosts=2, arm64=1, armv7=0))

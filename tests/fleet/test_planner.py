@@ -75,3 +75,42 @@ def test_rendered_plan_names_each_blob_and_its_bytes():
     assert "a1 (linux/amd64): 3 blob(s) to ship, 630 B" in text
     assert "~ web: r-old -> r-new (replace container)" in text
     assert "app (30 B, resumes)" in text and "base-amd" not in text
+
+
+def running(name, releases, projects, platform=AMD):
+    return HostFacts(name, platform, releases=releases, projects=projects)
+
+
+def test_a_dropped_service_of_this_project_is_removed_and_others_are_left_alone():
+    facts = {
+        "a1": running("a1", {"web": "r-new", "old": "r-1", "theirs": "r-9", "legacy": "r-0"},
+                      {"web": "shop", "old": "shop", "theirs": "farm"}),     # legacy: no project
+        "a2": running("a2", {"web": "r-new"}, {"web": "shop"}),
+    }
+    plan = plan_fleet([web(hosts=("a1", "a2"))], facts, BLOBS, {"web": (0, 1)}, project="shop")
+    assert [r.service for r in plan.host("a1").removals] == ["old"]
+    assert plan.host("a2").removals == ()
+    assert not plan.up_to_date and plan.waves == ()
+
+
+def test_a_host_no_service_selects_any_more_is_still_cleaned():
+    facts = {"a1": running("a1", {"web": "r-new"}, {"web": "shop"}),
+             "a2": running("a2", {"web": "r-old"}, {"web": "shop"}),
+             "gone": HostFacts("gone", error="connection refused")}
+    plan = plan_fleet([web(hosts=("a1",))], facts, BLOBS, {"web": (0, 1)}, project="shop")
+    assert [h.host for h in plan.hosts] == ["a1", "a2"]      # an unreachable bystander is not a failure
+    assert [(r.service, r.release) for r in plan.host("a2").removals] == [("web", "r-old")] and not plan.host("a2").changes
+
+
+def test_without_a_project_nothing_is_ever_removed():
+    facts = {"a1": running("a1", {"web": "r-new", "old": "r-1"}, {"web": "shop", "old": "shop"})}
+    plan = plan_fleet([web(hosts=("a1",))], facts, BLOBS, {"web": (0, 1)})
+    assert plan.up_to_date
+
+
+def test_rendered_plan_says_what_is_removed():
+    from orchestrator.fleet.report import plan_to_json, render_plan
+    facts = {"a1": running("a1", {"web": "r-new", "old": "r-1"}, {"web": "shop", "old": "shop"})}
+    plan = plan_fleet([web(hosts=("a1",))], facts, BLOBS, {"web": (0, 1)}, project="shop")
+    assert "- old: r-1 (remove: no longer in the manifests)" in render_plan(plan)
+    assert plan_to_json(plan)["hosts"][0]["removals"] == ["old"]

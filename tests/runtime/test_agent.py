@@ -126,6 +126,17 @@ def test_releases_to_keep():
     assert keep == {("web", "r1"), ("web", "r2"), ("web", "r3"), ("web", "r4"), ("api", "x1")}
 
 
+@pytest.mark.parametrize("history,keep,expected", [
+    (["r1", "r2", "r3", "r4"], 3, ["r3", "r4"]),      # serving + 2 before it
+    (["r1"], 3, ["r1"]),
+    (["r1", "r2"], 1, []),                            # only the serving release
+    ([], 2, []),
+])
+def test_trim_history_counts_the_serving_release(history, keep, expected):
+    from runtime.gc import trim_history
+    assert trim_history({"web": history}, {"web": keep}) == {"web": expected}
+
+
 def test_a_mutating_verb_runs_only_for_the_lock_holder(agent):
     rc, body = agent.call("rollback", "web", lock=False)                 # nobody holds it
     assert rc == protocol.EXIT_LOCKED and "not held" in body["error"]["message"]

@@ -1,0 +1,97 @@
+"""Lifecycle on a real lab host: a service dropped from the manifests leaves its hosts at the
+next apply (the plan says so first), and another project's service on the same host stays."""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from orchestrator.fleet.deploy import apply, observe, prepare
+from orchestrator.fleet.report import render_plan
+from orchestrator.transport.ssh import ConnectionPool
+from tests.conftest import REPO
+
+LAB = f"test-life-{secrets.token_hex(2)}"
+
+
+def service(name: str, port: int) -> str:
+    text = (REPO / "manifests" / "hello.yaml").read_text()
+    text = text.replace("name: hello", f"name: {name}").replace('"8080:80"', f'"{port}:80"')
+    text = text.replace("platforms: [linux/amd64, linux/arm64]", "platforms: [linux/amd64]")
+    return text.replace("strategy: {canary: 1, max_parallel: 1, monitor: 2s, on_failure: rollback}",
+                        "strategy: {canary: 0, max_parallel: 1}").replace("drain: 2s", "drain: 0s")
+
+
+def project_dir(root: Path, name: str, services, project: str = "") -> Path:
+    d = root / name
+    d.mkdir()
+    shutil.copytree(REPO / "manifests" / "hello", d / "hello")
+    shutil.copy(REPO / "manifests" / "orch.lock", d / "orch.lock")
+    fleet = f"kind: Fleet\nname: {LAB}\n" + (f"project: {project}\n" if project else "")
+    (d / "fleet.yaml").write_text(fleet + "lab: {hosts: 1, arm64: 0}\n")
+    for svc, port in services:
+        (d / f"{svc}.yaml").write_text(service(svc, port))
+    return d
+
+
+@pytest.fixture(scope="module")
+def lab_projects(tmp_path_factory):
+    from orchestrator.lab.layout import LabLayout, LabSpec
+    from orchestrator.lab.machine import LabMachine
+
+    root = tmp_path_factory.mktemp("life")
+    old_home = os.environ.get("ORCH_HOME")
+    os.environ["ORCH_HOME"] = str(root / "home")
+    try:
+        yield root
+    finally:
+        LabMachine(LabLayout(LabSpec(LAB))).down()
+        if old_home is None:
+            os.environ.pop("ORCH_HOME", None)
+        else:
+            os.environ["ORCH_HOME"] = old_home
+
+
+def plan_and_apply(directory: Path):
+    prep = prepare(str(directory), {})
+    with ConnectionPool(h.target for h in prep.hosts) as pool:
+        obs = observe(prep, pool)
+        text = render_plan(obs.plan)
+        report = apply(prep, obs, pool)
+    return prep, obs.plan, text, report
+
+
+def serves(address: str, port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{address}:{port}/", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def test_a_dropped_service_is_removed_and_another_projects_service_stays(lab_projects):
+    shop = project_dir(lab_projects, "shop", [("web-a", 8081), ("web-b", 8082)])
+    farm = project_dir(lab_projects, "farm", [("other", 8083)], project="farm")
+    prep, _, _, report = plan_and_apply(shop)
+    assert report.ok, report
+    _, _, _, report = plan_and_apply(farm)
+    assert report.ok, report
+    address = prep.hosts[0].target.address
+    assert serves(address, 8081) and serves(address, 8082) and serves(address, 8083)
+
+    (shop / "web-b.yaml").unlink()                         # the manifests drop web-b
+    _, plan, text, report = plan_and_apply(shop)
+    assert [r.service for hp in plan.hosts for r in hp.removals] == ["web-b"]
+    assert "- web-b:" in text and "no longer in the manifests" in text
+    assert report.ok and report.removed == {prep.hosts[0].name: ["web-b"]}, report
+    assert not serves(address, 8082)
+    assert serves(address, 8081) and serves(address, 8083)   # farm's service is not shop's to prune
+
+    _, plan, _, report = plan_and_apply(shop)              # and then there is nothing left to do
+    assert plan.up_to_date and report.ok
+    _, plan, _, _ = plan_and_apply(farm)
+    assert plan.up_to_date                                 # farm never saw shop's services as its own
