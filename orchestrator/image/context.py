@@ -190,8 +190,10 @@ def _is_archive(path: str) -> bool:
 
 def dockerfile_image(path: str, display: str, context: str, platforms: Sequence[str],
                      args: Mapping[str, str], target: Optional[str], build_platform: str,
-                     arg_error) -> ImageSpec:
-    """The ImageSpec of a Dockerfile build. ``arg_error(name)`` locates an unread build arg."""
+                     arg_error, name: str = "Dockerfile") -> ImageSpec:
+    """The ImageSpec of a Dockerfile build. ``display`` names the file in errors; ``name`` (its
+    path from the manifest's directory) in step labels, which reach the image history, so the
+    digests do not depend on where orch runs. ``arg_error(name)`` locates an unread build arg."""
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
@@ -210,7 +212,7 @@ def dockerfile_image(path: str, display: str, context: str, platforms: Sequence[
         stages = D.plan(df, platform, args, target, build_platform)
         if listing is None:
             listing = _walk(os.path.realpath(context), ignore)
-        per_platform[platform] = tuple(_stage(s, display, context, ignore, listing) for s in stages)
+        per_platform[platform] = tuple(_stage(s, display, name, context, ignore, listing) for s in stages)
         if health is None and stages[-1].health is not None:
             health = _health(stages[-1].health)
     first = per_platform[platforms[0]][-1]
@@ -228,14 +230,14 @@ def _base(f: "D.From", packages: Sequence[str]):
     return RegistryBase(ref=f.registry_ref)
 
 
-def _stage(s: "D.Stage", display: str, context: str, ignore: Ignore, listing: List[str]) -> Stage:
+def _stage(s: "D.Stage", display: str, name: str, context: str, ignore: Ignore, listing: List[str]) -> Stage:
     steps = []
     for step in s.steps:
         where_line = step.line
 
         def where(message, hint=None, _line=where_line):
             return ManifestError(message, file=display, line=_line, hint=hint)
-        label = f"{display}:{step.line}"
+        label = f"{name}:{step.line}"
         if isinstance(step, D.Run):
             steps.append(RunStep(command=step.argv, env=frozen_map(dict(step.env)), workdir=step.workdir,
                                  user=step.user, env_only=True, label=f"{label} RUN {_short(step.argv)}"))

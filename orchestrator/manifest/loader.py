@@ -297,7 +297,8 @@ def _dockerfile(m: LMap, ctx: Ctx, directory: str, fleet: Fleet) -> ImageSpec:
     args = S.string_map(m["args"], actx, key_check=_env_key) if "args" in m else {}
     return dockerfile_image(path, display_path(path), context, platforms, args, target, host_platform(),
                             lambda name: actx.key(m["args"], name).error(
-                                f'the Dockerfile declares no ARG {name}'))
+                                f'the Dockerfile declares no ARG {name}'),
+                            name=os.path.relpath(path, os.path.realpath(directory)))
 
 
 def _env_key(k: str) -> str:

@@ -1,6 +1,7 @@
 """Dockerfile builds through the real builder: a registry base, RUN in runc (qemu for arm64), multi-stage."""
 import gzip
 import os
+import shutil
 import subprocess
 import tarfile
 
@@ -70,9 +71,11 @@ def test_multi_stage_image_has_only_what_the_final_stage_copies(tmp_path, home, 
         assert not (root / "build").exists()
         assert config["config"]["Cmd"][:2] == ["/bin/busybox", "httpd"] and "MODE=multi" in config["config"]["Env"]
         assert config["architecture"] == arch
-    again = build_services(load_desired(src, {}), Store(str(tmp_path / "fresh" / "store")),
+    elsewhere = tmp_path / "elsewhere" / "project"
+    shutil.copytree(src, elsewhere)
+    again = build_services(load_desired(str(elsewhere), {}), Store(str(tmp_path / "fresh" / "store")),
                            cache_dir=str(tmp_path / "fresh" / "cache"))["multi"]
-    assert again.index_digest == built.index_digest                      # rebuilt from nothing: same bytes
+    assert again.index_digest == built.index_digest           # rebuilt from nothing, elsewhere: same bytes
 
 
 def test_final_stage_from_a_build_stage_keeps_its_layers_and_env(tmp_path, home, busybox_ref):
