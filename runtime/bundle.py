@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from runtime import pid1
+from runtime import pid1, seccomp
 from runtime.spec import Deploy
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -37,6 +37,7 @@ class BundleInput:
     secrets: Tuple[Tuple[str, str], ...] = ()           # (host file on tmpfs, dest)
     extra_files: Tuple[Tuple[str, str], ...] = field(default=())  # (host file, dest) ro binds
     init: Optional[str] = None                          # host's static init binary, run as PID 1
+    machine: str = ""                                   # host kernel's os.uname().machine (seccomp)
 
 
 def args_of(image_config: Mapping, override: Optional[Sequence[str]] = None) -> List[str]:
@@ -120,6 +121,7 @@ def render_config(image_config: Mapping, deploy: Deploy, b: BundleInput) -> dict
             "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
             "maskedPaths": list(MASKED),
             "readonlyPaths": list(READONLY),
+            "seccomp": seccomp.render_profile(b.machine),
         },
     }
 

@@ -124,7 +124,8 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
                                     cgroups_path=f"/orch/{cid}", uid=uid, gid=gid,
                                     volumes=tuple(vols), secrets=tuple(secs),
                                     extra_files=tuple(extra),
-                                    init=pid1.find_init() if deploy.init else None)
+                                    init=pid1.find_init() if deploy.init else None,
+                                    machine=os.uname().machine)
         try:
             config = bundle.render_config(image_config, deploy, binput)
         except ValueError as exc:
