@@ -16,7 +16,7 @@ from typing import Dict, List
 from runtime import bundle, network, oci, pid1, unpack
 from runtime.errors import BadRequest, RuntimeFailure
 from runtime.layout import Layout
-from runtime.meta import Meta, cdir, container_id, log_path, rt_of, veth_key
+from runtime.meta import Meta, cdir, container_id, list_metas, log_path, rt_of, veth_key
 from runtime.spec import Target
 
 LOG_LIMIT = 1 << 20
@@ -139,6 +139,7 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
         meta.starttime = oci.proc_starttime(meta.pid)
         meta.save(meta_path)
         network.run_wire_container(veth_key(meta), meta.pid, ip)
+        _set_peers(layout)
         oci.run_start(rt, cid)
         meta.started = True
         meta.save(meta_path)
@@ -161,6 +162,15 @@ def remove(layout: Layout, rt: oci.Runtime, meta: Meta, stop_timeout: float) -> 
     if os.path.isdir(sdir):
         shutil.rmtree(sdir)
     shutil.rmtree(d, ignore_errors=True)
+    try:   # a stale pair is harmless until its address is reused, and every create rewrites it
+        _set_peers(layout)
+    except RuntimeFailure:
+        pass
+
+
+def _set_peers(layout: Layout) -> None:
+    """Who may reach whom across the bridge, from the containers now on the host."""
+    network.run_set_peers((m.service, m.ip) for m in list_metas(layout) if m.ip)
 
 
 def bound_log(path: str, limit: int = LOG_LIMIT) -> None:

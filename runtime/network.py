@@ -1,4 +1,4 @@
-"""Host bridge, per-container veth, outbound NAT and the published-port DNAT maps.
+"""Host bridge, per-container veth, outbound NAT, the published-port DNAT maps, isolation.
 
 ``render_*`` are pure and return the exact nft text or ``ip -batch`` lines; ``run_*`` apply
 them. Switching a published port from blue to green is one ``nft -f`` transaction that
@@ -22,12 +22,27 @@ GATEWAY = "10.88.0.1"
 BRIDGE_MAC = "02:42:0a:58:00:01"
 TABLE = "orch"
 MAPS = {"tcp": "tcp_ports", "udp": "udp_ports"}
+PEERS = "peers"
+DNAT_MARK = 0x00880000   # a published port reached from a container, where br_netfilter bridges it
+VETH_PREFIX = "ov"
 
 Entry = Tuple[str, int, str, int]  # (proto, host port, container ip, container port)
 
 
 def render_base_ruleset(subnet: str = SUBNET, bridge: str = BRIDGE) -> str:
-    """The whole table, created from scratch (``delete`` first keeps it idempotent)."""
+    """Both tables, created from scratch (``delete`` first keeps it idempotent).
+
+    ``ip orch``: published ports (DNAT maps), outbound NAT, and isolation at the IP layer:
+    nothing from the bridge reaches the host itself (its sshd, anything it listens on) except
+    replies to connections the host opened (health checks); a container reaches another
+    through the host only by a published port (masqueraded, so the reply comes back the same
+    way); nothing reaches a container unless it was published.
+    ``bridge orch``: frames between two containers on the bridge pass only for address pairs
+    in the ``peers`` set, which ``render_peers`` fills; nothing but IPv4 and ARP crosses between
+    containers (no IPv6 link-local side channel). Where br_netfilter is loaded (Docker loads
+    it), bridged IPv4 also passes the ``ip`` hooks: the same pairs are allowed there, and a
+    container's connection to a published port of the same host is DNATed and then bridged,
+    not routed: the ``published`` chain marks it so that the bridge lets it through."""
     dnat = "\n".join(
         f"    fib daddr type local dnat ip addr . port to {proto} dport map @{m}"
         for proto, m in sorted(MAPS.items()))
@@ -37,6 +52,7 @@ def render_base_ruleset(subnet: str = SUBNET, bridge: str = BRIDGE) -> str:
 delete table ip {TABLE}
 table ip {TABLE} {{
 {maps}
+  set {PEERS} {{ type ipv4_addr . ipv4_addr; }}
   chain prerouting {{
     type nat hook prerouting priority dstnat; policy accept;
 {dnat}
@@ -49,15 +65,76 @@ table ip {TABLE} {{
     type nat hook postrouting priority srcnat; policy accept;
     ip saddr {subnet} oifname != "{bridge}" masquerade
     oifname "{bridge}" ip saddr 127.0.0.0/8 masquerade
+    oifname "{bridge}" ip saddr {subnet} ct status dnat masquerade
+  }}
+  chain published {{
+    type filter hook prerouting priority -90; policy accept;
+    ct status dnat meta mark set meta mark | {DNAT_MARK:#x}
+  }}
+  chain input {{
+    type filter hook input priority 0; policy accept;
+    iifname "{bridge}" ct state established,related accept
+    iifname "{bridge}" drop
   }}
   chain forward {{
     type filter hook forward priority 0; policy accept;
+    iifname "{bridge}" oifname "{bridge}" ct status dnat accept
+    iifname "{bridge}" oifname "{bridge}" ip saddr . ip daddr @{PEERS} accept
+    iifname "{bridge}" oifname "{bridge}" ip daddr . ip saddr @{PEERS} ct state established,related accept
+    iifname "{bridge}" oifname "{bridge}" drop
     iifname "{bridge}" accept
     oifname "{bridge}" ct state established,related accept
     oifname "{bridge}" ct status dnat accept
+    oifname "{bridge}" drop
+  }}
+}}
+table bridge {TABLE}
+delete table bridge {TABLE}
+table bridge {TABLE} {{
+  set {PEERS} {{ type ipv4_addr . ipv4_addr; }}
+  chain forward {{
+    type filter hook forward priority 0; policy accept;
+    iifname != "{VETH_PREFIX}*" accept
+    oifname != "{VETH_PREFIX}*" accept
+    ether type arp accept
+    ether type != ip drop
+    ip saddr . ip daddr @{PEERS} accept
+    ip daddr . ip saddr @{PEERS} tcp flags & ack == ack accept
+    meta mark & {DNAT_MARK:#x} == {DNAT_MARK:#x} accept
+    drop
   }}
 }}
 """
+
+
+def render_peers(members: Iterable[Tuple[str, str]],
+                 links: Iterable[Tuple[str, str]] = ()) -> str:
+    """One transaction that sets who may talk to whom across the bridge.
+
+    ``members`` are (service, container ip) of every container on the host; the slots of one
+    service (blue and green) may always reach each other. ``links`` are extra (from service,
+    to service) pairs, for services that declare they use another: the caller reaches the
+    callee, and TCP replies flow back (the reverse rule above), but not the other way round."""
+    ips: dict = {}
+    for service, ip in members:
+        ips.setdefault(service, set()).add(ip)
+    pairs = set()
+    for src, dst in {(s, s) for s in ips} | set(links):
+        for a in ips.get(src, ()):
+            for b in ips.get(dst, ()):
+                if a != b:
+                    pairs.add((a, b))
+    elems = ", ".join(f"{a} . {b}" for a, b in sorted(pairs, key=_pair_key))
+    lines = []
+    for family in ("bridge", "ip"):
+        lines.append(f"flush set {family} {TABLE} {PEERS}")
+        if pairs:
+            lines.append(f"add element {family} {TABLE} {PEERS} {{ {elems} }}")
+    return "\n".join(lines) + "\n"
+
+
+def _pair_key(pair: Tuple[str, str]) -> Tuple[int, int]:
+    return int(ipaddress.ip_address(pair[0])), int(ipaddress.ip_address(pair[1]))
 
 
 def render_port_switch(entries: Iterable[Entry]) -> str:
@@ -74,7 +151,7 @@ def render_port_switch(entries: Iterable[Entry]) -> str:
 
 
 def veth_name(container_id: str) -> str:
-    return "ov" + hashlib.sha256(container_id.encode()).hexdigest()[:12]
+    return VETH_PREFIX + hashlib.sha256(container_id.encode()).hexdigest()[:12]
 
 
 def render_host_link(container_id: str, pid: int, bridge: str = BRIDGE) -> List[str]:
@@ -128,22 +205,33 @@ def table_exists() -> bool:
     return p.returncode == 0
 
 
-def read_port_map() -> Tuple[bool, Tuple[Entry, ...]]:
-    """(table present, the elements of both maps)."""
+def _read_table() -> Tuple[bool, Tuple[Entry, ...]]:
+    """(the table is the current ruleset, the elements of both maps, whatever its version)."""
     p = subprocess.run(["nft", "-j", "list", "table", "ip", TABLE], capture_output=True,
                        text=True)
     if p.returncode != 0:
         return False, ()
     out: List[Entry] = []
+    chains = set()
     proto_of = {m: proto for proto, m in MAPS.items()}
     for item in json.loads(p.stdout).get("nftables", []):
+        if "chain" in item:
+            chains.add(item["chain"].get("name"))
         m = item.get("map")
         if not m or m.get("name") not in proto_of:
             continue
         for key, val in m.get("elem", []):
             ip, port = val["concat"]
             out.append((proto_of[m["name"]], int(key), str(ip), int(port)))
-    return True, tuple(sorted(out))
+    current = "input" in chains and subprocess.run(
+        ["nft", "list", "table", "bridge", TABLE], capture_output=True).returncode == 0
+    return current, tuple(sorted(out))
+
+
+def read_port_map() -> Tuple[bool, Tuple[Entry, ...]]:
+    """(table present and current, the elements of both maps). A table written by an older
+    agent (without the isolation chains) reads as absent, so the planner ensures the network."""
+    return _read_table()
 
 
 def run_ensure_host_network() -> None:
@@ -152,8 +240,9 @@ def run_ensure_host_network() -> None:
     _sysctl("net/ipv4/ip_forward", "1")
     _sysctl(f"net/ipv4/conf/{BRIDGE}/route_localnet", "1")
     _sysctl("net/ipv4/conf/all/route_localnet", "1")
-    if not table_exists():
-        run_nft(render_base_ruleset())
+    current, entries = _read_table()
+    if not current:   # the published ports move into the new tables in the same transaction
+        run_nft(render_base_ruleset() + render_port_switch(entries))
 
 
 def run_wire_container(container_id: str, pid: int, ip: str) -> None:
@@ -170,6 +259,10 @@ def run_unwire(key: str) -> None:
 
 def run_switch_ports(entries: Iterable[Entry]) -> None:
     run_nft(render_port_switch(entries))
+
+
+def run_set_peers(members: Iterable[Tuple[str, str]]) -> None:
+    run_nft(render_peers(members))
 
 
 def parse_listening(text: str, udp: bool = False) -> set:

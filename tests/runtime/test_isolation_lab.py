@@ -53,3 +53,76 @@ def test_seccomp_filter_refuses_namespaces_and_keeps_the_service_running(lab, py
     out = logs(agent, "probe")
     assert "Seccomp:\t2" in out, out                       # mode 2: a filter is installed
     assert "userns=refused" in out and "netns=refused" in out, out
+
+
+def probe(name: str, shell_test: str) -> str:
+    return f"if {shell_test}; then echo {name}=reached; else echo {name}=blocked; fi; "
+
+
+def reaches_http(address: str, port: int) -> str:
+    # (busybox's own wget -T crashes: the timeout comes from busybox timeout)
+    return f"/bin/busybox timeout 4 /bin/busybox wget -q -O /dev/null http://{address}:{port}/"
+
+
+def reaches_ssh(address: str) -> str:
+    return f"echo | /bin/busybox nc -w 3 {address} 22 | /bin/busybox grep -q SSH"
+
+
+def slot_ip(agent, service: str) -> str:
+    rc, body = agent.call("status")
+    st = body["services"][service]
+    return st["slots"][st["slot"]]["ip"]
+
+
+def test_network_isolation_of_the_host_and_between_services(lab, pyz, base_layer_iso):  # noqa: F811
+    """From inside a container: the host's sshd (on its own address and on the bridge gateway)
+    and another service's container are out of reach; a published port (public anyway) and
+    another host (outbound NAT) are reachable; and the published ports work from outside."""
+    h1, h2 = lab.by_platform("linux/amd64")[:2]
+    a1, a2 = make_agent(lab, h1, pyz), make_agent(lab, h2, pyz)
+    web = ik.make_image({"linux/amd64": [base_layer_iso]}, cmd=serve())
+    for agent in (a1, a2):
+        agent.ship(web)
+        rc, body = agent.apply({"web": (web, ik.deploy_spec(port=8181))})
+        assert rc == 0, body
+    web_ip = slot_ip(a1, "web")
+    probes = (probe("own-host-ssh", reaches_ssh(h1.address)) + probe("gateway-ssh", reaches_ssh("10.88.0.1"))
+              + probe("other-service", reaches_http(web_ip, 80))
+              + probe("published-port", reaches_http(h1.address, 8181))
+              + probe("other-host", reaches_http(h2.address, 8181)))
+    prober = ik.make_image({"linux/amd64": [base_layer_iso]}, cmd=serve(probes))
+    a1.ship(prober)
+    spec = ik.deploy_spec(port=8182)
+    spec["health"] = dict(spec["health"], interval=1.0, retries=40)
+    rc, body = a1.apply({"prober": (prober, spec)})
+    assert rc == 0, body
+    out = logs(a1, "prober")
+    for name in ("own-host-ssh", "gateway-ssh", "other-service"):
+        assert f"{name}=blocked" in out, out
+    for name in ("published-port", "other-host"):
+        assert f"{name}=reached" in out, out
+    for port in (8181, 8182):                      # from outside (the test runner's namespace)
+        assert ik.hammer_get(h1.address, port) == b"base\n"
+
+
+def test_slots_of_one_service_reach_each_other(lab, pyz, base_layer_iso):  # noqa: F811
+    """Blue and green of the same service may talk (green reaches blue while both run)."""
+    host = lab.by_platform("linux/amd64")[0]
+    agent = make_agent(lab, host, pyz)
+    blue = ik.make_image({"linux/amd64": [base_layer_iso]}, cmd=serve("echo blue; "))
+    agent.ship(blue)
+    assert agent.apply({"pair": (blue, ik.deploy_spec(port=8183))})[0] == 0
+    blue_ip = slot_ip(agent, "pair")
+    green = ik.make_image({"linux/amd64": [base_layer_iso]},
+                          cmd=serve(probe("sibling", reaches_http(blue_ip, 80))))
+    agent.ship(green)
+    spec = ik.deploy_spec(port=8183)
+    spec["health"] = dict(spec["health"], interval=1.0, retries=20)
+    rc, body = agent.apply({"pair": (green, spec)})
+    assert rc == 0, body
+    assert "sibling=reached" in logs(agent, "pair")
+
+
+@pytest.fixture(scope="module")
+def base_layer_iso(static_busybox):
+    return ik.busybox_layer(str(static_busybox["linux/amd64"]), page=b"base\n")

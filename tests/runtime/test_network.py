@@ -103,3 +103,45 @@ def test_parse_listening():
             "   1: 0100007F:1F90 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000\n")
     assert network.parse_listening(text) == {22}
     assert network.parse_listening(text, udp=True) == {22, 8080}
+
+
+def test_base_ruleset_isolates_the_host_and_the_containers():
+    text = network.render_base_ruleset()
+    # nothing from the bridge reaches the host but replies
+    assert ('iifname "orch0" ct state established,related accept\n'
+            '    iifname "orch0" drop') in text
+    # routed container-to-container only through a published port; nothing unpublished inbound
+    assert 'iifname "orch0" oifname "orch0" drop' in text and 'oifname "orch0" drop\n  }' in text
+    assert 'oifname "orch0" ip saddr 10.88.0.0/16 ct status dnat masquerade' in text   # hairpin
+    # between bridge ports: only listed address pairs, IPv4 and ARP
+    assert "table bridge orch" in text and "ip saddr . ip daddr @peers accept" in text
+    assert "ether type != ip drop" in text and text.rstrip().endswith("drop\n  }\n}")
+
+
+def test_peers_within_a_service_both_ways_and_links_one_way():
+    members = [("web", "10.88.0.2"), ("web", "10.88.0.3"), ("db", "10.88.0.4"), ("api", "10.88.0.10")]
+    assert network.render_peers(members) == (
+        "flush set bridge orch peers\n"
+        "add element bridge orch peers { 10.88.0.2 . 10.88.0.3, 10.88.0.3 . 10.88.0.2 }\n"
+        "flush set ip orch peers\n"
+        "add element ip orch peers { 10.88.0.2 . 10.88.0.3, 10.88.0.3 . 10.88.0.2 }\n")
+    linked = network.render_peers(members, links=[("api", "db")])
+    assert "10.88.0.10 . 10.88.0.4" in linked and "10.88.0.4 . 10.88.0.10" not in linked
+    assert network.render_peers([("web", "10.88.0.2")]) == ("flush set bridge orch peers\n"
+                                                            "flush set ip orch peers\n")
+
+
+def test_an_older_table_is_upgraded_keeping_its_published_ports(netns):
+    """A host whose table was written by an agent without isolation: it reads as not ready,
+    and ensuring the network replaces it in one transaction that keeps the port map."""
+    old = ("table ip orch {\n"
+           "  map tcp_ports { type inet_service : ipv4_addr . inet_service; }\n"
+           "  map udp_ports { type inet_service : ipv4_addr . inet_service; }\n"
+           "}\n"
+           "add element ip orch tcp_ports { 8080 : 10.88.0.7 . 80 }\n")
+    code = ("import sys; from runtime import network as n; n.run_nft(sys.stdin.read()); "
+            "print(n.read_port_map()); n.run_ensure_host_network(); print(n.read_port_map())")
+    out = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "python3", "-c", code], input=old,
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["(False, (('tcp', 8080, '10.88.0.7', 80),))",
+                   "(True, (('tcp', 8080, '10.88.0.7', 80),))"]
