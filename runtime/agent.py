@@ -17,6 +17,8 @@ from runtime.gc import read_records
 from runtime.hostinfo import agent_digest, host_platform, serve_agent, serve_pid
 from runtime.pid1 import find_init
 from runtime.layout import Layout, write_json
+
+RESTART_RESET_AFTER = 60.0   # as runtime.host: a container up this long is no longer crash-looping
 from runtime.spec import Target
 
 
@@ -32,6 +34,12 @@ def _check_lock(layout: Layout, token: Optional[str], verb: str) -> None:
     """Before a mutating verb looks at anything: the caller must hold the deploy lock."""
     from runtime.state import State
     State(layout).check_lock(token, verb)
+
+
+def _given_up(service: str, given_up: Dict[str, str]) -> Optional[dict]:
+    if service not in given_up:
+        return None
+    return {"ok": False, "release": None, "slot": None, "error": given_up[service]}
 
 
 # --- verbs --------------------------------------------------------------------------------
@@ -100,9 +108,10 @@ def verb_apply(layout: Layout, req: dict, log=None) -> dict:
         if not req.get("wait", True):
             return {"services": {n: {"ok": True, "accepted": True, "wanted": t["release"]}
                                  for n, t in checked.items()}}
-        reconcile.converge(h, services=list(checked))
+        given_up = reconcile.converge(h, services=list(checked))
+        results = {n: _given_up(n, given_up) or reconcile.result_of(h, n) for n in checked}
         _collect(h)
-    return {"services": {n: reconcile.result_of(h, n) for n in checked}}
+    return {"services": results}
 
 
 def verb_rollback(layout: Layout, service: str, to: Optional[str], who: str, log=None,
@@ -125,9 +134,10 @@ def verb_rollback(layout: Layout, service: str, to: Optional[str], who: str, log
         h.state.save_status(st)
         h.state.save_target(target)
         h.state.audit(who, "rollback", service, to)
-        reconcile.converge(h, services=[service])
+        given_up = reconcile.converge(h, services=[service])
+        results = {service: _given_up(service, given_up) or reconcile.result_of(h, service)}
         _collect(h)
-    return {"services": {service: reconcile.result_of(h, service)}}
+    return {"services": results}
 
 
 def verb_remove(layout: Layout, service: str, who: str, log=None,
@@ -181,6 +191,9 @@ def verb_status(layout: Layout, req: dict) -> dict:
         why = (st["failed"].get(name) or {}).get(wanted)
         if why:
             entry["error"] = why
+        restarts = (st["restarts"].get(f"{name}/{cur.get('slot')}") or [0, 0])[0]
+        if m is not None and restarts and time.time() - m.created < RESTART_RESET_AFTER:
+            entry["restarts"] = int(restarts)        # restarted lately: a crash loop, not serving
         out[name] = entry
     return {"services": out, "serve_pid": serve_pid(layout)}
 

@@ -43,6 +43,9 @@ def ex_start(h: Host, step: Start, obs: Observed) -> None:
     w = next(w for w in h.wants() if w.service == step.service)
     if step.service in obs.no_room and not w.stop_first:
         raise NoRoom("not enough free disk or memory to start a second slot")
+    st = h.state.status()
+    if st["restarts"].pop(f"{step.service}/{step.slot}", None) is not None:
+        h.state.save_status(st)             # a new container starts with no crash record
     _start(h, step.service, step.slot)
 
 

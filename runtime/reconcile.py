@@ -25,60 +25,140 @@ def next_steps(h, only: Optional[Set[str]] = None):
     return steps, wants, obs
 
 
-def converge(h, services: Optional[Iterable[str]] = None, max_errors: int = 3) -> None:
-    """Run steps until nothing is left for ``services`` (all when None); waits are slept
-    only when nothing else is to be done; a step failing ``max_errors`` times raises."""
+MIN_SETTLE = 3.0      # seconds a container must have run before apply calls it serving
+LOG_TAIL = 10         # lines of a failed container's log in apply's answer
+
+
+def owner(step) -> str:
+    """Whose step this is: a service's name, or "" for host-wide steps (network, port map,
+    images). Failures and backoff are counted per owner, so one service never holds up another."""
+    return getattr(step, "service", "") or ""
+
+
+def converge(h, services: Optional[Iterable[str]] = None, max_errors: int = 3) -> Dict[str, str]:
+    """Run steps until nothing is left to do for ``services`` (all when None). Restart
+    backoff is not slept: what serves is judged afterwards by ``result_of``. A service whose
+    step fails ``max_errors`` times is given up (returned with its error) while the others go
+    on; a host-wide step failing that often raises."""
     only: Optional[Set[str]] = set(services) if services is not None else None
     errors: Dict[str, int] = {}
+    given_up: Dict[str, str] = {}
     while True:
         steps, wants, obs = next_steps(h, only)
-        if not steps:
+        work = [s for s in steps if not isinstance(s, Wait) and owner(s) not in given_up]
+        if not work:
             h.maintain()
-            return
-        step = steps[0]
-        if isinstance(step, Wait):
-            h.sleep(min(max(step.seconds, 0.01), 1.0))
-            continue
+            return given_up
+        step = work[0]
         key = repr(step)
         try:
             h.attempt(step, wants, obs)
             errors.pop(key, None)
-        except Exception:
+        except Exception as exc:
             errors[key] = errors.get(key, 0) + 1
             if errors[key] >= max_errors:
-                raise
+                if not owner(step):
+                    raise
+                given_up[owner(step)] = f"{type(step).__name__} failed: " + (
+                    getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}")
+                if only is not None:
+                    only.discard(owner(step))
+                continue
             h.sleep(0.2 * errors[key])
 
 
-def tick(h, probes: Optional[dict] = None) -> float:
+def tick(h, probes: Optional[dict] = None, failures: Optional[dict] = None) -> float:
     """``serve``: run at most one step (under the converge lock, so it never interleaves with
-    an ``apply``); return how long to sleep before the next tick."""
+    an ``apply``); return how long to sleep before the next tick. ``failures`` (kept by the
+    caller) holds per-owner backoff: a failing service waits its turn while the steps of
+    every other service still run."""
+    failures = {} if failures is None else failures
     with h.state.flock("converge.lock", blocking=False) as got:
         if not got:
             return 0.1
         steps, wants, obs = next_steps(h)
+        now = h.clock()
         work = [s for s in steps if not isinstance(s, Wait)]
-        if work:  # a failure that is not a release's own raises: serve backs off
-            h.attempt(work[0], wants, obs)
+        ready = [s for s in work if failures.get(owner(s), (0, 0.0))[1] <= now]
+        if ready:
+            step = ready[0]
+            try:
+                h.attempt(step, wants, obs)
+                failures.pop(owner(step), None)
+            except Exception as exc:
+                count = failures.get(owner(step), (0, 0.0))[0] + 1
+                delay = planner.backoff(count)
+                failures[owner(step)] = (count, now + delay)
+                h.log(f"serve: {type(step).__name__} for {owner(step) or 'the host'} failed: "
+                      f"{getattr(exc, 'message', None) or exc} (retry in {delay:.1f}s)")
+                if not owner(step):
+                    raise
             return 0.0
         h.maintain()
         if probes is not None:
             h.probe_serving(probes)
-        if steps:
-            return max(0.01, min(steps[-1].seconds, 1.0))
+        waits = [s.seconds for s in steps if isinstance(s, Wait)]
+        waits += [failures[owner(s)][1] - now for s in work]
+        if waits:
+            return max(0.01, min(min(waits), 1.0))
         return 1.0
 
 
 def result_of(h: Host, service: str) -> Dict:
-    """What apply reports for one service after converging."""
-    t = h.state.target().get(service) or {}
+    """What apply reports for one service, from observation, never from a record: the wanted
+    release is current, its container has run for the settle window (the deploy's monitor,
+    at least MIN_SETTLE seconds) and is running and healthy now. Call it under the converge
+    lock, so ``serve`` does not restart a dying container while it is watched."""
+    from runtime import health, oci
+    from runtime.executors import exec_in
+    from runtime.meta import list_metas, status_of
+
+    t = h.targets().get(service)
     st = h.state.status()
     cur = st["current"].get(service)
-    release = t.get("release")
-    why = (st["failed"].get(service) or {}).get(release)
-    ok = bool(cur and cur["release"] == release and not why)
-    out = {"ok": ok, "release": cur["release"] if cur else None,
+    release = t.release if t is not None else None
+    out = {"ok": False, "release": cur["release"] if cur else None,
            "slot": cur["slot"] if cur else None, "wanted": release}
-    if not ok:
-        out["error"] = why or "not converged"
+    why = (st["failed"].get(service) or {}).get(release)
+    meta = next((m for m in list_metas(h.layout)
+                 if cur and (m.service, m.slot) == (service, cur["slot"])), None)
+    if not why and (not cur or cur["release"] != release):
+        why = "not converged"
+    if not why and meta is None:
+        why = "no container for the serving slot"
+    if not why:
+        settle = max(t.deploy.monitor, MIN_SETTLE)
+        age = h.clock() - meta.created
+        if age < settle:
+            h.sleep(settle - age)
+        alive = status_of(meta, h.rt) == "running"
+        if not alive:
+            count = int((st["restarts"].get(f"{service}/{meta.slot}") or [0])[0])
+            why = (f"container exited {max(age, 0.0):.1f}+ s after it started"
+                   + (f" (restarted {count} times: crash loop)" if count else ""))
+        elif t.deploy.health.kind != "none":
+            ok, msg = health.run_until_healthy(t.deploy.health, meta.ip, exec_in(h, meta),
+                                               lambda: oci.proc_alive(meta.pid, meta.starttime))
+            if not ok:
+                why = f"unhealthy: {msg}"
+    if why:
+        out["error"] = why + _log_tail(h, service, meta)
+    else:
+        out["ok"] = True
     return out
+
+
+def _log_tail(h, service: str, meta) -> str:
+    from runtime.meta import log_path
+    if meta is None:
+        return ""
+    try:
+        with open(log_path(h.layout, service, meta.slot), "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 8192))
+            lines = f.read().decode(errors="replace").splitlines()[-LOG_TAIL:]
+    except OSError:
+        return ""
+    if not lines:
+        return ""
+    return "; last lines of its log:\n" + "\n".join("  | " + line[:300] for line in lines)

@@ -60,13 +60,14 @@ def run_serve(layout: Layout) -> int:
     _log(f"serve: pid {os.getpid()}, runtime {h.rt.name}, root {layout.root}")
     errors = 0
     probes: dict = {}
+    failures: dict = {}                  # per service: (count, retry at), see reconcile.tick
     refreshed = time.monotonic()
     while not stop["now"]:
         if time.monotonic() - refreshed > 5.0:
             h.forget_cache()  # re-read the nft table now and then (someone may have flushed it)
             refreshed = time.monotonic()
         try:
-            delay = tick(h, probes)
+            delay = tick(h, probes, failures)
             errors = 0
         except Exception as exc:  # keep running: back off and retry
             errors += 1

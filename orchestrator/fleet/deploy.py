@@ -135,7 +135,8 @@ def observe(prep: Prepared, pool: ConnectionPool) -> Observed:
         have, status = seen["have"], seen["status"]
         services = status.get("services") or {}
         releases = {name: s.get("release") for name, s in services.items()
-                    if s.get("release") and s.get("state") == "running"}
+                    if s.get("release") and s.get("state") == "running" and not s.get("restarts")
+                    and s.get("health") != "unhealthy"}         # ok means serving
         projects = {name: s["project"] for name, s in services.items() if s.get("project")}
         return HostFacts(host.name, platform, frozenset(have.get("present", [])),
                          dict(have.get("partial", {})), releases, projects=projects)

@@ -26,8 +26,12 @@ class HostOutcome:
 @dataclass
 class RolloutResult:
     outcomes: List[HostOutcome] = field(default_factory=list)
-    halted: Optional[str] = None             # why later waves did not run
+    halts: Dict[str, str] = field(default_factory=dict)       # service -> why its later waves did not run
     skipped: Dict[str, List[str]] = field(default_factory=dict)   # service -> hosts never tried
+
+    @property
+    def halted(self) -> Optional[str]:
+        return "; ".join(self.halts[s] for s in sorted(self.halts)) or None
 
     @property
     def failed(self) -> List[HostOutcome]:
@@ -35,7 +39,7 @@ class RolloutResult:
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.halted
+        return not self.failed and not self.halts
 
 
 @dataclass(frozen=True)
@@ -52,17 +56,22 @@ def run_rollout(plan: FleetPlan, policies: Mapping[str, ServicePolicy], apply_on
                 revert_one: RevertFn, *, dropped: Sequence[str] = (),
                 on_wave: Optional[Callable[[Wave], None]] = None,
                 on_outcome: Optional[Callable[[HostOutcome], None]] = None) -> RolloutResult:
+    """Services roll out independently: one service's failure halts (or reverts) that service
+    only. A host that failed to answer (an exception: unreachable, timed out) is dropped for
+    every service; a host whose agent answered that one service failed stays in the others."""
     result = RolloutResult()
     dropped_hosts = set(dropped)
     switched: Dict[str, List[str]] = {}      # service -> hosts that switched in this rollout
     old_release = {(c.service, hp.host): c.old_release for hp in plan.hosts for c in hp.changes}
 
-    waves = list(plan.waves)
-    for i, wave in enumerate(waves):
-        if result.halted:
+    for wave in plan.waves:
+        if wave.service in result.halts:
             result.skipped.setdefault(wave.service, []).extend(wave.hosts)
             continue
         hosts = [h for h in wave.hosts if h not in dropped_hosts]
+        gone = [h for h in wave.hosts if h in dropped_hosts and h not in dropped]
+        if gone:
+            result.skipped.setdefault(wave.service, []).extend(gone)
         if not hosts:
             continue
         if on_wave:
@@ -83,6 +92,7 @@ def run_rollout(plan: FleetPlan, policies: Mapping[str, ServicePolicy], apply_on
                 outcome = fan.ok[host]
             else:
                 outcome = HostOutcome(host, wave.service, False, error=str(fan.failed[host]))
+                dropped_hosts.add(host)
             result.outcomes.append(outcome)
             if on_outcome:
                 on_outcome(outcome)
@@ -90,14 +100,14 @@ def run_rollout(plan: FleetPlan, policies: Mapping[str, ServicePolicy], apply_on
                 switched.setdefault(wave.service, []).append(host)
             else:
                 failures.append(outcome)
-                dropped_hosts.add(host)
         if not failures:
             continue
         what = "canary" if wave.canary else f"wave {wave.number}"
-        result.halted = (f"{wave.service}: {what} failed on {', '.join(f.host for f in failures)}; "
-                         f"later waves not started")
+        result.halts[wave.service] = (f"{wave.service}: {what} failed on "
+                                      f"{', '.join(f.host for f in failures)}; later waves not started")
         if policy.on_failure == "rollback":
-            _revert(wave.service, switched.get(wave.service, []), old_release, revert_one, result, policy)
+            _revert(wave.service, [h for h in switched.get(wave.service, []) if h not in dropped_hosts],
+                    old_release, revert_one, result, policy)
     return result
 
 

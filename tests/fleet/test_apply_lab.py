@@ -248,6 +248,46 @@ def test_two_concurrent_applies_one_proceeds_one_is_refused(lab_project, tmp_pat
     assert all(_lock_on(h.name) is None for h in preps[winner].hosts)
 
 
+def test_a_crash_loop_fails_the_apply_by_name_and_its_neighbour_keeps_serving(lab_project, tmp_path):
+    import json
+
+    from orchestrator.fleet.lock import mutating
+
+    run_apply(lab_project)
+    mark = secrets.token_hex(4)
+    variant = _variant(lab_project, tmp_path, "crashy", lambda t: t)
+    css = variant / "hello" / "www" / "style.css"
+    css.write_text(css.read_text() + f"\n/* beside crashy {mark} */\n")
+    (variant / "crashy.yaml").write_text(
+        "kind: Service\nname: crashy\nimage:\n  from: {debian: bookworm, packages: [busybox-static]}\n"
+        "  platforms: [linux/amd64, linux/arm64]\n"
+        f"  cmd: [/bin/busybox, sh, -c, 'echo up-{mark}; sleep 2; echo dying-{mark}; exit 3']\n"
+        "deploy:\n  hosts: [amd64-1]\n")
+    try:
+        for attempt in ("first", "again"):                      # a later apply does not call it ok either
+            res = orch_cli("apply", str(variant), "--json")
+            assert res.returncode == 11, (attempt, res.stdout[-2000:], res.stderr)
+            assert "crashy" in res.stderr
+            summary = json.loads(res.stdout)
+            outcomes = {(o["host"], o["service"]): o for o in summary["outcomes"]}
+            crashy = outcomes[("amd64-1", "crashy")]
+            assert not crashy["ok"] and "exited" in crashy["error"] and f"dying-{mark}" in crashy["error"]
+            if attempt == "first":                           # hello changed: ok everywhere, amd64-1 too
+                assert all(outcomes[(h, "hello")]["ok"] for h in ("amd64-1", "amd64-2", "arm64-1"))
+            assert f"beside crashy {mark}".encode() in fetch(_address("amd64-1"), "/style.css")
+    finally:
+        prep = prepare(str(variant), {})
+        with ConnectionPool(h.target for h in prep.hosts) as pool:
+            obs = observe(prep, pool)
+            with mutating(obs.clients, "test") as lock:
+                obs.clients["amd64-1"].remove("crashy", "test", lock=lock.token)
+
+
+def _address(host_name: str) -> str:
+    from orchestrator.lab.layout import LabLayout, LabSpec
+    return LabLayout(LabSpec(LAB)).host(host_name).address
+
+
 def _variant(lab_project: Path, tmp_path: Path, name: str, edit) -> Path:
     out = tmp_path / name
     shutil.copytree(lab_project, out)

@@ -1,3 +1,4 @@
+from orchestrator.errors import OrchError
 from orchestrator.fleet.planner import Change, FleetPlan, HostPlan, plan_waves
 from orchestrator.fleet.rollout import ServicePolicy, run_rollout
 
@@ -59,3 +60,40 @@ def test_an_exception_from_one_host_is_a_failed_outcome():
 def test_dropped_hosts_are_not_tried():
     res, applied, _ = run(["a", "b", "c"], failing=set(), canary=0, size=3, dropped=("b",))
     assert applied == ["a", "c"]
+
+
+def two_service_plan(hosts):
+    plans = tuple(HostPlan(h, "linux/amd64", (Change("api", "r-old", "r-new", "m"),
+                                              Change("web", "r-old", "r-new", "m"))) for h in hosts)
+    waves = tuple(plan_waves("api", hosts, 1, 1)) + tuple(plan_waves("web", hosts, 1, 1))
+    return FleetPlan(plans, waves)
+
+
+def test_one_service_failing_does_not_stop_another_on_the_same_hosts():
+    applied = []
+
+    def apply_one(host, service):
+        applied.append((host, service))
+        ok = service != "api"
+        return {"services": {service: {"ok": ok, "release": "r-new", "error": None if ok else "crash loop"}}}
+
+    res = run_rollout(two_service_plan(["a", "b"]), {"api": ServicePolicy("halt")}, apply_one,
+                      lambda *a: None)
+    assert applied == [("a", "api"), ("a", "web"), ("b", "web")]     # web goes on, on a too
+    assert not res.ok and "api: canary failed on a" in res.halted and "web" not in res.halted
+    assert res.skipped == {"api": ["b"]}
+    assert sorted(o.host for o in res.outcomes if o.service == "web" and o.ok) == ["a", "b"]
+
+
+def test_a_host_that_stops_answering_is_dropped_for_every_service():
+    applied = []
+
+    def apply_one(host, service):
+        applied.append((host, service))
+        if host == "a":
+            raise OrchError("a: apply timed out after 30 s")
+        return {"services": {service: {"ok": True, "release": "r-new"}}}
+
+    res = run_rollout(two_service_plan(["a", "b"]), {}, apply_one, lambda *a: None)
+    assert applied == [("a", "api"), ("b", "web")]                 # a is not asked again
+    assert res.skipped == {"api": ["b"], "web": ["a"]}
