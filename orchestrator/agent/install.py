@@ -38,6 +38,7 @@ def render_unit(agent_path: str) -> str:
         "[Unit]",
         "Description=orch host agent (keeps the deployed containers true to their target)",
         "After=network-online.target",
+        "StartLimitIntervalSec=0",    # a host alone in a barn keeps trying, however often it failed
         "",
         "[Service]",
         f"ExecStart=/usr/bin/python3 {agent_path} serve",

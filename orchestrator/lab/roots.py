@@ -18,9 +18,10 @@ from typing import Dict, List, Tuple
 
 from orchestrator.errors import LabError
 
-# What a booted host needs: an init, sshd, the agent's python3 and the tools it drives.
+# What a booted host needs: an init, sshd, the agent's python3 and the tools it drives
+# (tini: the containers' PID 1, runtime/pid1.py).
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "iproute2", "runc",
-            "nftables", "procps")
+            "nftables", "procps", "tini")
 RELEASES = ("bookworm", "bullseye")
 
 # The lab machine's cgroups are hybrid and systemd-nspawn mounts the v1 controllers read-only:
@@ -136,7 +137,20 @@ def ensure_root(roots_dir: Path, release: str) -> Path:
             raise LabError(f"mmdebstrap {release} failed: {proc.stderr.decode(errors='replace').strip()[-400:]}")
         _customise(tmp)
         os.replace(tmp, final)
+        run_prune_roots(roots_dir, release, keep=final)
     return final
+
+
+def run_prune_roots(roots_dir: Path, release: str, keep: Path) -> List[Path]:
+    """Older roots of `release` that no host's disk is mounted over any more (they changed)."""
+    with open("/proc/self/mountinfo") as f:
+        in_use = f.read()
+    removed = []
+    for old in roots_dir.glob(f"{release}-*"):
+        if old != keep and old.is_dir() and f"lowerdir={old}," not in in_use:
+            shutil.rmtree(old, ignore_errors=True)
+            removed.append(old)
+    return removed
 
 
 def _customise(root: Path) -> None:
