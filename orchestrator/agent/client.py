@@ -98,8 +98,8 @@ class AgentClient:
     def have(self, digests: Sequence[str]) -> Dict[str, Any]:
         return self.call("have", {"digests": list(digests)})
 
-    def status(self) -> Dict[str, Any]:
-        return self.call("status")
+    def status(self, timeout: float = 60) -> Dict[str, Any]:
+        return self.call("status", timeout=timeout)
 
     # Mutating verbs need the session's deploy-lock token (orchestrator/fleet/lock.py takes it).
     def apply(self, services: Mapping[str, Mapping[str, Any]], who: str, *, lock: str,
@@ -121,13 +121,13 @@ class AgentClient:
                          timeout=timeout)
 
     def lock(self, holder: str, ttl: float, token: Optional[str] = None,
-             force: bool = False) -> Dict[str, Any]:
+             force: bool = False, timeout: float = 60) -> Dict[str, Any]:
         return self.call("lock", {"holder": holder, "ttl": ttl, "token": token or holder,
-                                  "force": force}, timeout=60)
+                                  "force": force}, timeout=timeout)
 
-    def unlock(self, holder: str, force: bool = False) -> Dict[str, Any]:
+    def unlock(self, holder: str, force: bool = False, timeout: float = 60) -> Dict[str, Any]:
         """``holder``: the token the lock was taken with (the holder's name for old locks)."""
-        return self.call("unlock", {"token": holder, "force": force}, timeout=60)
+        return self.call("unlock", {"token": holder, "force": force}, timeout=timeout)
 
     def audit(self) -> Dict[str, Any]:
         return self.call("audit")

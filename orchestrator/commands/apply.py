@@ -15,6 +15,11 @@ EXAMPLES = (
 def add_arguments(parser) -> None:
     add_source_arguments(parser)
     parser.add_argument("--force-unlock", action="store_true", help="break a stale fleet lock left by another apply")
+    parser.add_argument("--host-timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="a host that does not answer is dropped and named after at most SECONDS "
+                             "(default 60) plus, for each service it applies, its health retries, monitor, "
+                             "drain, stop_timeout and a 3 s settle window; the rest of the fleet follows "
+                             "on_failure, the lock is released")
 
 
 def run(args) -> int:
@@ -40,7 +45,7 @@ def run(args) -> int:
         with Progress(TextColumn("{task.description:<12}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                       console=console, transient=True, disable=args.json or not total) as progress:
             tasks = {h: progress.add_task(h, total=n) for h, n in total.items()}
-            report = apply(prep, obs, pool, force_unlock=args.force_unlock,
+            report = apply(prep, obs, pool, force_unlock=args.force_unlock, host_timeout=args.host_timeout,
                            on_bytes=lambda h, n: progress.advance(tasks[h], n) if h in tasks else None,
                            on_event=None if args.json else console.print)
     summary = {

@@ -19,7 +19,7 @@ from orchestrator.manifest.loader import load_desired
 from orchestrator.manifest.model import Desired
 from orchestrator.fleet.lock import MAX_PARALLEL_HOSTS, FleetLock, mutating, operator
 from orchestrator.fleet.planner import DesiredRelease, FleetPlan, HostFacts, plan_fleet
-from orchestrator.fleet.rollout import RolloutResult, ServicePolicy, run_rollout
+from orchestrator.fleet.rollout import HOST_TIMEOUT, RolloutResult, ServicePolicy, apply_deadline, run_rollout
 from orchestrator.transport.shipper import ShipResult, reconnecting_client, ship_blobs
 from orchestrator.transport.ssh import ConnectionPool
 from orchestrator.image.store import Store
@@ -156,22 +156,31 @@ def observe(prep: Prepared, pool: ConnectionPool) -> Observed:
 # ---- apply --------------------------------------------------------------------------------
 def apply(prep: Prepared, obs: Observed, pool: ConnectionPool, *, who: Optional[str] = None,
           environ: Optional[Mapping[str, str]] = None, on_bytes: Optional[Callable[[str, int], None]] = None,
-          on_event: Optional[Callable[[str], None]] = None, force_unlock: bool = False) -> ApplyReport:
+          on_event: Optional[Callable[[str], None]] = None, force_unlock: bool = False,
+          host_timeout: float = HOST_TIMEOUT) -> ApplyReport:
     """Lock the fleet, observe again under the lock (a plan made before it may be stale), ship
-    and roll out; the lock is released on every way out."""
+    and roll out; the lock is released on every way out. Every call to a host has a deadline
+    (``apply_deadline``); a host that passes it is dropped, reported, and not called again."""
     if obs.plan.up_to_date and not force_unlock:
         report = ApplyReport(obs.plan)
         names = [r.service for r in prep.releases]
         report.final = {h: {n: f.releases.get(n) for n in names} for h, f in obs.facts.items()}
         return report
     who = who or operator()
-    with mutating(_fleet_clients(prep, obs, pool), who, force=force_unlock) as lock:
+    with mutating(_fleet_clients(prep, obs, pool), who, force=force_unlock, timeout=host_timeout) as lock:
         obs = observe(prep, pool)
         report = ApplyReport(obs.plan)
         report.lost.update({h: str(e) for h, e in lock.lost.items()})
         if not obs.plan.up_to_date:
-            _apply_locked(prep, obs, pool, lock, report, who, environ, on_bytes, on_event)
-    report.final = final_releases(prep, obs.clients)
+            try:
+                _apply_locked(prep, obs, pool, lock, report, who, environ, on_bytes, on_event, host_timeout)
+            finally:
+                gone = set(lock.lost) | {o.host for o in (report.rollout.outcomes if report.rollout else ())
+                                         if o.unreachable}
+                report.lost.update({h: str(lock.lost.get(h) or "stopped answering") for h in gone})
+                lock.forget(gone)                 # silent: no unlock sent, its lease runs out
+    report.final = final_releases(prep, {h: c for h, c in obs.clients.items() if h not in report.lost},
+                                  unreachable=report.lost, timeout=host_timeout)
     return report
 
 
@@ -187,7 +196,7 @@ def _fleet_clients(prep: Prepared, obs: Observed, pool: ConnectionPool) -> Dict[
 
 
 def _apply_locked(prep: Prepared, obs: Observed, pool: ConnectionPool, lock: FleetLock,
-                  report: ApplyReport, who: str, environ, on_bytes, on_event) -> None:
+                  report: ApplyReport, who: str, environ, on_bytes, on_event, host_timeout: float) -> None:
     plan = obs.plan
     secrets = {name: {k: base64.b64encode(v).decode() for k, v in
                       prep.desired.services[name].deploy.read_secrets(environ).items()}
@@ -200,10 +209,12 @@ def _apply_locked(prep: Prepared, obs: Observed, pool: ConnectionPool, lock: Fle
         rel = releases[service]
         body = {"release": rel.release, "index": rel.index, "manifest": manifests[(service, host)],
                 "deploy": rel.deploy, "secrets": secrets[service], "project": prep.desired.fleet.owner}
-        return obs.clients[host].apply({service: body}, who, lock=lock.token)
+        return obs.clients[host].apply({service: body}, who, lock=lock.token,
+                                       timeout=apply_deadline(rel.deploy, host_timeout))
 
     def revert_one(host: str, service: str, old: Optional[str]) -> None:
-        obs.clients[host].rollback(service, old, who=who, lock=lock.token)
+        obs.clients[host].rollback(service, old, who=who, lock=lock.token,
+                                   timeout=apply_deadline(releases[service].deploy, host_timeout))
 
     policies = {name: ServicePolicy(s.deploy.strategy.on_failure, MAX_PARALLEL_HOSTS)
                 for name, s in prep.desired.services.items()}
@@ -254,11 +265,12 @@ def _ship(prep: Prepared, obs: Observed, pool: ConnectionPool, report: ApplyRepo
     report.ship_failed.update({h: str(e) for h, e in fan.failed.items()})
 
 
-def final_releases(prep: Prepared, clients: Mapping[str, AgentClient]) -> Dict[str, Dict[str, Optional[str]]]:
+def final_releases(prep: Prepared, clients: Mapping[str, AgentClient], *, unreachable: Sequence[str] = (),
+                   timeout: float = HOST_TIMEOUT) -> Dict[str, Dict[str, Optional[str]]]:
     names = [r.service for r in prep.releases]
-    fan = fan_out(list(clients.items()), lambda kv: kv[1].status(), name=lambda kv: kv[0],
+    fan = fan_out(list(clients.items()), lambda kv: kv[1].status(timeout=timeout), name=lambda kv: kv[0],
                   max_parallel=MAX_PARALLEL_HOSTS)
-    out: Dict[str, Dict[str, Optional[str]]] = {}
+    out: Dict[str, Dict[str, Optional[str]]] = {h: {n: "unreachable" for n in names} for h in unreachable}
     for host in clients:
         if host in fan.ok:
             services = fan.ok[host].get("services") or {}

@@ -47,12 +47,23 @@ class FleetLock:
     clients: Dict[str, AgentClient]                # hosts held, by name
     lost: Dict[str, OrchError] = field(default_factory=dict)   # hosts that did not answer
 
+    timeout: float = 60.0                          # deadline of each lock call
+
     def refresh(self) -> None:
-        """Extend the lease; a host that stopped answering is left to the caller to report."""
-        _each(self.clients, lambda c: c.lock(self.holder, LOCK_TTL, self.token))
+        """Extend the lease; a host that does not answer in time moves to ``lost``."""
+        fan = _each(self.clients, lambda c: c.lock(self.holder, LOCK_TTL, self.token, timeout=self.timeout))
+        lost = {h: e for h, e in fan.failed.items() if not _refused(e)}
+        self.forget(lost)
+        self.lost.update(lost)
+
+    def forget(self, hosts) -> None:
+        """Stop calling these hosts (they went silent): their lease runs out on its own, or the
+        next holder of the fleet's first host takes it over."""
+        for h in hosts:
+            self.clients.pop(h, None)
 
     def release(self) -> None:
-        _each(self.clients, lambda c: c.unlock(self.token))
+        _each(self.clients, lambda c: c.unlock(self.token, timeout=self.timeout))
 
 
 def _each(clients: Mapping[str, AgentClient], fn):
@@ -64,17 +75,18 @@ def _refused(err: OrchError) -> bool:
     return getattr(err, "code", None) == protocol.E_LOCKED
 
 
-def acquire(clients: Mapping[str, AgentClient], who: str, *, force: bool = False) -> FleetLock:
+def acquire(clients: Mapping[str, AgentClient], who: str, *, force: bool = False,
+            timeout: float = 60.0) -> FleetLock:
     """Take the lock on every host of ``clients``, or on none (LockHeldError names the holder).
     ``force`` breaks whatever lock is there (``--force-unlock``: a stale lock the TTL has not
     freed yet). A host that does not answer is in ``.lost``, not held."""
-    lock = FleetLock(f"{who} pid {os.getpid()}", secrets.token_hex(16), {})
+    lock = FleetLock(f"{who} pid {os.getpid()}", secrets.token_hex(16), {}, timeout=timeout)
     order = sorted(clients)
     if not order:
         return lock
     leader, rest = order[0], order[1:]
     try:
-        clients[leader].lock(lock.holder, LOCK_TTL, lock.token, force=force)
+        clients[leader].lock(lock.holder, LOCK_TTL, lock.token, force=force, timeout=timeout)
     except OrchError as exc:
         if _refused(exc):
             raise LockHeldError(f"fleet is locked: {exc}",
@@ -82,7 +94,7 @@ def acquire(clients: Mapping[str, AgentClient], who: str, *, force: bool = False
         raise
     lock.clients[leader] = clients[leader]
     fan = _each({h: clients[h] for h in rest},
-                lambda c: c.lock(lock.holder, LOCK_TTL, lock.token, force=True))
+                lambda c: c.lock(lock.holder, LOCK_TTL, lock.token, force=True, timeout=timeout))
     lock.clients.update({h: clients[h] for h in fan.ok})
     lock.lost.update({h: e for h, e in fan.failed.items() if not _refused(e)})
     refused = [e for e in fan.failed.values() if _refused(e)]
@@ -94,11 +106,11 @@ def acquire(clients: Mapping[str, AgentClient], who: str, *, force: bool = False
 
 
 @contextlib.contextmanager
-def mutating(clients: Mapping[str, AgentClient], who: str, *, force: bool = False
-             ) -> Iterator[FleetLock]:
+def mutating(clients: Mapping[str, AgentClient], who: str, *, force: bool = False,
+             timeout: float = 60.0) -> Iterator[FleetLock]:
     """``with mutating(clients, who) as lock:`` the only way a command changes hosts: the
-    lock is held inside and released on every way out."""
-    lock = acquire(clients, who, force=force)
+    lock is held inside and released on every way out (``timeout``: each lock call's deadline)."""
+    lock = acquire(clients, who, force=force, timeout=timeout)
     try:
         yield lock
     finally:

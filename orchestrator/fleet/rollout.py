@@ -9,8 +9,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
+from orchestrator.errors import TransportError
 from orchestrator.transport.fanout import fan_out
 from orchestrator.fleet.planner import FleetPlan, Wave
+from runtime.reconcile import MIN_SETTLE
+from runtime.spec import Deploy
+
+HOST_TIMEOUT = 60.0        # what a host may take beyond its services' own timings (unpack, start)
+
+
+def apply_deadline(deploy: Mapping, base: float = HOST_TIMEOUT) -> float:
+    """How long one host may take to apply (or revert) one service before it is dropped as
+    silent: ``base`` plus what the deploy spec itself allows: every health retry, the monitor
+    window, the drain, the old slot's stop timeout and the settle window."""
+    d = Deploy.from_json(dict(deploy))
+    h = d.health
+    health = h.start_period + (h.retries + 1) * (h.interval + h.timeout) if h.kind != "none" else 0.0
+    return round(base + health + d.monitor + d.drain + d.stop_timeout + MIN_SETTLE, 1)
 
 
 @dataclass
@@ -21,6 +36,7 @@ class HostOutcome:
     release: Optional[str] = None
     error: Optional[str] = None
     reverted: bool = False
+    unreachable: bool = False                # no answer (link lost, deadline passed): dropped
 
 
 @dataclass
@@ -91,7 +107,9 @@ def run_rollout(plan: FleetPlan, policies: Mapping[str, ServicePolicy], apply_on
             if host in fan.ok:
                 outcome = fan.ok[host]
             else:
-                outcome = HostOutcome(host, wave.service, False, error=str(fan.failed[host]))
+                err = fan.failed[host]
+                outcome = HostOutcome(host, wave.service, False, error=str(err),
+                                      unreachable=isinstance(err, TransportError))
                 dropped_hosts.add(host)
             result.outcomes.append(outcome)
             if on_outcome:

@@ -288,6 +288,60 @@ def _address(host_name: str) -> str:
     return LabLayout(LabSpec(LAB)).host(host_name).address
 
 
+def _silence(host_name: str, on: bool) -> None:
+    """Drop every packet that reaches the host (inside its own namespace): it goes silent, no
+    reset, no ICMP, as a host on a dead link does."""
+    import subprocess
+
+    from orchestrator.lab.layout import LabLayout, LabSpec
+    ns = LabLayout(LabSpec(LAB)).host(host_name).netns
+    if on:
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], check=True, input=(
+            "table inet orchtestdrop {\n chain in { type filter hook input priority -300; policy drop; }\n"
+            " chain out { type filter hook output priority -300; policy drop; }\n}\n").encode())
+    else:
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "orchtestdrop"],
+                       check=False)
+
+
+def test_a_host_that_goes_silent_mid_rollout_is_dropped_by_name_in_bounded_time(lab_project):
+    from orchestrator.fleet.rollout import apply_deadline
+
+    run_apply(lab_project)
+    css = lab_project / "hello" / "www" / "style.css"
+    css.write_text(css.read_text() + f"\n/* silent host {secrets.token_hex(4)} */\n")
+    prep = prepare(str(lab_project), {})
+    names = sorted(h.name for h in prep.hosts)
+    victim = names[-1]
+    host_timeout = 10.0
+    bound = host_timeout + apply_deadline(prep.releases[0].deploy, host_timeout) + 60   # + the others' rollback
+    seen = {}
+
+    def on_event(line: str) -> None:
+        if line.startswith(f"{names[0]}: hello ok") and "silenced" not in seen:   # after the canary
+            _silence(victim, True)
+            seen["silenced"] = time.monotonic()
+
+    try:
+        with ConnectionPool(h.target for h in prep.hosts) as pool:
+            obs = observe(prep, pool)
+            report = apply(prep, obs, pool, on_event=on_event, host_timeout=host_timeout)
+            took = time.monotonic() - seen["silenced"]
+        print(f"silent host dropped: apply returned {took:.1f} s after the drop (bound {bound:.0f} s)")
+        assert took < bound
+        assert not report.ok
+        failed = {o.host: o for o in report.rollout.outcomes if not o.ok}
+        assert victim in failed and "timed out" in failed[victim].error
+        assert report.final[victim]["hello"] == "unreachable"
+        assert all(_lock_on(h) is None for h in names if h != victim)       # released where it can be
+    finally:
+        _silence(victim, False)
+    prep2, plan2, report2 = run_apply(lab_project)                         # the drop lifted: converges
+    assert report2.ok, report2
+    assert len({r["hello"] for r in report2.final.values()}) == 1
+    assert all(_lock_on(h) is None for h in names)
+
+
 def _variant(lab_project: Path, tmp_path: Path, name: str, edit) -> Path:
     out = tmp_path / name
     shutil.copytree(lab_project, out)
