@@ -103,6 +103,6 @@ def test_the_deadline_of_an_apply_counts_what_the_spec_allows():
     from orchestrator.fleet.rollout import apply_deadline
     base = apply_deadline({}, 10)                                 # no health: drain 2 + stop 10 + settle 3
     assert base == 25.0
-    slow = {"health": {"kind": "http", "port": 80, "interval": 5, "timeout": 2, "retries": 3},
+    slow = {"health": {"kind": "http", "path": "/", "port": 80, "interval": 5, "timeout": 2, "retries": 3},
             "monitor": 30, "drain": 2, "stop_timeout": 10}
     assert apply_deadline(slow, 10) == 10 + 4 * 7 + 30 + 2 + 10 + 3
