@@ -89,6 +89,7 @@ def verb_apply(layout: Layout, req: dict, log=None) -> dict:
     _check_lock(layout, req.get("lock"), "apply")
     h = make_host(layout, log)
     with h.state.flock("converge.lock"):
+        reconcile.repair_lost_state(h)
         target = h.state.target()
         admission.check_ports({n: Target.from_json(n, t).deploy for n, t in target.items()
                                if n not in checked},
@@ -119,6 +120,7 @@ def verb_rollback(layout: Layout, service: str, to: Optional[str], who: str, log
     _check_lock(layout, lock, "rollback")
     h = make_host(layout, log)
     with h.state.flock("converge.lock"):
+        reconcile.repair_lost_state(h)
         st = h.state.status()
         records = read_records(layout).get(service) or {}
         if to is None:
@@ -146,6 +148,7 @@ def verb_remove(layout: Layout, service: str, who: str, log=None,
     _check_lock(layout, lock, "remove")
     h = make_host(layout, log)
     with h.state.flock("converge.lock"):
+        reconcile.repair_lost_state(h)
         target = h.state.target()
         if service not in target and service not in h.state.status()["current"]:
             raise NotFound(f"{service}: not deployed on this host")

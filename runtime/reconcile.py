@@ -2,7 +2,7 @@
 tick): observe -> plan (pure) -> run one step -> observe again."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, Iterable, Optional, Set
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Set
 
 from runtime import planner
 from runtime.planner import EnsureNetwork, SyncPorts, Unpack, Wait
@@ -11,9 +11,49 @@ if TYPE_CHECKING:  # the executors get the Host that runs them
     from runtime.host import Host
 
 
+def repair_lost_state(h) -> List[str]:
+    """A lost ``status.json`` or ``target.json`` (deleted, a disk that lost it) is rebuilt from
+    what runs, so nothing that serves is stopped or unpublished: the serving slot of each
+    service is its running container the port map points at (else its newest running one),
+    and its target is that release's record (``releases.json``). What was rebuilt is returned."""
+    import os
+
+    from runtime.gc import read_records
+    from runtime.meta import list_metas, status_of
+
+    st_path, t_path = (os.path.join(h.layout.state, n) for n in ("status.json", "target.json"))
+    if os.path.exists(st_path) and os.path.exists(t_path):
+        return []
+    running = [m for m in list_metas(h.layout) if status_of(m, h.rt) == "running"]
+    if not running:
+        return []
+    rebuilt = []
+    if not os.path.exists(st_path):
+        from runtime import network
+        published = {ip for _, _, ip, _ in network.read_port_map()[1]}
+        st = h.state.status()
+        for m in sorted(running, key=lambda m: (m.ip in published, m.created)):
+            st["current"][m.service] = {"release": m.release, "slot": m.slot,
+                                        "since": round(m.created, 3)}
+            st["healthy"].append(m.instance)
+            st["settled"].append(m.instance)
+        h.state.save_status(st)
+        rebuilt.append("status.json")
+    if not os.path.exists(t_path):
+        records = read_records(h.layout)
+        current = h.state.status()["current"]
+        h.state.save_target({n: records[n][c["release"]] for n, c in sorted(current.items())
+                             if c["release"] in (records.get(n) or {})})
+        rebuilt.append("target.json")
+    h.forget_cache()
+    h.log(f"rebuilt {' and '.join(rebuilt)} from the running containers")
+    return rebuilt
+
+
 def next_steps(h, only: Optional[Set[str]] = None):
     """(steps, wants, observed) now; with ``only``, the steps of those services plus the
     host-wide ones they need (network, port map, their images)."""
+    repair_lost_state(h)
     wants = h.wants()
     obs = h.observe(wants)
     steps = planner.plan(wants, obs)

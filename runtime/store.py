@@ -20,12 +20,73 @@ def _hex(digest: str) -> str:
         raise BadRequest(str(exc)) from None
 
 
+def _mark_path(layout: Layout, h: str) -> str:
+    return os.path.join(os.path.dirname(layout.blobs), "verified", h)
+
+
+def _fingerprint(st: os.stat_result) -> str:
+    return f"{st.st_size} {st.st_mtime_ns} {st.st_ino}"
+
+
+def mark_verified(layout: Layout, h: str) -> None:
+    """Record that the blob's content was hashed right: its size, mtime and inode then. A blob
+    that no longer matches its mark (or has none) is re-hashed before it counts as present."""
+    d = os.path.dirname(_mark_path(layout, h))
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    tmp = _mark_path(layout, h) + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(_fingerprint(os.stat(layout.blob(h))))
+    os.replace(tmp, _mark_path(layout, h))
+
+
+def forget_verified(layout: Layout, digest: str) -> None:
+    try:
+        os.unlink(_mark_path(layout, _hex(digest)))
+    except FileNotFoundError:
+        pass
+
+
+def is_marked(layout: Layout, digest: str) -> bool:
+    h = _hex(digest)
+    try:
+        with open(_mark_path(layout, h)) as f:
+            return f.read() == _fingerprint(os.stat(layout.blob(h)))
+    except OSError:
+        return False
+
+
+def _hash_file(path: str) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(CHUNK), b""):
+            hasher.update(b)
+    return hasher.hexdigest()
+
+
+def check_blob(layout: Layout, digest: str) -> bool:
+    """Whether the blob is here and whole: its mark matches (cheap), or, in doubt, its content
+    hashes to its digest (then it is marked again). A damaged blob is dropped, so ``have``
+    reports it missing and the orchestrator sends it again."""
+    h = _hex(digest)
+    path = layout.blob(h)
+    if not os.path.exists(path):
+        return False
+    if is_marked(layout, digest):
+        return True
+    if _hash_file(path) == h:
+        mark_verified(layout, h)
+        return True
+    os.unlink(path)
+    forget_verified(layout, digest)
+    return False
+
+
 def have(layout: Layout, digests: Iterable[str]) -> Dict[str, object]:
     present: List[str] = []
     partial: Dict[str, int] = {}
     for d in digests:
         h = _hex(d)
-        if os.path.exists(layout.blob(h)):
+        if check_blob(layout, d):
             present.append(d)
             continue
         try:
@@ -141,6 +202,7 @@ def receive(layout: Layout, stream: BinaryIO) -> Dict[str, object]:
             continue
         os.replace(part, final)
         _fsync_dir(layout.blobs)
+        mark_verified(layout, h)
         stored.append(digest)
     if refused:
         raise DigestMismatch("refused blobs whose content does not match their digest: "
@@ -163,6 +225,7 @@ def read_verified(layout: Layout, digest: str, limit: int = 4 << 20) -> bytes:
     if len(data) > limit:
         raise BadRequest(f"blob {digest} is larger than {limit} bytes")
     if protocol.sha256_digest(data) != digest:
+        forget_verified(layout, digest)       # the next ``have`` re-hashes it, drops it, asks for it
         raise DigestMismatch(f"blob {digest} on disk is corrupted; refusing to use it")
     return data
 

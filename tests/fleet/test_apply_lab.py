@@ -342,6 +342,40 @@ def test_a_host_that_goes_silent_mid_rollout_is_dropped_by_name_in_bounded_time(
     assert all(_lock_on(h) is None for h in names)
 
 
+def test_a_corrupted_blob_is_sent_again_and_lost_state_files_stop_nothing(lab_project):
+    from orchestrator.lab.layout import LabLayout, LabSpec
+
+    run_apply(lab_project)
+    victim = LabLayout(LabSpec(LAB)).host("amd64-2")
+    address = victim.address
+    # 1. a layer the next release needs, damaged on the host (as a failing disk would)
+    css = lab_project / "hello" / "www" / "style.css"
+    css.write_text(css.read_text() + f"\n/* after corruption {secrets.token_hex(4)} */\n")
+    prep = prepare(str(lab_project), {})
+    manifest = prep.store.read_json(prep.releases[0].manifests["linux/amd64"])
+    base = manifest["layers"][0]["digest"].split(":")[1]
+    blob = victim.var_lib_orch / "blobs" / "sha256" / base
+    assert blob.exists()
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    os.chmod(blob, 0o644)
+    blob.write_bytes(bytes(data))
+    report = run_apply(lab_project)[2]
+    assert report.ok, report
+    assert report.shipped["amd64-2"].blobs >= 2                   # the damaged layer travelled again
+    assert b"after corruption" in fetch(address, "/style.css")
+    # 2. the agent's target, then its status, lost while it serves: nothing stops
+    for name in ("target.json", "status.json"):
+        with Hammer([address]) as hammer:
+            (victim.var_lib_orch / "state" / name).unlink()
+            time.sleep(4)                                          # serve ticks many times meanwhile
+        assert hammer.ok > 10 and hammer.failures == [], (name, hammer.failures[:3])
+        assert (victim.var_lib_orch / "state" / name).exists()     # rebuilt from what runs
+        again = run_apply(lab_project)
+        assert again[2].ok and again[1].up_to_date, name
+        assert b"after corruption" in fetch(address, "/style.css")
+
+
 def _variant(lab_project: Path, tmp_path: Path, name: str, edit) -> Path:
     out = tmp_path / name
     shutil.copytree(lab_project, out)

@@ -1,5 +1,8 @@
 """The reconcile loop's scheduling (pure logic over a host stand-in: no runc, no kernel)."""
 import contextlib
+import os
+import tempfile
+import types
 
 import pytest
 
@@ -17,6 +20,10 @@ class Host:
         self.now = 1000.0
         self.state = self
         self.logged = []
+        state = tempfile.mkdtemp()
+        for name in ("status.json", "target.json"):      # nothing lost: no repair
+            open(os.path.join(state, name), "w").close()
+        self.layout = types.SimpleNamespace(state=state)
 
     @contextlib.contextmanager
     def flock(self, name, blocking=True):

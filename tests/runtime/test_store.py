@@ -78,3 +78,36 @@ def test_a_held_converge_lock_makes_a_waiter_busy_not_unlocked(layout):
                 pass
     with b.flock("converge.lock", timeout=0.05) as got3:
         assert got3
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "same_size_same_mtime"])
+def test_a_damaged_blob_is_not_present_and_is_dropped_so_it_travels_again(layout, damage):
+    data = os.urandom(4096)
+    d = protocol.sha256_digest(data)
+    store.receive(layout, io.BytesIO(frame(d, data)))
+    path = layout.blob(protocol.split_digest(d))
+    st = os.stat(path)
+    os.chmod(path, 0o644)
+    if damage == "truncate":
+        with open(path, "r+b") as f:
+            f.truncate(100)
+    else:
+        with open(path, "r+b") as f:
+            f.seek(10)
+            f.write(bytes([data[10] ^ 0xFF]))
+        if damage == "same_size_same_mtime":       # size and times kept: only a re-hash can tell
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+            store.forget_verified(layout, d)         # the doubt: its mark is gone
+    assert store.have(layout, [d]) == {"present": [], "partial": {}}
+    assert not os.path.exists(path)                  # dropped: the next receive stores it again
+    assert store.receive(layout, io.BytesIO(frame(d, data)))["stored"] == [d]
+    assert store.have(layout, [d])["present"] == [d]
+
+
+def test_a_blob_without_its_mark_is_rehashed_once_and_kept(layout):
+    data = os.urandom(4096)
+    d = protocol.sha256_digest(data)
+    store.receive(layout, io.BytesIO(frame(d, data)))
+    store.forget_verified(layout, d)                 # e.g. stored by an older agent
+    assert store.have(layout, [d])["present"] == [d]
+    assert store.is_marked(layout, d)
