@@ -78,3 +78,12 @@ def check_ports(existing: Mapping[str, Deploy], new: Mapping[str, Deploy]) -> No
                 raise BadRequest(f"services/{name}/deploy/ports: {key[1]}/{key[0]} is already "
                                  f"published by service {seen[key]}")
             seen[key] = name
+
+
+def check_names(services) -> None:
+    """Refuse two services of one host whose names hash to the same address (names.py)."""
+    from runtime import names
+    a, b = names.vip_clash(services)
+    if a:
+        raise BadRequest(f"services {a} and {b} would share the address {names.vip_of(a)} on this "
+                         "host: rename one of them")

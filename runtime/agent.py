@@ -94,6 +94,7 @@ def verb_apply(layout: Layout, req: dict, log=None) -> dict:
         admission.check_ports({n: Target.from_json(n, t).deploy for n, t in target.items()
                                if n not in checked},
                               {n: Target.from_json(n, t).deploy for n, t in checked.items()})
+        admission.check_names(set(target) | set(checked))
         records = read_records(layout)
         st = h.state.status()
         for n, t in checked.items():

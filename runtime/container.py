@@ -13,7 +13,7 @@ import subprocess
 import time
 from typing import Dict, List
 
-from runtime import bundle, network, oci, pid1, unpack
+from runtime import bundle, names, network, oci, pid1, unpack
 from runtime.errors import BadRequest, RuntimeFailure
 from runtime.layout import Layout
 from runtime.meta import Meta, cdir, container_id, list_metas, log_path, rt_of, veth_key
@@ -115,7 +115,7 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
         extra = []
         hosts = os.path.join(d, "hosts")
         with open(hosts, "w") as f:
-            f.write(f"127.0.0.1\tlocalhost\n{ip}\t{service}\n")
+            f.write(names.render_hosts_file(service, ip, deploy.needs))
         extra.append((hosts, "/etc/hosts"))
         if os.path.exists("/etc/resolv.conf"):
             shutil.copyfile("/etc/resolv.conf", os.path.join(d, "resolv.conf"))
@@ -170,7 +170,8 @@ def remove(layout: Layout, rt: oci.Runtime, meta: Meta, stop_timeout: float) -> 
 
 def _set_peers(layout: Layout) -> None:
     """Who may reach whom across the bridge, from the containers now on the host."""
-    network.run_set_peers((m.service, m.ip) for m in list_metas(layout) if m.ip)
+    network.run_set_peers(((m.service, m.ip) for m in list_metas(layout) if m.ip),
+                          names.read_names(layout))
 
 
 def bound_log(path: str, limit: int = LOG_LIMIT) -> None:

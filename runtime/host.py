@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Dict, Optional, Tuple
 
-from runtime import container, health, network, oci, planner, unpack
+from runtime import container, health, names, network, oci, planner, unpack
 from runtime.executors import EXECUTORS, exec_in
 from runtime.resources import free_disk, free_memory
 from runtime.errors import AgentFailure
@@ -201,7 +201,7 @@ class Host:
 
     def switch_ports(self, entries) -> None:
         self._port_map = None
-        network.run_switch_ports(entries)
+        network.run_switch_ports(entries, names.read_names(self.layout))
         self._port_map = tuple(sorted(entries))
 
     def fresh_boxes(self):

@@ -14,6 +14,7 @@ import socket
 import subprocess
 from typing import Iterable, List, Tuple
 
+from runtime import names
 from runtime.errors import RuntimeFailure
 
 BRIDGE = "orch0"
@@ -48,6 +49,8 @@ def render_base_ruleset(subnet: str = SUBNET, bridge: str = BRIDGE) -> str:
         for proto, m in sorted(MAPS.items()))
     maps = "\n".join(f"  map {m} {{ type inet_service : ipv4_addr . inet_service; }}"
                      for _, m in sorted(MAPS.items()))
+    name_defs, name_nat, name_forward = names.render_base_rules()
+    maps += "\n" + "\n".join(name_defs)
     return f"""table ip {TABLE}
 delete table ip {TABLE}
 table ip {TABLE} {{
@@ -56,6 +59,7 @@ table ip {TABLE} {{
   chain prerouting {{
     type nat hook prerouting priority dstnat; policy accept;
 {dnat}
+{chr(10).join(name_nat)}
   }}
   chain output {{
     type nat hook output priority -100; policy accept;
@@ -82,6 +86,7 @@ table ip {TABLE} {{
     iifname "{bridge}" oifname "{bridge}" ip saddr . ip daddr @{PEERS} accept
     iifname "{bridge}" oifname "{bridge}" ip daddr . ip saddr @{PEERS} ct state established,related accept
     iifname "{bridge}" oifname "{bridge}" drop
+{chr(10).join(name_forward)}
     iifname "{bridge}" accept
     oifname "{bridge}" ct state established,related accept
     oifname "{bridge}" ct status dnat accept
@@ -212,18 +217,20 @@ def _read_table() -> Tuple[bool, Tuple[Entry, ...]]:
     if p.returncode != 0:
         return False, ()
     out: List[Entry] = []
-    chains = set()
+    chains, sets = set(), set()
     proto_of = {m: proto for proto, m in MAPS.items()}
     for item in json.loads(p.stdout).get("nftables", []):
         if "chain" in item:
             chains.add(item["chain"].get("name"))
+        if "map" in item or "set" in item:
+            sets.add((item.get("map") or item.get("set")).get("name"))
         m = item.get("map")
         if not m or m.get("name") not in proto_of:
             continue
         for key, val in m.get("elem", []):
             ip, port = val["concat"]
             out.append((proto_of[m["name"]], int(key), str(ip), int(port)))
-    current = "input" in chains and subprocess.run(
+    current = "input" in chains and names.VIPS in sets and subprocess.run(
         ["nft", "list", "table", "bridge", TABLE], capture_output=True).returncode == 0
     return current, tuple(sorted(out))
 
@@ -257,12 +264,13 @@ def run_unwire(key: str) -> None:
         subprocess.run(["ip", "link", "del", name], capture_output=True)
 
 
-def run_switch_ports(entries: Iterable[Entry]) -> None:
-    run_nft(render_port_switch(entries))
+def run_switch_ports(entries: Iterable[Entry], names_text: str = "") -> None:
+    """The published ports (and the service names, ``names.render_names``) in one transaction."""
+    run_nft(render_port_switch(entries) + names_text)
 
 
-def run_set_peers(members: Iterable[Tuple[str, str]]) -> None:
-    run_nft(render_peers(members))
+def run_set_peers(members: Iterable[Tuple[str, str]], names_text: str = "") -> None:
+    run_nft(render_peers(members) + names_text)
 
 
 def parse_listening(text: str, udp: bool = False) -> set:

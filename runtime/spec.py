@@ -105,6 +105,7 @@ class Deploy:
     keep_releases: int = 3
     command: Optional[Tuple[str, ...]] = None      # overrides the image's Entrypoint + Cmd
     init: bool = True                     # the host's static tini/catatonit as PID 1 (pid1.py)
+    needs: Tuple[str, ...] = ()           # services this one reaches by name (names.py)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -133,6 +134,8 @@ class Deploy:
             out["command"] = list(self.command)
         if not self.init:         # only when off: the default keeps every release id as it was
             out["init"] = False
+        if self.needs:            # likewise only when set
+            out["needs"] = list(self.needs)
         return out
 
     @classmethod
@@ -153,6 +156,8 @@ class Deploy:
             kw["command"] = _strs(m["command"], ("command",))
         if m.get("init") is not None:
             kw["init"] = _bool(m["init"], ("init",))
+        if m.get("needs") is not None:
+            kw["needs"] = tuple(sorted(set(_strs(m["needs"], ("needs",)))))
         health = Health(
             kind=_str(h.get("kind", "none") or "none", ("health", "kind")),
             path=None if h.get("path") is None else _str(h["path"], ("health", "path")),
@@ -219,6 +224,9 @@ def validate(d: Deploy) -> None:
             raise SpecError(("ports", i), f"host port {p.host}/{p.protocol} published twice")
         seen.add((p.protocol, p.host))
     _validate_health(d.health)
+    for i, n in enumerate(d.needs):
+        if not isinstance(n, str) or not SERVICE_NAME_RE.match(n):
+            raise SpecError(("needs", i), f"expected a service name, got {n!r}")
     for k, _ in d.env:
         if not k or "=" in k or "\0" in k:
             raise SpecError(("env",), f"expected variable names without '=', got {k!r}")
@@ -297,7 +305,7 @@ def _finite(v: Any) -> bool:
 # --- JSON readers (each names the path of what it refuses) -------------------------------
 
 _DEPLOY_KEYS = ("ports", "health", "env", "volumes", "secrets", "resources", "drain", "monitor",
-                "stop_timeout", "stop_first", "keep_releases", "command", "init")
+                "stop_timeout", "stop_first", "keep_releases", "command", "init", "needs")
 _HEALTH_KEYS = ("kind", "path", "port", "command", "interval", "timeout", "retries",
                 "start_period")
 

@@ -14,8 +14,9 @@ from orchestrator.agent.client import AgentClient
 from orchestrator.agent.install import ensure_agent, observe_host
 from orchestrator.transport.fanout import fan_out
 from orchestrator.fleet.inventory import InventoryHost, fleet_hosts, select_hosts
+from orchestrator.errors import ManifestError
 from orchestrator.manifest.inputs import load_checked
-from orchestrator.manifest.loader import load_desired
+from orchestrator.manifest.loader import load_desired, needs_order
 from orchestrator.manifest.model import Desired
 from orchestrator.fleet.lock import MAX_PARALLEL_HOSTS, FleetLock, mutating, operator
 from orchestrator.fleet.planner import DesiredRelease, FleetPlan, HostFacts, plan_fleet
@@ -69,15 +70,33 @@ def prepare(directory: str, variables: Mapping[str, str], *, progress=None, brin
     hosts = fleet_hosts(desired.fleet, bring_up_lab=bring_up_lab)
     built = build_services(desired, store, progress=progress)
     releases = []
-    for name, service in desired.services.items():
+    for name in needs_order(desired.services):       # a store rolls out before the app that needs it
+        service = desired.services[name]
         deploy = service.deploy.to_agent_json()
         image = built[name]
         releases.append(DesiredRelease(
             service=name, release=protocol.release_id(image.index_digest, deploy),
             index=image.index_digest, manifests=dict(image.manifests), deploy=deploy,
             host_names=tuple(h.name for h in select_hosts(service.deploy.hosts, hosts))))
+    check_needs_placement(desired, releases)
     pyz, digest = agent_bundle(store)
     return Prepared(desired, store, releases, hosts, pyz, digest)
+
+
+def check_needs_placement(desired: Desired, releases: Sequence[DesiredRelease]) -> None:
+    """Names reach services on the same host: a service needing another must only go where
+    that other one runs too (ManifestError, located at its ``needs``)."""
+    hosts_of = {r.service: set(r.host_names) for r in releases}
+    for r in releases:
+        for n in desired.services[r.service].deploy.needs:
+            missing = sorted(hosts_of[r.service] - hosts_of.get(n, set()))
+            if missing:
+                svc = desired.services[r.service]
+                raise ManifestError(f'needs "{n}", which does not run on {", ".join(missing)} '
+                                    f"(services reach each other by name on the same host)",
+                                    file=svc.file, line=svc.line,
+                                    path=("services", svc.name, "deploy", "needs"),
+                                    hint=f'select the same hosts for "{n}", or fewer for "{svc.name}"')
 
 
 def agent_bundle(store: Store):

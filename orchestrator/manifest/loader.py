@@ -110,8 +110,60 @@ def load_desired(directory: str, vars: Optional[Mapping[str, Any]] = None, *,
                 f"service defined twice (first at {first.file}:{first.line})")
         services[svc.name] = svc
     _check_ports(services)
+    _check_needs(services)
     return Desired(directory=directory, fleet=fleet, services=frozen_map(services),
                    vars=frozen_map(variables))
+
+
+def _check_needs(services: Mapping[str, Service]) -> None:
+    """Every service a service needs is in the manifests, and nothing needs itself round a cycle."""
+    for svc in services.values():
+        ctx = Ctx(svc.file, ("services", svc.name, "deploy", "needs"), svc.line)
+        for n in svc.deploy.needs:
+            if n == svc.name:
+                raise ctx.error("a service cannot need itself")
+            if n not in services:
+                guess = S.did_you_mean(n, list(services))
+                raise ctx.error(f'no service "{n}" in the manifests',
+                                hint=f'did you mean "{guess}"?' if guess else None)
+    try:
+        needs_order(services)
+    except ValueError as exc:
+        svc = services[str(exc)]
+        raise Ctx(svc.file, ("services", svc.name, "deploy", "needs"), svc.line).error(
+            "services need each other in a cycle: " + " -> ".join(_cycle(services, svc.name))) from None
+
+
+def needs_order(services: Mapping[str, Service]) -> List[str]:
+    """Service names with every service before those that need it (stores before apps);
+    otherwise in name order. ValueError(name) on a cycle."""
+    out: List[str] = []
+    state: Dict[str, int] = {}
+
+    def visit(name: str) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            raise ValueError(name)
+        state[name] = 1
+        for n in sorted(services[name].deploy.needs):
+            if n in services:
+                visit(n)
+        state[name] = 2
+        out.append(name)
+
+    for name in sorted(services):
+        visit(name)
+    return out
+
+
+def _cycle(services: Mapping[str, Service], start: str) -> List[str]:
+    path, name = [start], start
+    while True:
+        name = next(n for n in sorted(services[name].deploy.needs) if n in services)
+        path.append(name)
+        if name in path[:-1]:
+            return path[path.index(name):]
 
 
 def _collect_vars(docs: List[Doc]) -> Dict[str, Any]:
@@ -453,7 +505,7 @@ def _check_tree(top: str, root: str, src: str, ctx: Ctx) -> None:
 # ---------------------------------------------------------------- deploy
 
 _DEPLOY_KEYS = ("hosts", "ports", "health", "env", "volumes", "secrets", "resources", "drain",
-                "stop_timeout", "stop_first", "keep_releases", "strategy", "init")
+                "stop_timeout", "stop_first", "keep_releases", "strategy", "init", "needs")
 
 
 def _deploy(raw: Any, ctx: Ctx, fleet: Fleet, directory: str) -> DeploySpec:
@@ -470,6 +522,10 @@ def _deploy(raw: Any, ctx: Ctx, fleet: Fleet, directory: str) -> DeploySpec:
         kw["init"] = S.boolean(m["init"], ctx.key(m, "init"))
     if "keep_releases" in m:
         kw["keep_releases"] = S.integer(m["keep_releases"], ctx.key(m, "keep_releases"), minimum=1)
+    if "needs" in m:
+        nctx = ctx.key(m, "needs")
+        seq = S.items(m["needs"], nctx)
+        kw["needs"] = tuple(sorted({S.convert(check_name, n, nctx.item(seq, i)) for i, n in enumerate(seq)}))
     deploy = DeploySpec(
         hosts=_hosts(m["hosts"], ctx.key(m, "hosts"), fleet) if "hosts" in m else HostSelector(),
         ports=ports,

@@ -294,6 +294,7 @@ class DeploySpec:
     keep_releases: int = spec.Deploy.keep_releases
     strategy: Strategy = Strategy()
     init: bool = spec.Deploy.init
+    needs: Tuple[str, ...] = ()           # services this one reaches by name; they roll out first
 
     def agent_spec(self) -> spec.Deploy:
         """The agent's deploy spec, validated as the agent validates it (``SpecError`` names
@@ -305,7 +306,7 @@ class DeploySpec:
             secrets=tuple(spec.SecretMount(s.name, s.dest) for s in self.secrets),
             resources=self.resources, drain=self.drain, monitor=self.strategy.monitor,
             stop_timeout=self.stop_timeout, stop_first=self.stop_first,
-            keep_releases=self.keep_releases, init=self.init)
+            keep_releases=self.keep_releases, init=self.init, needs=self.needs)
 
     def to_agent_json(self) -> Dict[str, Any]:
         """The JSON the release id is computed over and the agent receives."""

@@ -1,0 +1,41 @@
+"""deploy.needs: services that reach each other by name; checked at load time, located."""
+import pytest
+
+from orchestrator.errors import ManifestError
+from orchestrator.manifest import load_desired
+from orchestrator.manifest.loader import needs_order
+
+
+def service(name: str, needs=None, port: int = 8080) -> str:
+    lines = [f"kind: Service", f"name: {name}", "image:", "  from: scratch", "  cmd: [/x]",
+             "deploy:", f'  ports: ["{port}:80"]']
+    if needs is not None:
+        lines.append(f"  needs: {needs}")
+    return "\n".join(lines) + "\n"
+
+
+def write(tmp_path, *docs):
+    for i, d in enumerate(docs):
+        (tmp_path / f"s{i}.yaml").write_text(d)
+    return str(tmp_path)
+
+
+def test_needs_reach_the_agent_spec_and_order_stores_first(tmp_path):
+    d = load_desired(write(tmp_path, service("app", "[store, cache]", 8080), service("store", port=8081),
+                           service("cache", "[store]", 8082)))
+    assert d.services["app"].deploy.to_agent_json()["needs"] == ["cache", "store"]
+    assert "needs" not in d.services["store"].deploy.to_agent_json()   # release ids unchanged without it
+    assert needs_order(d.services) == ["store", "cache", "app"]
+
+
+@pytest.mark.parametrize("docs,words", [
+    ((service("app", "[stor]"), service("store", port=8081)), 'no service "stor" in the manifests'),
+    ((service("app", "[app]"),), "cannot need itself"),
+    ((service("a", "[b]"), service("b", "[a]", 8081)), "in a cycle: a -> b -> a"),
+    ((service("app", "[Store_1]"),), "expected a name of lower-case letters"),
+])
+def test_bad_needs_are_refused_located(tmp_path, docs, words):
+    with pytest.raises(ManifestError) as err:
+        load_desired(write(tmp_path, *docs))
+    assert words in str(err.value)
+    assert "deploy/needs" in str(err.value) and ".yaml:" in str(err.value)
