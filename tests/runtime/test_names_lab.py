@@ -1,0 +1,100 @@
+"""Services find each other by name on a real lab host (runc, nftables): the app reaches the
+store by name through its stable address, which follows a blue/green replace of the store;
+a service that does not declare the dependency cannot connect (issue 13)."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from runtime import names
+from tests.runtime import imagekit as ik
+from tests.runtime.test_agent_lab import make_agent, pyz  # noqa: F401  (module fixture)
+
+
+@pytest.fixture(scope="module")
+def lab():
+    from tests.conftest import own_lab
+    with own_lab("names", amd64=1, arm64=0) as the_lab:
+        yield the_lab
+
+
+@pytest.fixture(scope="module")
+def layer(static_busybox):
+    return ik.busybox_layer(str(static_busybox["linux/amd64"]), page=b"base\n")
+
+
+def watcher(url: str):
+    """Serves /tmp (the root is read-only); every 0.3 s fetches ``url`` into /tmp/seen (or
+    writes 'blocked')."""
+    fetch = (f"while true; do /bin/busybox timeout 2 /bin/busybox wget -q -O /tmp/seen.tmp {url} "
+             "|| echo blocked > /tmp/seen.tmp; /bin/busybox mv /tmp/seen.tmp /tmp/seen; "
+             "/bin/busybox sleep 0.3; done")
+    return ["/bin/busybox", "sh", "-c",
+            "/bin/busybox cp /www/index.html /tmp/index.html; "
+            f"({fetch}) & trap 'exit 0' TERM; /bin/busybox httpd -f -p 80 -h /tmp & wait"]
+
+
+def seen(address: str, port: int) -> bytes:
+    import socket
+    with socket.create_connection((address, port), timeout=2) as s:
+        s.sendall(b"GET /seen HTTP/1.0\r\nHost: x\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data.partition(b"\r\n\r\n")[2]
+
+
+def wait_for(address: str, port: int, want: bytes, seconds: float = 20.0) -> bytes:
+    deadline = time.monotonic() + seconds
+    got = b""
+    while time.monotonic() < deadline:
+        try:
+            got = seen(address, port)
+        except OSError:
+            got = b""
+        if got == want:
+            return got
+        time.sleep(0.3)
+    return got
+
+
+def store_image(layer_page: bytes, static_busybox):
+    return ik.make_image({"linux/amd64": [ik.busybox_layer(str(static_busybox["linux/amd64"]),
+                                                           page=layer_page)]})
+
+
+def test_the_app_reaches_the_store_by_name_across_a_replace_and_a_stranger_cannot(
+        lab, pyz, layer, static_busybox):  # noqa: F811
+    host = lab.hosts[0]
+    agent = make_agent(lab, host, pyz)
+    store_v1 = store_image(b"store v1\n", static_busybox)
+    app = ik.make_image({"linux/amd64": [layer]}, cmd=watcher("http://store/"))
+    stranger = ik.make_image({"linux/amd64": [layer]},
+                             cmd=watcher(f"http://{names.vip_of('store')}/"))
+    for img in (store_v1, app, stranger):
+        agent.ship(img)
+    spec_store = ik.deploy_spec(port=8290)
+    spec_app = dict(ik.deploy_spec(port=8291), needs=["store"])
+    spec_stranger = ik.deploy_spec(port=8292)
+    rc, body = agent.apply({"store": (store_v1, spec_store)})
+    assert rc == 0, body
+    rc, body = agent.apply({"app": (app, spec_app), "stranger": (stranger, spec_stranger)})
+    assert rc == 0, body
+
+    assert wait_for(host.address, 8291, b"store v1\n") == b"store v1\n"      # by name
+    time.sleep(1.0)
+    assert seen(host.address, 8292) == b"blocked\n"                           # no declared need
+
+    store_v2 = store_image(b"store v2\n", static_busybox)                   # blue/green of the store
+    agent.ship(store_v2)
+    rc, body = agent.apply({"store": (store_v2, spec_store)})
+    assert rc == 0, body
+    assert wait_for(host.address, 8291, b"store v2\n") == b"store v2\n"      # the name followed
+    assert seen(host.address, 8292) == b"blocked\n"
+
+    rc, out, err = agent.runner(["nft", "list", "map", "ip", "orch", "vips"], b"", 30)
+    assert names.vip_of("store") in out.decode(), out
