@@ -36,9 +36,13 @@ def _libc():
     return ctypes.CDLL(None, use_errno=True)
 
 
-def sys_mount(source: str, target: str, fstype: str, options: str) -> None:
+MS_NOSUID, MS_NODEV = 2, 4
+
+
+def sys_mount(source: str, target: str, fstype: str, options: str, flags: int = 0) -> None:
     """mount(2) directly (no ``mount`` process on the start path)."""
-    rc = _libc().mount(source.encode(), target.encode(), fstype.encode(), 0, options.encode())
+    rc = _libc().mount(source.encode(), target.encode(), fstype.encode(), flags,
+                       options.encode())
     if rc != 0:
         err = ctypes.get_errno()
         raise RuntimeFailure(f"mount {fstype} on {target}: {os.strerror(err)}")
@@ -84,8 +88,10 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
         rootfs = os.path.join(d, "rootfs")
         for sub in ("rootfs", "upper", "work"):
             os.makedirs(os.path.join(d, sub), mode=0o755, exist_ok=True)
+        # nosuid, nodev: the image's setuid files and capabilities serve no host process
         sys_mount("overlay", rootfs, "overlay",
-                  f"lowerdir={img}/rootfs,upperdir={d}/upper,workdir={d}/work")
+                  f"lowerdir={img}/rootfs,upperdir={d}/upper,workdir={d}/work",
+                  MS_NOSUID | MS_NODEV)
         vols = []
         for v in deploy.volumes:
             host = os.path.join(layout.volumes, v.name)

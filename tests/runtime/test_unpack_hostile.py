@@ -147,8 +147,8 @@ def _host(tmp_path, blobs):
 
 def test_a_bomb_in_an_image_is_named_and_leaves_nothing(tmp_path):
     good = ik.tar_bytes([ik.file_entry("ok", b"fine")])
-    bomb = hostile.zeros_bomb(32 << 20)          # (make_image decompresses it for diff_ids)
-    img = ik.make_image({"linux/amd64": [good, bomb]})
+    bomb = hostile.zeros_bomb(256 << 20)
+    img = ik.make_image({"linux/amd64": [good, bomb]}, diff_ids=ik.digest)
     lay = _host(tmp_path, img.blobs)
     os.makedirs(lay.etc)
     with open(lay.config, "w") as f:
