@@ -135,16 +135,15 @@ class Host:
                         no_room=no_room, restarts=tuple(restarts), now=now)
 
     def fits(self, w: Want) -> bool:
+        """Room for a second slot: its memory, and MIN_FREE_DISK for its overlay beyond the
+        disk reserve. The image itself is unpacked within its budget (``unpack.Budget``),
+        refused while it streams if it does not fit: no guess from its compressed size."""
         t = self.targets().get(w.service)
         mem = (t.deploy.resources.memory if t is not None else None) or 0
         need_mem = max(mem, MIN_FREE_MEMORY)
-        need_disk = MIN_FREE_DISK
-        if not unpack.is_unpacked(self.layout, w.manifest):
-            try:
-                need_disk += 3 * unpack.image_size(self.layout, w.manifest)
-            except AgentFailure:
-                pass
-        return free_memory() >= need_mem and free_disk(self.layout.root) >= need_disk
+        reserve = unpack.load_budget(self.layout.config).reserve_bytes(self.layout.root)
+        return free_memory() >= need_mem and \
+            free_disk(self.layout.root) - reserve >= MIN_FREE_DISK
 
     # --- execute ------------------------------------------------------------------------
     def execute(self, step, obs: Observed) -> None:

@@ -73,6 +73,10 @@ class Budget:
                                     else "a percentage in [0, 100)") + f", got {value!r}")
         return cls(**section)
 
+    def reserve_bytes(self, path: str) -> int:
+        st = os.statvfs(path)
+        return int(st.f_blocks * st.f_frsize * self.reserve_percent / 100)
+
 
 def load_budget(path: str) -> Budget:
     """The unpack budget from the agent's config file (defaults when it is absent)."""
@@ -437,12 +441,6 @@ def unpack_image(layout: Layout, manifest_digest: str, budget: Optional[Budget] 
 def image_config(layout: Layout, manifest_digest: str) -> dict:
     with open(os.path.join(image_dir(layout, manifest_digest), "config.json")) as f:
         return json.load(f)
-
-
-def image_size(layout: Layout, manifest_digest: str) -> int:
-    """Bytes the compressed layers take (a lower bound for the unpack)."""
-    m = read_manifest(layout, manifest_digest)
-    return sum(int(x.get("size", 0)) for x in m.get("layers", []))
 
 
 def mode_of(path: str) -> int:
