@@ -22,8 +22,8 @@ import os
 import shutil
 import stat
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, BinaryIO, Callable, ContextManager, List, Mapping, Optional, \
-    Sequence, Set
+from typing import TYPE_CHECKING, BinaryIO, Callable, ContextManager, Iterator, List, Mapping, \
+    Optional, Sequence, Set, Tuple
 
 if TYPE_CHECKING:
     import tarfile
@@ -290,6 +290,35 @@ def _write_file(tf: "tarfile.TarFile", m: "tarfile.TarInfo", path: str, meter: M
         os.close(fd)
 
 
+def entries(fileobj) -> Iterator[Tuple["tarfile.TarFile", "tarfile.TarInfo"]]:
+    """Each entry of a layer stream (tar or tar+gzip), with its TarFile for ``extractfile``;
+    headers capped at ``MAX_HEADER``, no header kept once passed. For reading a layer's
+    names or one small file without unpacking it (read data with a limit of your own)."""
+    import gzip
+    import tarfile
+    import zlib
+    try:
+        head = fileobj.read(2)
+        raw = _Prefixed(head, fileobj)
+        stream = _Guard(gzip.GzipFile(fileobj=raw, mode="rb") if head == b"\x1f\x8b" else raw)
+        stream.headers = 0
+        tf = tarfile.open(fileobj=stream, mode="r|")
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise UnsafeImage(f"layer is not a readable tar: {exc}") from None
+    with tf:
+        while True:
+            try:
+                stream.headers = 0
+                m = tf.next()
+                stream.headers = None
+            except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+                raise UnsafeImage(f"layer is truncated or corrupt: {exc}") from None
+            if m is None:
+                return
+            tf.members = []      # stream mode keeps every header otherwise
+            yield tf, m
+
+
 def apply_layer(root: str, fileobj, created: Optional[Set[str]] = None,
                 meter: Optional[Meter] = None) -> None:
     """Extract one layer (tar or tar+gzip stream) on top of ``root``, charging ``meter``
@@ -300,78 +329,63 @@ def apply_layer(root: str, fileobj, created: Optional[Set[str]] = None,
     created = set() if created is None else created
     meter = meter or Meter(root, Budget())
     try:
-        head = fileobj.read(2)
-        raw = _Prefixed(head, fileobj)
-        stream = _Guard(gzip.GzipFile(fileobj=raw, mode="rb") if head == b"\x1f\x8b" else raw)
-        stream.headers = 0
-        tf = tarfile.open(fileobj=stream, mode="r|")
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        raise UnsafeImage(f"layer is not a readable tar: {exc}") from None
-    with tf:
-        try:
-            while True:
-                stream.headers = 0
-                m = tf.next()
-                stream.headers = None
-                if m is None:
-                    break
-                tf.members = []      # stream mode keeps every header otherwise
-                parts = check_member(m)
-                if not parts:
-                    continue
-                base = parts[-1]
-                parent = _resolve(root, parts[:-1])
-                if not os.path.isdir(parent):
-                    meter.entry("/".join(parts[:-1]))
-                    os.makedirs(parent, mode=0o755)
-                rel = "/".join(parts)
-                if base.startswith(WHITEOUT) and m.size:
-                    raise UnsafeImage(f"whiteout with content: {m.name!r}")
-                if base == OPAQUE:
-                    for child in os.listdir(parent):
-                        cp = os.path.join(parent, child)
-                        crel = "/".join(parts[:-1] + [child])
-                        if crel not in created:
-                            _remove(cp)
-                    continue
-                if base.startswith(WHITEOUT):
-                    _remove(os.path.join(parent, base[len(WHITEOUT):]))
-                    continue
-                path = os.path.join(parent, base)
-                created.add(rel)
-                if m.isdir():
-                    if os.path.lexists(path) and not (os.path.isdir(path)
-                                                      and not os.path.islink(path)):
-                        _remove(path)
-                    if not os.path.lexists(path):
-                        meter.entry(m.name)
-                        os.mkdir(path, 0o755)
-                    # metadata now, never deferred: a later entry may turn a parent of this
-                    # path into a link, and a deferred chmod would then land outside the root
-                    _apply_meta(path, m)
-                    continue
-                if os.path.lexists(path):
+        for tf, m in entries(fileobj):
+            parts = check_member(m)
+            if not parts:
+                continue
+            base = parts[-1]
+            parent = _resolve(root, parts[:-1])
+            if not os.path.isdir(parent):
+                meter.entry("/".join(parts[:-1]))
+                os.makedirs(parent, mode=0o755)
+            rel = "/".join(parts)
+            if base.startswith(WHITEOUT) and m.size:
+                raise UnsafeImage(f"whiteout with content: {m.name!r}")
+            if base == OPAQUE:
+                for child in os.listdir(parent):
+                    cp = os.path.join(parent, child)
+                    crel = "/".join(parts[:-1] + [child])
+                    if crel not in created:
+                        _remove(cp)
+                continue
+            if base.startswith(WHITEOUT):
+                _remove(os.path.join(parent, base[len(WHITEOUT):]))
+                continue
+            path = os.path.join(parent, base)
+            created.add(rel)
+            if m.isdir():
+                if os.path.lexists(path) and not (os.path.isdir(path)
+                                                  and not os.path.islink(path)):
                     _remove(path)
-                meter.entry(m.name)
-                if m.isfile():
-                    _write_file(tf, m, path, meter)
-                elif m.issym():
-                    os.symlink(m.linkname, path)
-                elif m.islnk():
-                    lparts = [p for p in m.linkname.split("/") if p not in ("", ".")]
-                    src = os.path.join(_resolve(root, lparts[:-1]), lparts[-1])
-                    if not os.path.lexists(src):
-                        raise UnsafeImage(f"hardlink target missing: {m.name!r} -> "
-                                          f"{m.linkname!r}")
-                    os.link(src, path, follow_symlinks=False)
-                    continue
-                elif m.isfifo():
-                    os.mkfifo(path, 0o600)
+                if not os.path.lexists(path):
+                    meter.entry(m.name)
+                    os.mkdir(path, 0o755)
+                # metadata now, never deferred: a later entry may turn a parent of this
+                # path into a link, and a deferred chmod would then land outside the root
                 _apply_meta(path, m)
-        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-            raise UnsafeImage(f"layer is truncated or corrupt: {exc}") from None
-        except OSError as exc:
-            raise UnsafeImage(f"layer could not be unpacked: {exc}") from None
+                continue
+            if os.path.lexists(path):
+                _remove(path)
+            meter.entry(m.name)
+            if m.isfile():
+                _write_file(tf, m, path, meter)
+            elif m.issym():
+                os.symlink(m.linkname, path)
+            elif m.islnk():
+                lparts = [p for p in m.linkname.split("/") if p not in ("", ".")]
+                src = os.path.join(_resolve(root, lparts[:-1]), lparts[-1])
+                if not os.path.lexists(src):
+                    raise UnsafeImage(f"hardlink target missing: {m.name!r} -> "
+                                      f"{m.linkname!r}")
+                os.link(src, path, follow_symlinks=False)
+                continue
+            elif m.isfifo():
+                os.mkfifo(path, 0o600)
+            _apply_meta(path, m)
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise UnsafeImage(f"layer is truncated or corrupt: {exc}") from None
+    except OSError as exc:
+        raise UnsafeImage(f"layer could not be unpacked: {exc}") from None
 
 
 def apply_layers(root: str, layers: Sequence[Mapping], open_blob: Callable[[str], ContextManager],

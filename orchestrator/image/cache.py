@@ -7,14 +7,15 @@ record whose blobs are gone counts as a miss.
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
-import tarfile
 from typing import Any, Dict, Iterable, Optional, Set
 
+from orchestrator.errors import BuildError
 from orchestrator.image.store import Store, canonical_json
+from runtime import unpack
+from runtime.errors import AgentFailure, UnsafeImage
 
 
 def chain_key(*parts: Any) -> str:
@@ -52,13 +53,16 @@ class LayerCache:
         except (FileNotFoundError, ValueError):
             pass
         names = set()
-        with store.open_blob(layer["digest"]) as raw:
-            stream = gzip.GzipFile(fileobj=raw) if _is_gzip(store, layer["digest"]) else raw
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
-                for member in tar:
+        try:     # a base's layer is hostile input: read through the runtime's guarded reader
+            with store.open_blob(layer["digest"]) as raw:
+                for _, member in unpack.entries(raw):
                     name = _strip_dot(member.name.strip("/"))
                     if name not in ("", "."):
                         names.add(name)
+                    if len(names) > unpack.Budget.max_files:
+                        raise UnsafeImage(f"more than {unpack.Budget.max_files} entries")
+        except AgentFailure as exc:
+            raise BuildError(f"layer {layer['digest']}: {exc.message}") from None
         _write(path, canonical_json(sorted(names)))
         return names
 
@@ -75,11 +79,6 @@ class LayerCache:
 
 def _strip_dot(name: str) -> str:
     return name[2:] if name.startswith("./") else name
-
-
-def _is_gzip(store: Store, digest: str) -> bool:
-    with store.open_blob(digest) as fh:
-        return fh.read(2) == b"\x1f\x8b"
 
 
 def _write(path: str, data: bytes) -> None:

@@ -8,19 +8,21 @@ Modes are normalised as for ``copy`` steps (0755 when executable, else 0644; dir
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 import posixpath
 import re
 import stat
-import tarfile
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from orchestrator.errors import BuildError
 from orchestrator.image.layer import Entry, ancestor_dirs
 from orchestrator.image.store import Store
 from orchestrator.manifest.model import ContextCopyStep, MkdirStep, StageCopyStep
+from runtime import unpack
+from runtime.errors import AgentFailure, UnsafeImage
+
+MAX_TEXT = 4 << 20          # /etc/passwd or /etc/group of a base, read for USER and --chown
 
 
 def _file_hash(path: str) -> str:
@@ -88,18 +90,19 @@ def read_from_layers(store: Store, layers: Sequence[Dict], path: str) -> str:
     found = ""
     head, base = posixpath.split(path)
     for layer in layers:
-        with store.open_blob(layer["digest"]) as raw:
-            magic = raw.read(2)
-            raw.seek(0)
-            stream = gzip.GzipFile(fileobj=raw) if magic == b"\x1f\x8b" else raw
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
-                for member in tar:
+        try:     # a base's layer is hostile input: read through the runtime's guarded reader
+            with store.open_blob(layer["digest"]) as raw:
+                for tar, member in unpack.entries(raw):
                     name = member.name[2:] if member.name.startswith("./") else member.name.strip("/")
                     if name == f"{head}/.wh.{base}" or name == f"{head}/.wh..wh..opq":
                         found = ""
                     elif name == path and member.isfile():
+                        if member.size > MAX_TEXT:
+                            raise UnsafeImage(f"{path} is larger than {MAX_TEXT} bytes")
                         fh = tar.extractfile(member)
                         found = fh.read().decode(errors="replace") if fh else ""
+        except AgentFailure as exc:
+            raise BuildError(f"layer {layer['digest']}: {exc.message}") from None
     return found
 
 

@@ -33,10 +33,11 @@ image:
 """
 
 
-def build(tmp_path, home, layers, script="true", name="m"):
+def build(tmp_path, home, layers, script="true", name="m", diff_ids=ik.diff_id):
     """Build service h from an OCI layout holding ``layers``, with one run step."""
     src = tmp_path / name
-    hostile.write_oci_layout(ik.make_image({"linux/amd64": layers}), str(src / "base"))
+    hostile.write_oci_layout(ik.make_image({"linux/amd64": layers}, diff_ids=diff_ids),
+                             str(src / "base"))
     text = SERVICE.replace("SCRIPT", '"' + script.replace('"', '\\"') + '"')
     write_tree(src, {"h.yaml": text})
     return build_services(load_desired(str(src), {}), home)["h"]
@@ -103,7 +104,7 @@ def test_a_base_bomb_is_stopped_and_named(tmp_path, home, monkeypatch):
     monkeypatch.setattr(sandbox, "BUDGET", sandbox.unpack.Budget(max_bytes=8 << 20))
     bomb = hostile.zeros_bomb(64 << 20)
     with pytest.raises(BuildError, match=r"layer 1/1 .*more than 8388608 bytes"):
-        build(tmp_path, home, [bomb])
+        build(tmp_path, home, [bomb], diff_ids=ik.digest)
     assert not any(workroot(home).iterdir())
 
 
@@ -242,3 +243,34 @@ def test_setuid_files_of_a_base_are_out_of_reach_while_a_step_runs(tmp_path, ope
         rc, out = found[where]
         assert rc != 0 and "Permission denied" in out, (where, out)
     assert "nosuid" in found["mount"] and "nodev" in found["mount"], found["mount"]
+
+
+# --- reading a hostile base without unpacking it (paths for copy steps, USER lookups) -------
+
+COPY_SERVICE = """\
+kind: Service
+name: c
+image:
+  from: {oci: base}
+  platforms: [linux/amd64]
+  steps:
+    - copy: {src: extra.txt, dest: /srv/extra.txt}
+  cmd: [/bin/true]
+"""
+
+
+def test_a_header_bomb_in_a_base_is_refused_when_its_names_are_read(tmp_path, home):
+    bomb = hostile.pax_header_bomb(8 << 20)
+    src = tmp_path / "c"
+    hostile.write_oci_layout(ik.make_image({"linux/amd64": [bomb]}), str(src / "base"))
+    write_tree(src, {"c.yaml": COPY_SERVICE, "extra.txt": "x\n"})
+    with pytest.raises(BuildError, match=r"layer sha256:[0-9a-f]{64}.*header is larger"):
+        build_services(load_desired(str(src), {}), home)
+
+
+def test_a_huge_passwd_in_a_base_is_not_read_into_memory(tmp_path, home):
+    from orchestrator.image import dockersteps
+    bomb = hostile.zeros_bomb(1 << 30, name="etc/passwd")
+    home.ensure().put_bytes(bomb)
+    with pytest.raises(BuildError, match=r"etc/passwd.*larger than"):
+        dockersteps.read_from_layers(home, [{"digest": ik.digest(bomb)}], "etc/passwd")
