@@ -127,14 +127,16 @@ def render_config(image_config: Mapping, deploy: Deploy, b: BundleInput) -> dict
 
 
 def render_build_config(argv: Sequence[str], env: Sequence[str], cwd: str,
-                        hostname: str = "orch-build", uid: int = 0, gid: int = 0) -> dict:
+                        hostname: str = "orch-build", uid: int = 0, gid: int = 0,
+                        machine: str = "") -> dict:
     """The config.json of a build sandbox (a ``run:`` step): a container's own config (same
-    namespaces, masks, devices, mounts: nothing of the build machine) with a writable root
-    ``rootfs`` beside it, the build capabilities and a /tmp without a size cap."""
+    namespaces, masks, devices, mounts, seccomp filter for the build machine's ``machine``:
+    nothing of the build machine) with a writable root ``rootfs`` beside it, the build
+    capabilities and a /tmp without a size cap."""
     cfg = render_config({"config": {"WorkingDir": cwd, "Env": list(env)}},
                         Deploy(command=tuple(argv), init=False),
                         BundleInput(container_id="build", hostname=hostname, rootfs="rootfs",
-                                    cgroups_path=""))
+                                    cgroups_path="", machine=machine))
     cfg["root"]["readonly"] = False
     cfg["process"]["env"] = list(env)
     cfg["process"]["user"] = {"uid": uid, "gid": gid}

@@ -308,6 +308,12 @@ def entries(fileobj) -> Iterator[Tuple["tarfile.TarFile", "tarfile.TarInfo"]]:
     with tf:
         while True:
             try:
+                # data of the previous entry the caller did not read is not a header: pass it
+                # uncounted (the first entry was read by open(), nothing to pass yet)
+                if tf.firstmember is None and tf.offset != tf.fileobj.tell():
+                    tf.fileobj.seek(tf.offset - 1)
+                    if not tf.fileobj.read(1):
+                        raise tarfile.ReadError("unexpected end of data")
                 stream.headers = 0
                 m = tf.next()
                 stream.headers = None

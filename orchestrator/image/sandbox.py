@@ -116,7 +116,8 @@ def run_in_sandbox(store: Store, layers: Sequence[Mapping], argv: Sequence[str],
         raise BuildError(f"cannot mount the build overlay: {mount.stderr.decode(errors='replace').strip()}")
     try:
         with open(os.path.join(bundle, "config.json"), "w") as fh:
-            json.dump(container_config.render_build_config(argv, env, cwd, uid=uid, gid=gid), fh)
+            json.dump(container_config.render_build_config(argv, env, cwd, uid=uid, gid=gid,
+                                                           machine=os.uname().machine), fh)
         state = os.path.join(workdir, "runc-state")
         try:
             proc = subprocess.run([runc, "--root", state, "run", "--bundle", bundle, name],

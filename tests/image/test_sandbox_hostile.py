@@ -124,6 +124,7 @@ def test_build_sandbox_config_exposes_nothing_of_the_machine():
     assert set(bundle.MASKED) <= set(cfg["linux"]["maskedPaths"])   # as strict as a container
     assert set(bundle.READONLY) <= set(cfg["linux"]["readonlyPaths"])
     assert "cgroupsPath" not in cfg["linux"]
+    assert cfg["linux"]["seccomp"]["defaultAction"] == "SCMP_ACT_ERRNO"  # the container filter
 
 
 # --- real run steps (runc) -----------------------------------------------------------------

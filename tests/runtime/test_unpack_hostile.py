@@ -130,6 +130,15 @@ def test_an_oversized_header_is_refused_without_reading_it_whole(root):
         apply(root, hostile.pax_header_bomb(8 << 20), unpack.Budget())
 
 
+def test_entries_skip_data_left_unread_without_taking_it_for_a_header():
+    data = ik.tar_bytes([ik.file_entry("big", os.urandom(3 << 20)), ik.file_entry("after", b"x"),
+                         ik.file_entry("small", b"y" * 100)])
+    names = [m.name for _, m in unpack.entries(io.BytesIO(data))]
+    assert names == ["big", "after", "small"]
+    got = {m.name: tf.extractfile(m).read(10) for tf, m in unpack.entries(io.BytesIO(data))}
+    assert got["after"] == b"x" and got["small"] == b"y" * 10
+
+
 def test_whiteouts_with_content_are_refused(root):
     with pytest.raises(UnsafeImage, match="whiteout"):
         apply(root, ik.tar_bytes([ik.file_entry(".wh.x", b"y" * 100)]), unpack.Budget())
