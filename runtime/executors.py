@@ -113,6 +113,10 @@ def ex_stop(h: Host, step: Stop, obs: Observed) -> None:
         return
     t = h.targets().get(step.service)
     timeout = t.deploy.stop_timeout if t is not None else Deploy.stop_timeout
+    if t is not None and t.deploy.pre_stop and oci.proc_alive(meta.pid, meta.starttime):
+        code = exec_in(h, meta)(t.deploy.pre_stop, timeout)      # e.g. a database's own shutdown
+        if code != 0:
+            h.log(f"{step.service}: pre_stop exited {code}; stopping anyway")
     container.remove(h.layout, h.rt, meta, timeout)
 
 

@@ -28,7 +28,8 @@ def want_of(name: str, t: Target) -> Want:
     d = t.deploy
     ports = tuple(sorted((p.protocol, p.host, p.container) for p in d.ports))
     return Want(service=name, release=t.release, manifest=t.manifest, ports=ports,
-                drain=d.drain, monitor=d.monitor, stop_first=d.stop_first)
+                drain=d.drain, monitor=d.monitor, stop_first=d.stop_first,
+                exclusive=d.stateful)
 
 
 class Host:

@@ -25,6 +25,7 @@ class Want:
     drain: float = 0.0
     monitor: float = 0.0
     stop_first: bool = False
+    exclusive: bool = False       # stateful: never two slots at once, the old stops first
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,8 @@ def _plan_service(w: Want, o: Observed, cur: Optional[Current],
         stale = boxes.get(slot)
         if stale is not None:
             return [Stop(w.service, slot, "stale slot")]
+        if w.exclusive and cur is not None and cur.slot in boxes:
+            return [Stop(w.service, cur.slot, "stop-first: stateful, one slot at a time")]
         if w.service in o.no_room:
             if w.stop_first and cur is not None and cur.slot in boxes:
                 return [Stop(w.service, cur.slot, "stop-first: blue/green does not fit")]

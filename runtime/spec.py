@@ -106,6 +106,8 @@ class Deploy:
     command: Optional[Tuple[str, ...]] = None      # overrides the image's Entrypoint + Cmd
     init: bool = True                     # the host's static tini/catatonit as PID 1 (pid1.py)
     needs: Tuple[str, ...] = ()           # services this one reaches by name (names.py)
+    stateful: bool = False                # one slot at a time: the old one stops before the new starts
+    pre_stop: Tuple[str, ...] = ()        # run in the container before it is stopped
 
     def __post_init__(self) -> None:
         validate(self)
@@ -136,6 +138,10 @@ class Deploy:
             out["init"] = False
         if self.needs:            # likewise only when set
             out["needs"] = list(self.needs)
+        if self.stateful:
+            out["stateful"] = True
+        if self.pre_stop:
+            out["pre_stop"] = list(self.pre_stop)
         return out
 
     @classmethod
@@ -158,6 +164,10 @@ class Deploy:
             kw["init"] = _bool(m["init"], ("init",))
         if m.get("needs") is not None:
             kw["needs"] = tuple(sorted(set(_strs(m["needs"], ("needs",)))))
+        if m.get("stateful") is not None:
+            kw["stateful"] = _bool(m["stateful"], ("stateful",))
+        if m.get("pre_stop") is not None:
+            kw["pre_stop"] = _strs(m["pre_stop"], ("pre_stop",))
         health = Health(
             kind=_str(h.get("kind", "none") or "none", ("health", "kind")),
             path=None if h.get("path") is None else _str(h["path"], ("health", "path")),
@@ -305,7 +315,8 @@ def _finite(v: Any) -> bool:
 # --- JSON readers (each names the path of what it refuses) -------------------------------
 
 _DEPLOY_KEYS = ("ports", "health", "env", "volumes", "secrets", "resources", "drain", "monitor",
-                "stop_timeout", "stop_first", "keep_releases", "command", "init", "needs")
+                "stop_timeout", "stop_first", "keep_releases", "command", "init", "needs",
+                "stateful", "pre_stop")
 _HEALTH_KEYS = ("kind", "path", "port", "command", "interval", "timeout", "retries",
                 "start_period")
 

@@ -505,7 +505,11 @@ def _check_tree(top: str, root: str, src: str, ctx: Ctx) -> None:
 # ---------------------------------------------------------------- deploy
 
 _DEPLOY_KEYS = ("hosts", "ports", "health", "env", "volumes", "secrets", "resources", "drain",
-                "stop_timeout", "stop_first", "keep_releases", "strategy", "init", "needs")
+                "stop_timeout", "stop_first", "keep_releases", "strategy", "init", "needs",
+                "stateful", "pre_stop")
+
+
+STATEFUL_STOP_TIMEOUT = 30.0
 
 
 def _deploy(raw: Any, ctx: Ctx, fleet: Fleet, directory: str) -> DeploySpec:
@@ -522,6 +526,16 @@ def _deploy(raw: Any, ctx: Ctx, fleet: Fleet, directory: str) -> DeploySpec:
         kw["init"] = S.boolean(m["init"], ctx.key(m, "init"))
     if "keep_releases" in m:
         kw["keep_releases"] = S.integer(m["keep_releases"], ctx.key(m, "keep_releases"), minimum=1)
+    if "stateful" in m:
+        kw["stateful"] = S.boolean(m["stateful"], ctx.key(m, "stateful"))
+        if kw["stateful"] and "stop_timeout" not in m:
+            kw["stop_timeout"] = STATEFUL_STOP_TIMEOUT    # a database gets time to shut down cleanly
+    if "pre_stop" in m:
+        pctx = ctx.key(m, "pre_stop")
+        seq = S.items(m["pre_stop"], pctx)
+        if not seq:
+            raise pctx.error("expected a command: a list of strings, the program first")
+        kw["pre_stop"] = tuple(S.string(x, pctx.item(seq, i)) for i, x in enumerate(seq))
     if "needs" in m:
         nctx = ctx.key(m, "needs")
         seq = S.items(m["needs"], nctx)

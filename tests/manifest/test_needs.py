@@ -39,3 +39,18 @@ def test_bad_needs_are_refused_located(tmp_path, docs, words):
         load_desired(write(tmp_path, *docs))
     assert words in str(err.value)
     assert "deploy/needs" in str(err.value) and ".yaml:" in str(err.value)
+
+
+def test_stateful_gets_a_longer_stop_timeout_and_a_pre_stop_hook(tmp_path):
+    doc = service("db") + "  stateful: true\n  pre_stop: [/usr/bin/redis-cli, shutdown, save]\n"
+    d = load_desired(write(tmp_path, doc)).services["db"].deploy.to_agent_json()
+    assert d["stateful"] is True and d["stop_timeout"] == 30.0
+    assert d["pre_stop"] == ["/usr/bin/redis-cli", "shutdown", "save"]
+    plain = load_desired(write(tmp_path, service("db"))).services["db"].deploy.to_agent_json()
+    assert "stateful" not in plain and plain["stop_timeout"] == 10.0
+
+
+def test_an_empty_pre_stop_is_refused_located(tmp_path):
+    with pytest.raises(ManifestError) as err:
+        load_desired(write(tmp_path, service("db") + "  pre_stop: []\n"))
+    assert "deploy/pre_stop" in str(err.value) and "expected a command" in str(err.value)

@@ -10,6 +10,7 @@ W1 = Want("web", "r1", M, ports=(("tcp", 8080, 80),))
 W2 = Want("web", "r2", M, ports=(("tcp", 8080, 80),))
 W2_MON = Want("web", "r2", M, ports=(("tcp", 8080, 80),), drain=1.0, monitor=2.0)
 W2_SF = Want("web", "r2", M, ports=(("tcp", 8080, 80),), stop_first=True)
+W2_EX = Want("web", "r2", M, ports=(("tcp", 8080, 80),), exclusive=True)
 A1 = Box("web", "a", "r1", "i-a1", "running", "10.88.0.2")
 B2 = Box("web", "b", "r2", "i-b2", "running", "10.88.0.3")
 PM_A = (("tcp", 8080, "10.88.0.2", 80),)
@@ -36,6 +37,10 @@ CASES = [
      [SyncPorts(PM_A)]),
     ("change: start the other slot", (W2,), obs(boxes=(A1,), current=CUR_A1, port_map=PM_A),
      [Start("web", "b", "r2")]),
+    ("stateful: the old slot stops before the new one starts", (W2_EX,),
+     obs(boxes=(A1,), current=CUR_A1, port_map=PM_A), [Stop("web", "a", "stop-first: stateful, one slot at a time")]),
+    ("stateful: then the new slot starts", (W2_EX,), obs(current=CUR_A1, port_map=PM_A),
+     [SyncPorts(()), Start("web", "b", "r2")]),
     ("change: check green", (W2,), obs(boxes=(A1, B2), current=CUR_A1, port_map=PM_A),
      [CheckHealth("web", "b", "i-b2")]),
     ("change: switch to green", (W2,), obs(boxes=(A1, B2), current=CUR_A1, port_map=PM_A,

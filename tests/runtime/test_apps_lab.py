@@ -1,4 +1,4 @@
-"""Services find each other by name on a real lab host (runc, nftables): the app reaches the
+"""Real applications on a real lab host (runc, nftables). Names: the app reaches the
 store by name through its stable address, which follows a blue/green replace of the store;
 a service that does not declare the dependency cannot connect (issue 13)."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ from tests.runtime.test_agent_lab import make_agent, pyz  # noqa: F401  (module 
 @pytest.fixture(scope="module")
 def lab():
     from tests.conftest import own_lab
-    with own_lab("names", amd64=1, arm64=0) as the_lab:
+    with own_lab("apps", amd64=1, arm64=0) as the_lab:
         yield the_lab
 
 
@@ -98,3 +98,47 @@ def test_the_app_reaches_the_store_by_name_across_a_replace_and_a_stranger_canno
 
     rc, out, err = agent.runner(["nft", "list", "map", "ip", "orch", "vips"], b"", 30)
     assert names.vip_of("store") in out.decode(), out
+
+
+def journal_steps(agent, service: str):
+    rc, out, err = agent.runner(["cat", "/var/lib/orch/state/journal.log"], b"", 30)
+    assert rc == 0, err
+    import json
+    steps = []
+    for line in out.decode().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("phase", rec.get("event")) == "begin" and rec.get("service") == service:
+            steps.append((rec.get("step"), rec.get("slot")))
+    return steps
+
+
+def test_a_stateful_store_is_replaced_stop_first_and_keeps_its_data(lab, pyz, layer,  # noqa: F811
+                                                                     static_busybox):
+    """stateful: never two slots on the volume (the old one stops, running its pre_stop hook,
+    before the new one starts) and the data on the volume outlives the replace."""
+    host = lab.hosts[0]
+    agent = make_agent(lab, host, pyz)
+    keeper = ["/bin/busybox", "sh", "-c",
+              "echo started-$(/bin/busybox cat /www/index.html) >> /data/log; "
+              "/bin/busybox cp /data/log /tmp/index.html; "
+              "trap 'exit 0' TERM; /bin/busybox httpd -f -p 80 -h /tmp & wait"]
+    spec = dict(ik.deploy_spec(port=8293), stateful=True, stop_timeout=10.0,
+                pre_stop=["/bin/busybox", "sh", "-c", "echo pre-stop >> /data/log"],
+                volumes=[{"name": "kv", "dest": "/data", "readonly": False}])
+    v1 = ik.make_image({"linux/amd64": [ik.busybox_layer(str(static_busybox["linux/amd64"]),
+                                                         page=b"v1")]}, cmd=keeper)
+    v2 = ik.make_image({"linux/amd64": [ik.busybox_layer(str(static_busybox["linux/amd64"]),
+                                                         page=b"v2")]}, cmd=keeper)
+    for img in (v1, v2):
+        agent.ship(img)
+    rc, body = agent.apply({"kv": (v1, spec)})
+    assert rc == 0 and body["services"]["kv"]["ok"], body
+    rc, body = agent.apply({"kv": (v2, spec)})
+    assert rc == 0 and body["services"]["kv"]["ok"], body
+    # v2 found v1's data, and v1's pre_stop ran before v2 started
+    assert ik.hammer_get(host.address, 8293) == b"started-v1\npre-stop\nstarted-v2\n"
+    steps = [s for s in journal_steps(agent, "kv") if s[0] in ("Start", "Stop")]
+    assert steps[-2:] == [("Stop", "a"), ("Start", "b")], steps
