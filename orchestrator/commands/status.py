@@ -1,4 +1,5 @@
-"""`orch status [DIR]`: per host and service, the running release, slot, health and since when."""
+"""`orch status [DIR]`: per host and service, the running release, slot, health and since when;
+hosts that lag the newest release are shown as pending it, since it first served (fleet/lag.py)."""
 from __future__ import annotations
 
 from orchestrator.commands._common import add_source_arguments, parse_vars, print_json
@@ -32,6 +33,12 @@ def run(args) -> int:
             rows.append({"host": host.name, "service": name, "release": s.get("release"), "slot": s.get("slot"),
                          "state": s.get("state"), "health": s.get("health"), "since": s.get("since"),
                          "previous": s.get("previous"), "error": s.get("error")})
+    from orchestrator.fleet.lag import plan_lag
+    lags = plan_lag(rows)
+    for r in rows:
+        if "service" in r:
+            lag = lags.get((r["host"], r["service"]))
+            r["pending"] = {"release": lag.release, "since": lag.since} if lag else None
     if args.json:
         print_json(rows)
     else:
@@ -40,8 +47,10 @@ def run(args) -> int:
             if "service" not in r:
                 print(f"{r['host']:<14} UNREACHABLE: {r['error']}")
                 continue
+            pending = r["pending"]
             print(f"{r['host']:<14} {r['service']:<14} {str(r['release']):<20} {str(r['slot']):<6} "
-                  f"{str(r['state']):<9} {str(r['health']):<9} {_when(r['since'])}")
+                  f"{str(r['state']):<9} {str(r['health']):<9} {_when(r['since'])}"
+                  + (f"  PENDING {pending['release']} since {_when(pending['since'])}" if pending else ""))
     return 1 if errors or fan.failed else 0
 
 
