@@ -85,22 +85,26 @@ def numeric(spec: Optional[str]) -> bool:
     return spec is None or bool(re.fullmatch(r"\d+(:\d+)?", spec))
 
 
-def read_from_layers(store: Store, layers: Sequence[Dict], path: str) -> str:
-    """The text of ``path`` (e.g. ``etc/passwd``) as the layers stack it ("" when absent)."""
-    found = ""
-    head, base = posixpath.split(path)
+def read_from_layers(store: Store, layers: Sequence[Dict], paths):
+    """The text of ``paths`` (one, e.g. ``etc/passwd``, or several: then {path: text}) as the
+    layers stack them ("" when absent), in one pass over the layers."""
+    if isinstance(paths, str):
+        return read_from_layers(store, layers, (paths,))[paths]
+    found = {p: "" for p in paths}
     for layer in layers:
         try:     # a base's layer is hostile input: read through the runtime's guarded reader
             with store.open_blob(layer["digest"]) as raw:
                 for tar, member in unpack.entries(raw):
                     name = member.name[2:] if member.name.startswith("./") else member.name.strip("/")
-                    if name == f"{head}/.wh.{base}" or name == f"{head}/.wh..wh..opq":
-                        found = ""
-                    elif name == path and member.isfile():
-                        if member.size > MAX_TEXT:
-                            raise UnsafeImage(f"{path} is larger than {MAX_TEXT} bytes")
-                        fh = tar.extractfile(member)
-                        found = fh.read().decode(errors="replace") if fh else ""
+                    for path in paths:
+                        head, base = posixpath.split(path)
+                        if name in (f"{head}/.wh.{base}", f"{head}/.wh..wh..opq"):
+                            found[path] = ""
+                        elif name == path and member.isfile():
+                            if member.size > MAX_TEXT:
+                                raise UnsafeImage(f"{path} is larger than {MAX_TEXT} bytes")
+                            fh = tar.extractfile(member)
+                            found[path] = fh.read().decode(errors="replace") if fh else ""
         except AgentFailure as exc:
             raise BuildError(f"layer {layer['digest']}: {exc.message}") from None
     return found
@@ -112,8 +116,8 @@ def layer_owner(store: Store, layers: Sequence[Dict], spec: Optional[str]) -> Tu
     if numeric(spec):
         user, _, grp = spec.partition(":")
         return int(user), int(grp or user)
-    return owner_ids(spec, read_from_layers(store, layers, "etc/passwd"),
-                     read_from_layers(store, layers, "etc/group"))
+    texts = read_from_layers(store, layers, ("etc/passwd", "etc/group"))
+    return owner_ids(spec, texts["etc/passwd"], texts["etc/group"])
 
 
 def root_owner(root: str, spec: Optional[str]) -> Tuple[int, int]:
