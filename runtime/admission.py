@@ -31,7 +31,10 @@ def check_service(layout: Layout, name: str, s: dict, plat: str) -> dict:
     except (KeyError, TypeError):
         raise BadRequest(f"services/{name}: needs index and deploy") from None
     spec.parse_deploy(name, deploy)
-    rel = protocol.release_id(index, deploy)
+    mac = s.get("secrets_mac")
+    if mac is not None and not isinstance(mac, str):
+        raise BadRequest(f"services/{name}/secrets_mac: expected a string")
+    rel = protocol.release_id(index, deploy, mac)
     if s.get("release") and s["release"] != rel:
         raise BadRequest(f"services/{name}/release: {s['release']} does not match the index "
                          f"and deploy spec ({rel})")
@@ -48,6 +51,8 @@ def check_service(layout: Layout, name: str, s: dict, plat: str) -> dict:
         raise MissingBlob(f"services/{name}: blobs not on this host: {', '.join(missing)}",
                           missing=missing)
     out = {"release": rel, "index": index, "manifest": manifest, "deploy": deploy}
+    if mac:
+        out["secrets_mac"] = mac
     project = s.get("project")
     if project is not None:
         if not isinstance(project, str) or not PROJECT_RE.match(project):

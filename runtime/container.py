@@ -97,6 +97,13 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
             host = os.path.join(layout.volumes, v.name)
             os.makedirs(host, mode=0o755, exist_ok=True)
             vols.append((host, v.dest, v.readonly))
+        image_config = unpack.image_config(layout, target.manifest)
+        meta.stop_signal = oci.stop_signal((image_config.get("config") or {}).get("StopSignal"))
+        try:
+            uid, gid = bundle.resolve_user(os.path.join(img, "rootfs"),
+                                           (image_config.get("config") or {}).get("User") or "")
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
         secs = []
         if deploy.secrets:
             ensure_secrets_tmpfs(layout)
@@ -108,16 +115,10 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
                                      "on tmpfs only: apply again after a reboot)")
                 p = os.path.join(sdir, s.name)
                 fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
+                os.fchown(fd, uid, gid)     # the container's own user reads it, nobody else
                 with os.fdopen(fd, "wb") as f:
                     f.write(base64.b64decode(secret_values[s.name]))
                 secs.append((p, s.dest))
-        image_config = unpack.image_config(layout, target.manifest)
-        meta.stop_signal = oci.stop_signal((image_config.get("config") or {}).get("StopSignal"))
-        try:
-            uid, gid = bundle.resolve_user(os.path.join(img, "rootfs"),
-                                           (image_config.get("config") or {}).get("User") or "")
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
         extra = []
         hosts = os.path.join(d, "hosts")
         with open(hosts, "w") as f:

@@ -84,9 +84,16 @@ def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def release_id(index_digest: str, deploy_spec: Mapping[str, Any]) -> str:
-    """Name of a release: sha256 over the image index digest and the normalised deploy spec."""
-    h = hashlib.sha256(canonical_json({"index": index_digest, "deploy": deploy_spec})).hexdigest()
+def release_id(index_digest: str, deploy_spec: Mapping[str, Any],
+               secrets_mac: Optional[str] = None) -> str:
+    """Name of a release: sha256 over the image index digest, the normalised deploy spec and,
+    for a service with secrets, ``secrets_mac``: an HMAC of their values keyed by a key that
+    never leaves the control machine, so a new value is a new release while nobody who reads a
+    plan, an audit line or a host's state can test a guess of the value against it."""
+    body: Dict[str, Any] = {"index": index_digest, "deploy": deploy_spec}
+    if secrets_mac:
+        body["secrets"] = secrets_mac
+    h = hashlib.sha256(canonical_json(body)).hexdigest()
     return "r-" + h[:16]
 
 

@@ -34,6 +34,7 @@ class Prepared:
     hosts: List[InventoryHost]
     agent_pyz: str
     agent_digest: str
+    secret_macs: Dict[str, str] = field(default_factory=dict)   # service -> keyed MAC of its secret values
 
 
 @dataclass
@@ -70,17 +71,41 @@ def prepare(directory: str, variables: Mapping[str, str], *, progress=None, brin
     hosts = fleet_hosts(desired.fleet, bring_up_lab=bring_up_lab)
     built = build_services(desired, store, progress=progress)
     releases = []
+    macs = {name: secrets_mac(store, service.deploy.read_secrets(environ))
+            for name, service in desired.services.items() if service.deploy.secrets}
     for name in needs_order(desired.services):       # a store rolls out before the app that needs it
         service = desired.services[name]
         deploy = service.deploy.to_agent_json()
         image = built[name]
         releases.append(DesiredRelease(
-            service=name, release=protocol.release_id(image.index_digest, deploy),
+            service=name, release=protocol.release_id(image.index_digest, deploy, macs.get(name)),
             index=image.index_digest, manifests=dict(image.manifests), deploy=deploy,
             host_names=tuple(h.name for h in select_hosts(service.deploy.hosts, hosts))))
     check_needs_placement(desired, releases)
     pyz, digest = agent_bundle(store)
-    return Prepared(desired, store, releases, hosts, pyz, digest)
+    return Prepared(desired, store, releases, hosts, pyz, digest, macs)
+
+
+def secrets_mac(store: Store, values: Mapping[str, bytes]) -> str:
+    """HMAC-SHA256 of a service's secret values, keyed by this control machine's own random key
+    (``$ORCH_HOME/keys/secrets.key``, 0600): it changes when a value changes, and without the key
+    nobody can test a guessed value against it. Another control machine has another key, so its
+    first apply replaces the containers of services with secrets once (copy the key to avoid it)."""
+    import hashlib
+    import hmac
+
+    path = os.path.join(store.root, "keys", "secrets.key")
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(32))
+    except FileExistsError:
+        pass
+    with open(path, "rb") as f:
+        key = f.read()
+    body = protocol.canonical_json({k: base64.b64encode(v).decode() for k, v in sorted(values.items())})
+    return "hmac-sha256:" + hmac.new(key, body, hashlib.sha256).hexdigest()
 
 
 def check_needs_placement(desired: Desired, releases: Sequence[DesiredRelease]) -> None:
@@ -228,6 +253,8 @@ def _apply_locked(prep: Prepared, obs: Observed, pool: ConnectionPool, lock: Fle
         rel = releases[service]
         body = {"release": rel.release, "index": rel.index, "manifest": manifests[(service, host)],
                 "deploy": rel.deploy, "secrets": secrets[service], "project": prep.desired.fleet.owner}
+        if service in prep.secret_macs:
+            body["secrets_mac"] = prep.secret_macs[service]
         return obs.clients[host].apply({service: body}, who, lock=lock.token,
                                        timeout=apply_deadline(rel.deploy, host_timeout))
 

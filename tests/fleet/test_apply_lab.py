@@ -376,6 +376,55 @@ def test_a_corrupted_blob_is_sent_again_and_lost_state_files_stop_nothing(lab_pr
         assert b"after corruption" in fetch(address, "/style.css")
 
 
+def test_a_rotated_secret_reaches_a_non_root_container_and_no_value_is_written_anywhere(lab_project, tmp_path):
+    import json
+    import subprocess
+
+    from orchestrator.lab.layout import LabLayout, LabSpec
+
+    variant = _variant(lab_project, tmp_path, "reader", lambda t: t)
+    (variant / "reader.yaml").write_text(
+        "kind: Service\nname: reader\nimage:\n  from: {debian: bookworm, packages: [busybox-static]}\n"
+        "  platforms: [linux/amd64, linux/arm64]\n  user: \"65534:65534\"\n"
+        "  cmd: [/bin/busybox, httpd, -f, -p, \"8081\", -h, /run/secrets]\n"
+        "deploy:\n  hosts: [amd64-1]\n  ports: [\"8082:8081\"]\n"
+        "  secrets: {token: {env: ORCH_TEST_TOKEN, dest: /run/secrets/token}}\n"
+        "  health: {http: /token, port: 8081, interval: 1s, timeout: 1s, retries: 3}\n")
+    address = _address("amd64-1")
+    values = [f"old-{secrets.token_hex(8)}", f"new-{secrets.token_hex(8)}"]
+    outputs = []
+    try:
+        for value in values:
+            os.environ["ORCH_TEST_TOKEN"] = value
+            for args in (("plan", "--json"), ("plan",), ("apply",)):
+                res = orch_cli(*args, str(variant))
+                outputs.append(res.stdout + res.stderr)
+            assert res.returncode == 0, res.stderr               # the non-root user passed its health check
+            with urllib.request.urlopen(f"http://{address}:8082/token", timeout=5) as resp:
+                assert resp.read() == value.encode()             # the rotated value reached the container
+        import re
+        rels = [re.search(r"reader=(r-[0-9a-f]+)", outputs[i]).group(1) for i in (2, 5)]
+        assert rels[0] != rels[1]                                # a new value is a new release
+        outputs.append(orch_cli("audit", str(variant), "--json").stdout)
+        outputs.append(orch_cli("logs", "reader", "--host", "amd64-1", str(variant)).stdout)
+        for value in values:
+            assert all(value not in out for out in outputs)
+            for host in LabLayout(LabSpec(LAB)).hosts():
+                hits = subprocess.run(["grep", "-rlF", "--", value, str(host.var_lib_orch)],
+                                      capture_output=True, text=True).stdout.split()
+                assert hits == [], f"{value[:3]} found on {host.name} in {hits}"
+            assert subprocess.run(["grep", "-rlF", "--", value, os.environ["ORCH_HOME"]],
+                                  capture_output=True, text=True).stdout == ""
+    finally:
+        os.environ.pop("ORCH_TEST_TOKEN", None)
+        from orchestrator.fleet.lock import mutating
+        prep = prepare(str(lab_project), {})
+        with ConnectionPool(h.target for h in prep.hosts) as pool:
+            obs = observe(prep, pool)
+            with mutating(obs.clients, "test") as lock:
+                obs.clients["amd64-1"].remove("reader", "test", lock=lock.token)
+
+
 def _variant(lab_project: Path, tmp_path: Path, name: str, edit) -> Path:
     out = tmp_path / name
     shutil.copytree(lab_project, out)
