@@ -5,6 +5,7 @@ comparing its output. ``resolve_user`` reads the image's /etc/passwd and /etc/gr
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -22,6 +23,7 @@ MASKED = ("/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/late
           "/sys/firmware")
 READONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 CPU_PERIOD = 100000
+USERNS_SIZE = 65536
 BUILD_CAPS = CAPS + ("CAP_AUDIT_WRITE", "CAP_SETFCAP")  # package scripts set file capabilities
 
 
@@ -38,6 +40,7 @@ class BundleInput:
     extra_files: Tuple[Tuple[str, str], ...] = field(default=())  # (host file, dest) ro binds
     init: Optional[str] = None                          # host's static init binary, run as PID 1
     machine: str = ""                                   # host kernel's os.uname().machine (seccomp)
+    userns_base: Optional[int] = None                   # host uid/gid of the container's root
 
 
 def args_of(image_config: Mapping, override: Optional[Sequence[str]] = None) -> List[str]:
@@ -100,7 +103,7 @@ def render_config(image_config: Mapping, deploy: Deploy, b: BundleInput) -> dict
         mounts.append({"destination": pid1.DEST, "type": "bind", "source": b.init,
                        "options": ["bind", "ro", "nosuid", "nodev"]})
     caps = list(CAPS) if b.uid == 0 else []
-    return {
+    config = {
         "ociVersion": "1.0.2",
         "process": {
             "terminal": False,
@@ -124,6 +127,20 @@ def render_config(image_config: Mapping, deploy: Deploy, b: BundleInput) -> dict
             "seccomp": seccomp.render_profile(b.machine),
         },
     }
+    if b.userns_base is not None:
+        ids = [{"containerID": 0, "hostID": b.userns_base, "size": USERNS_SIZE}]
+        config["linux"]["namespaces"].append({"type": "user"})
+        config["linux"]["uidMappings"] = ids
+        config["linux"]["gidMappings"] = [dict(i) for i in ids]
+    return config
+
+
+def userns_base(host_id: str, service: str) -> int:
+    """The first host uid (and gid) of a service's user namespace: a range of USERNS_SIZE ids
+    per service and host, from 2**20 up (above the ranges /etc/subuid hands to people), the
+    same for both slots so that volumes keep their owner across releases."""
+    n = int(hashlib.sha256(f"{host_id}/{service}".encode()).hexdigest()[:8], 16)
+    return (16 + n % 16000) * USERNS_SIZE
 
 
 def render_build_config(argv: Sequence[str], env: Sequence[str], cwd: str,

@@ -13,7 +13,7 @@ import subprocess
 import time
 from typing import Dict, List
 
-from runtime import bundle, names, network, oci, pid1, unpack
+from runtime import bundle, names, network, oci, pid1, unpack, userns
 from runtime.errors import BadRequest, RuntimeFailure
 from runtime.layout import Layout
 from runtime.meta import Meta, cdir, container_id, list_metas, log_path, rt_of, veth_key
@@ -127,16 +127,22 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
         if os.path.exists("/etc/resolv.conf"):
             shutil.copyfile("/etc/resolv.conf", os.path.join(d, "resolv.conf"))
             extra.append((os.path.join(d, "resolv.conf"), "/etc/resolv.conf"))
+        base = None
+        if deploy.userns:
+            base = bundle.userns_base(host_id, service)
+            userns.hand_over(layout, d, vols, secs, base + uid, base + gid, base)
         binput = bundle.BundleInput(container_id=cid, hostname=service, rootfs=rootfs,
                                     cgroups_path=f"/orch/{cid}", uid=uid, gid=gid,
                                     volumes=tuple(vols), secrets=tuple(secs),
                                     extra_files=tuple(extra),
                                     init=pid1.find_init() if deploy.init else None,
-                                    machine=os.uname().machine)
+                                    machine=os.uname().machine, userns_base=base)
         try:
             config = bundle.render_config(image_config, deploy, binput)
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
+        if base is not None:
+            userns.make_mountpoints(rootfs, config["mounts"])
         with open(os.path.join(d, "config.json"), "w") as f:
             json.dump(config, f)
         log = log_path(layout, service, slot)

@@ -74,8 +74,8 @@ class Layout:
             os.makedirs(d, mode=0o700, exist_ok=True)
         for d in (self.root, os.path.dirname(self.blobs), self.blobs, self.incoming,
                   self.images, self.containers, self.volumes, self.state, self.logs, self.run):
-            if os.stat(d).st_mode & 0o077:    # hosts made before this was the rule
-                os.chmod(d, 0o700)
+            if os.stat(d).st_mode & 0o066:    # hosts made before this was the rule (0711,
+                os.chmod(d, 0o700)              # search only, is what userns containers need)
 
     def host_id(self) -> str:
         """A random id kept per host, so container ids and cgroups never collide between

@@ -108,6 +108,7 @@ class Deploy:
     needs: Tuple[str, ...] = ()           # services this one reaches by name (names.py)
     stateful: bool = False                # one slot at a time: the old one stops before the new starts
     pre_stop: Tuple[str, ...] = ()        # run in the container before it is stopped
+    userns: bool = False                  # root in the container is an unprivileged uid outside
 
     def __post_init__(self) -> None:
         validate(self)
@@ -142,6 +143,8 @@ class Deploy:
             out["stateful"] = True
         if self.pre_stop:
             out["pre_stop"] = list(self.pre_stop)
+        if self.userns:           # likewise, only when on
+            out["userns"] = True
         return out
 
     @classmethod
@@ -168,6 +171,8 @@ class Deploy:
             kw["stateful"] = _bool(m["stateful"], ("stateful",))
         if m.get("pre_stop") is not None:
             kw["pre_stop"] = _strs(m["pre_stop"], ("pre_stop",))
+        if m.get("userns") is not None:
+            kw["userns"] = _bool(m["userns"], ("userns",))
         health = Health(
             kind=_str(h.get("kind", "none") or "none", ("health", "kind")),
             path=None if h.get("path") is None else _str(h["path"], ("health", "path")),
@@ -316,7 +321,7 @@ def _finite(v: Any) -> bool:
 
 _DEPLOY_KEYS = ("ports", "health", "env", "volumes", "secrets", "resources", "drain", "monitor",
                 "stop_timeout", "stop_first", "keep_releases", "command", "init", "needs",
-                "stateful", "pre_stop")
+                "stateful", "pre_stop", "userns")
 _HEALTH_KEYS = ("kind", "path", "port", "command", "interval", "timeout", "retries",
                 "start_period")
 

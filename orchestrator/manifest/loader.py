@@ -506,7 +506,7 @@ def _check_tree(top: str, root: str, src: str, ctx: Ctx) -> None:
 
 _DEPLOY_KEYS = ("hosts", "ports", "health", "env", "volumes", "secrets", "resources", "drain",
                 "stop_timeout", "stop_first", "keep_releases", "strategy", "init", "needs",
-                "stateful", "pre_stop")
+                "stateful", "pre_stop", "userns")
 
 
 STATEFUL_STOP_TIMEOUT = 30.0
@@ -524,6 +524,8 @@ def _deploy(raw: Any, ctx: Ctx, fleet: Fleet, directory: str) -> DeploySpec:
         kw["stop_first"] = S.boolean(m["stop_first"], ctx.key(m, "stop_first"))
     if "init" in m:
         kw["init"] = S.boolean(m["init"], ctx.key(m, "init"))
+    if "userns" in m:
+        kw["userns"] = S.boolean(m["userns"], ctx.key(m, "userns"))
     if "keep_releases" in m:
         kw["keep_releases"] = S.integer(m["keep_releases"], ctx.key(m, "keep_releases"), minimum=1)
     if "stateful" in m:

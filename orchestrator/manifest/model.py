@@ -297,6 +297,7 @@ class DeploySpec:
     needs: Tuple[str, ...] = ()           # services this one reaches by name; they roll out first
     stateful: bool = False                # databases and the like: stop-first, longer stop timeout
     pre_stop: Tuple[str, ...] = ()        # run in the container before it is stopped
+    userns: bool = spec.Deploy.userns
 
     def agent_spec(self) -> spec.Deploy:
         """The agent's deploy spec, validated as the agent validates it (``SpecError`` names
@@ -309,7 +310,8 @@ class DeploySpec:
             resources=self.resources, drain=self.drain, monitor=self.strategy.monitor,
             stop_timeout=self.stop_timeout, stop_first=self.stop_first,
             keep_releases=self.keep_releases, init=self.init, needs=self.needs,
-            stateful=self.stateful, pre_stop=self.pre_stop)
+            stateful=self.stateful, pre_stop=self.pre_stop,
+            userns=self.userns)
 
     def to_agent_json(self) -> Dict[str, Any]:
         """The JSON the release id is computed over and the agent receives."""

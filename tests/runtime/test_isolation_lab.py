@@ -126,3 +126,40 @@ def test_slots_of_one_service_reach_each_other(lab, pyz, base_layer_iso):  # noq
 @pytest.fixture(scope="module")
 def base_layer_iso(static_busybox):
     return ik.busybox_layer(str(static_busybox["linux/amd64"]), page=b"base\n")
+
+
+HOST_UID = ("import json, glob, sys\n"
+            "for p in glob.glob('/var/lib/orch/containers/*/meta.json'):\n"
+            "    m = json.load(open(p))\n"
+            "    if m['service'] == sys.argv[1]:\n"
+            "        st = open('/proc/%d/status' % m['pid']).read()\n"
+            "        print([l.split()[1] for l in st.splitlines() if l.startswith('Uid:')][0])\n")
+
+
+def test_user_namespace_root_in_the_container_is_not_root_outside(lab, pyz, base_layer_iso):  # noqa: F811
+    """deploy: {userns: true}: the service is uid 0 inside, a high unprivileged uid as seen
+    from the host; it can still write its volume and read its secret."""
+    import base64
+    host = lab.by_platform("linux/amd64")[1]
+    agent = make_agent(lab, host, pyz)
+    img = ik.make_image({"linux/amd64": [base_layer_iso]}, cmd=serve(
+        "echo inside=$(/bin/busybox id -u); /bin/busybox cat /proc/self/uid_map; "
+        "echo written > /data/f && echo volume=ok; /bin/busybox cat /run/secrets/pw; echo; "))
+    agent.ship(img)
+    spec = ik.deploy_spec(port=8184, userns=True,
+                          volumes=[{"name": "nsdata", "dest": "/data", "readonly": False}],
+                          secrets=[{"name": "pw", "dest": "/run/secrets/pw"}])
+    rc, body = agent.apply({"userns": (img, spec)},
+                           secrets={"userns": {"pw": base64.b64encode(b"ns-secret").decode()}})
+    assert rc == 0 and body["services"]["userns"]["ok"], body
+    assert ik.hammer_get(host.address, 8184) == b"base\n"
+    out = logs(agent, "userns")
+    assert "inside=0" in out and "volume=ok" in out and "ns-secret" in out, out
+    rc, uid, err = lab.run(host, ["python3", "-c", HOST_UID, "userns"])
+    assert rc == 0, err
+    assert int(uid) >= 1 << 20, uid                # not root, nor any ordinary user of the host
+    plain = ik.make_image({"linux/amd64": [base_layer_iso]}, cmd=serve())
+    agent.ship(plain)
+    assert agent.apply({"plainroot": (plain, ik.deploy_spec(port=8185))})[0] == 0
+    rc, uid_plain, err = lab.run(host, ["python3", "-c", HOST_UID, "plainroot"])
+    assert rc == 0 and int(uid_plain) == 0          # without the switch: root as before
