@@ -87,3 +87,10 @@ def test_config_json_carries_the_profile_of_the_host_kernel():
     cfg = render_config(IMAGE, Deploy.from_json({}), b)
     assert cfg["linux"]["seccomp"] == seccomp.render_profile("aarch64")
     assert cfg["process"]["noNewPrivileges"] is True
+
+
+def test_build_sandbox_gets_the_filter_of_the_build_machines_kernel():
+    """run: steps are hostile input too; an arm64 build machine runs armv7 steps natively."""
+    from runtime.bundle import render_build_config
+    cfg = render_build_config(["/bin/true"], ["PATH=/bin"], "/", machine="aarch64")
+    assert cfg["linux"]["seccomp"] == seccomp.render_profile("aarch64")
