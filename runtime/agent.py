@@ -16,7 +16,7 @@ from runtime.errors import BadRequest, NotFound
 from runtime.gc import read_records
 from runtime.hostinfo import agent_digest, host_platform, serve_agent, serve_pid
 from runtime.pid1 import find_init
-from runtime.layout import Layout, write_json
+from runtime.layout import Layout
 
 RESTART_RESET_AFTER = 60.0   # as runtime.host: a container up this long is no longer crash-looping
 from runtime.spec import Target
@@ -27,7 +27,9 @@ def make_host(layout: Layout, log=None):
     layout.ensure()
     cgroups.run_ensure_cgroups()
     rt = oci.choose_runtime(layout.run)
-    return host.Host(layout, rt, log=log or (lambda m: None))
+    h = host.Host(layout, rt, log=log or (lambda m: None))
+    h.state.upgrade()       # verbs that change the host write the state in this schema
+    return h
 
 
 def _check_lock(layout: Layout, token: Optional[str], verb: str) -> None:
@@ -46,7 +48,6 @@ def _given_up(service: str, given_up: Dict[str, str]) -> Optional[dict]:
 
 def verb_info(layout: Layout, req: dict) -> dict:
     from runtime import oci
-    layout.ensure()
     rt = oci.choose_runtime(layout.run)
     from runtime.resources import free_disk, free_memory
     pid = serve_pid(layout)
@@ -55,7 +56,8 @@ def verb_info(layout: Layout, req: dict) -> dict:
             "python": _platform.python_version(),
             "free_disk": free_disk(layout.root), "free_memory": free_memory(),
             "nft": shutil.which("nft") is not None, "protocol": protocol.PROTOCOL_VERSION,
-            "host_id": layout.host_id(), "serve_pid": pid, "serve_agent": serve_agent(pid),
+            "state_schema": protocol.STATE_SCHEMA,
+            "host_id": layout.read_host_id(), "serve_pid": pid, "serve_agent": serve_agent(pid),
             "init": find_init()}
 
 
@@ -67,7 +69,6 @@ def verb_observe(layout: Layout, req: dict) -> dict:
 
 
 def verb_have(layout: Layout, req: dict) -> dict:
-    layout.ensure()
     digests = req.get("digests")
     if not isinstance(digests, list):
         raise BadRequest("have: expected {\"digests\": [...]}")
@@ -103,7 +104,7 @@ def verb_apply(layout: Layout, req: dict, log=None) -> dict:
             h.state.save_secrets(n, dict(services[n].get("secrets") or {}))
             (st["failed"].get(n) or {}).pop(t["release"], None)
         h.state.save_status(st)
-        write_json(os.path.join(layout.state, "releases.json"), records, 0o600, durable=True)
+        h.state.save_records(records)
         h.state.save_target(target)
         for n, t in checked.items():
             h.state.audit(who, "apply", n, t["release"])
@@ -173,7 +174,6 @@ def _health(st: dict, name: str, m) -> str:
 
 def verb_status(layout: Layout, req: dict) -> dict:
     from runtime import oci
-    layout.ensure()
     rt = oci.choose_runtime(layout.run)
     from runtime.state import State
     state = State(layout)
@@ -259,7 +259,6 @@ def verb_unlock(layout: Layout, req: dict) -> dict:
 
 def verb_audit(layout: Layout, req: dict) -> dict:
     from runtime.state import State
-    layout.ensure()
     return {"lines": State(layout).audit_lines()}
 
 

@@ -1,46 +1,140 @@
 """Command line of the agent: ``python3 agent.pyz [--root DIR] [--run DIR] VERB [ARGS]``.
 
-Reads the request (JSON) from stdin where the verb takes one, prints one JSON object, exits
-with a stable code; errors are ``{"error": {"code", "message", ...}}`` on stdout.
+Every verb has one shape, listed in ``VERBS``: a JSON request in (stdin, or the verb's
+command-line arguments turned into the same request), one JSON answer out, a stable exit code;
+errors are ``{"error": {"code", "message", ...}}`` on stdout. ``dispatch(verb, layout, request,
+io)`` is the one entry point, so a session that reads many framed requests over one channel
+dispatches through the same table. Two verbs stream instead of answering JSON: ``receive``
+reads frames from stdin, ``logs`` writes raw text.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import List, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from runtime import protocol
-from runtime.errors import AgentFailure, BadRequest
+from runtime.errors import AgentFailure, BadRequest, UnknownVerb, Usage
 from runtime.layout import Layout
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="orch-agent", description="orch host agent")
-    p.add_argument("--root", default=protocol.DEFAULT_ROOT)
-    p.add_argument("--run", default=protocol.DEFAULT_RUN)
-    sub = p.add_subparsers(dest="verb", metavar="VERB")
-    for verb in ("info", "have", "observe", "receive", "apply", "status", "gc", "lock", "unlock", "audit"):
-        sub.add_parser(verb)
-    lg = sub.add_parser("logs")
-    lg.add_argument("service")
-    lg.add_argument("--tail", type=int, default=100)
-    lg.add_argument("--follow", action="store_true")
-    rb = sub.add_parser("rollback")
-    rb.add_argument("service")
-    rb.add_argument("--to", default=None)
-    rb.add_argument("--who", default="unknown")
-    rm = sub.add_parser("remove")
-    rm.add_argument("service")
-    rm.add_argument("--who", default="unknown")
-    sub.add_parser("session", help="answer framed requests on stdin until EOF (runtime/session.py)")
-    sv = sub.add_parser("serve")
-    sv.add_argument("--daemon", action="store_true",
-                    help="start detached, print {pid, pidfile} and return")
-    return p
+@dataclass
+class Io:
+    """What a verb may use besides its request: the raw streams and a log line writer."""
+    stdin: Any
+    stdout: Any
+    log: Callable[[str], None]
+    argv0: str = ""
 
 
-def _request(stdin) -> dict:
+@dataclass(frozen=True)
+class Verb:
+    name: str
+    run: Callable[[Layout, Dict[str, Any], Io], Optional[Dict[str, Any]]]
+    stdin: str = "json"          # json: the request | stream: raw input (receive) | none
+    reads_only: bool = True      # changes nothing on the host (plan/status/... use only these)
+    args: Tuple[Tuple[str, Dict[str, Any]], ...] = ()   # argv form of the request
+
+
+def _agent():
+    from runtime import agent
+    return agent
+
+
+def _serve(layout: Layout, req: dict, io: Io) -> Optional[dict]:
+    from runtime import supervisor
+    if req.get("daemon"):
+        return supervisor.start_daemon(layout, io.argv0)
+    layout.ensure()
+    raise _Exit(supervisor.run_serve(layout))
+
+
+def _logs(layout: Layout, req: dict, io: Io) -> None:
+    _agent().verb_logs(layout, _service(req), int(req.get("tail", 100)), bool(req.get("follow")),
+                       io.stdout)
+
+
+def _service(req: dict) -> str:
+    s = req.get("service")
+    if not isinstance(s, str) or not s:
+        raise BadRequest('expected {"service": NAME, ...}')
+    return s
+
+
+_WHO = ("--who", {"dest": "who", "default": "unknown"})
+_SERVICE = ("service", {})
+
+VERBS: Dict[str, Verb] = {v.name: v for v in (
+    Verb("info", lambda l, r, io: _agent().verb_info(l, r)),
+    Verb("have", lambda l, r, io: _agent().verb_have(l, r)),
+    Verb("observe", lambda l, r, io: _agent().verb_observe(l, r)),
+    Verb("status", lambda l, r, io: _agent().verb_status(l, r)),
+    Verb("audit", lambda l, r, io: _agent().verb_audit(l, r)),
+    Verb("logs", _logs, stdin="none",
+         args=(_SERVICE, ("--tail", {"type": int, "default": 100}),
+               ("--follow", {"action": "store_true"}))),
+    Verb("receive", lambda l, r, io: _agent().verb_receive(
+        l, io.stdin.buffer if hasattr(io.stdin, "buffer") else io.stdin),
+        stdin="stream", reads_only=False),
+    Verb("apply", lambda l, r, io: _agent().verb_apply(l, r, io.log), reads_only=False),
+    Verb("rollback", lambda l, r, io: _agent().verb_rollback(
+        l, _service(r), r.get("to"), str(r.get("who") or "unknown"), io.log, r.get("lock")),
+        reads_only=False, args=(_SERVICE, ("--to", {"default": None}), _WHO)),
+    Verb("remove", lambda l, r, io: _agent().verb_remove(
+        l, _service(r), str(r.get("who") or "unknown"), io.log, r.get("lock")),
+        reads_only=False, args=(_SERVICE, _WHO)),
+    Verb("gc", lambda l, r, io: _agent().verb_gc(l, r), reads_only=False),
+    Verb("lock", lambda l, r, io: _agent().verb_lock(l, r), reads_only=False),
+    Verb("unlock", lambda l, r, io: _agent().verb_unlock(l, r), reads_only=False),
+    Verb("serve", _serve, stdin="none", reads_only=False,
+         args=(("--daemon", {"action": "store_true"}),)),
+    Verb("session", lambda l, r, io: _session(l, io), stdin="stream", reads_only=False),
+)}
+PARTIAL_VERBS = ("apply", "rollback", "remove")   # exit EXIT_PARTIAL when a service failed
+
+
+def _session(layout: Layout, io: Io) -> None:
+    """Answer framed requests until EOF (runtime/session.py), each through ``dispatch``: the
+    same table, the same shapes and codes as one verb per process."""
+    from runtime import session
+
+    def one(verb: str, request: Dict[str, Any], stream) -> Tuple[int, Dict[str, Any]]:
+        code, body = dispatch(verb, layout, request, Io(stream, None, io.log, io.argv0))
+        return code, body if body is not None else {}
+    stdin = io.stdin.buffer if hasattr(io.stdin, "buffer") else io.stdin
+    stdout = io.stdout.buffer if hasattr(io.stdout, "buffer") else io.stdout
+    raise _Exit(session.run_session(one, stdin, stdout))
+
+
+class _Exit(Exception):
+    def __init__(self, code: int):
+        self.code = code
+
+
+def dispatch(verb: str, layout: Layout, request: Dict[str, Any], io: Io) -> Tuple[int, Optional[dict]]:
+    """Run one verb: (exit code, JSON answer or None when the verb wrote its own output).
+    Agent failures become their error body and exit code."""
+    v = VERBS.get(verb)
+    try:
+        if v is None:
+            raise UnknownVerb(f"unknown verb {verb!r} (this agent speaks protocol "
+                              f"{protocol.PROTOCOL_VERSION}: {', '.join(sorted(VERBS))})",
+                              protocol=protocol.PROTOCOL_VERSION)
+        body = v.run(layout, request, io)
+    except _Exit as done:
+        return done.code, None
+    except AgentFailure as exc:
+        return exc.exit_code, exc.body()
+    if body is None:
+        return protocol.EXIT_OK, None
+    if verb in PARTIAL_VERBS and not all(s.get("ok") for s in body["services"].values()):
+        return protocol.EXIT_PARTIAL, body
+    return protocol.EXIT_OK, body
+
+
+def _read_request(stdin) -> dict:
     raw = stdin.read()
     if not raw.strip():
         return {}
@@ -53,91 +147,50 @@ def _request(stdin) -> dict:
     return req
 
 
+def parse_argv(argv: List[str], stdin) -> Tuple[Layout, str, Dict[str, Any]]:
+    """``[--root R] [--run R] VERB [ARGS]`` -> (layout, verb, request). Arguments and a JSON
+    request on stdin are two spellings of the same request (stdin wins where both say)."""
+    top = argparse.ArgumentParser(prog="orch-agent", add_help=False)
+    top.add_argument("--root", default=protocol.DEFAULT_ROOT)
+    top.add_argument("--run", default=protocol.DEFAULT_RUN)
+    top.add_argument("verb", nargs="?")
+    top.add_argument("rest", nargs=argparse.REMAINDER)
+    try:
+        ns = top.parse_args(argv)
+    except SystemExit:
+        raise Usage("usage: orch-agent [--root DIR] [--run DIR] VERB [ARGS]") from None
+    layout = Layout(ns.root, ns.run)
+    if not ns.verb:
+        raise Usage("usage: orch-agent [--root DIR] [--run DIR] VERB [ARGS]; verbs: "
+                         + ", ".join(sorted(VERBS)))
+    v = VERBS.get(ns.verb)
+    if v is None:
+        return layout, ns.verb, {}
+    sub = argparse.ArgumentParser(prog=f"orch-agent {v.name}", add_help=False)
+    for name, kw in v.args:
+        sub.add_argument(name, **kw)
+    try:
+        req = {k: x for k, x in vars(sub.parse_args(ns.rest)).items()}
+    except SystemExit:
+        raise Usage(f"bad arguments for {v.name}: {' '.join(ns.rest)}") from None
+    if v.stdin == "json":
+        req.update(_read_request(stdin))
+    return layout, v.name, req
+
+
 def _log(msg: str) -> None:
     sys.stderr.write(msg + "\n")
 
 
-def dispatch(args, stdin, stdout) -> int:
-    from runtime import agent
-    layout = Layout(args.root, args.run)
-    v = args.verb
-    if v == "session":
-        from runtime import session
-        return session.run_session(_session_dispatch(layout), stdin.buffer if hasattr(stdin, "buffer") else stdin,
-                                   stdout.buffer if hasattr(stdout, "buffer") else stdout)
-    if v == "serve":
-        from runtime import supervisor
-        if args.daemon:
-            body = supervisor.start_daemon(layout, sys.argv[0])
-        else:
-            layout.ensure()
-            return supervisor.run_serve(layout)
-    elif v == "receive":
-        body = agent.verb_receive(layout, stdin.buffer if hasattr(stdin, "buffer") else stdin)
-    elif v == "logs":
-        agent.verb_logs(layout, args.service, args.tail, args.follow, stdout)
-        return protocol.EXIT_OK
-    elif v == "remove":
-        body = agent.verb_remove(layout, args.service, args.who, _log, _request(stdin).get("lock"))
-    elif v == "rollback":
-        body = agent.verb_rollback(layout, args.service, args.to, args.who, _log,
-                                   _request(stdin).get("lock"))
-    else:
-        req = _request(stdin) if protocol.VERBS.get(v) else {}
-        fn = getattr(agent, "verb_" + v)
-        body = fn(layout, req, _log) if v == "apply" else fn(layout, req)
-    stdout.write(json.dumps(body, sort_keys=True) + "\n")
-    stdout.flush()
-    if v in ("apply", "rollback", "remove") and \
-            not all(s.get("ok") for s in body["services"].values()):
-        return protocol.EXIT_PARTIAL
-    return protocol.EXIT_OK
-
-
-def _session_dispatch(layout: Layout):
-    """(verb, request, stream) -> (exit code, body) for the session: the same verb functions
-    as the command line, with arguments spelled as request keys."""
-    from runtime import agent
-
-    def one(verb: str, req: dict, stream) -> tuple:
-        try:
-            if verb == "receive":
-                body = agent.verb_receive(layout, stream)
-            elif verb in ("rollback", "remove"):
-                service, who = str(req.get("service") or ""), str(req.get("who") or "unknown")
-                body = agent.verb_rollback(layout, service, req.get("to"), who, _log, req.get("lock")) \
-                    if verb == "rollback" else agent.verb_remove(layout, service, who, _log, req.get("lock"))
-            elif verb == "apply":
-                body = agent.verb_apply(layout, req, _log)
-            elif verb in protocol.VERBS and hasattr(agent, "verb_" + verb):
-                body = getattr(agent, "verb_" + verb)(layout, req)
-            else:
-                return protocol.EXIT_USAGE, protocol.error_body(protocol.E_USAGE, f"unknown verb {verb!r}")
-        except AgentFailure as exc:
-            return exc.exit_code, exc.body()
-        if verb in ("apply", "rollback", "remove") and not all(s.get("ok") for s in body["services"].values()):
-            return protocol.EXIT_PARTIAL, body
-        return protocol.EXIT_OK, body
-    return one
-
-
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        if exc.code:
-            print(json.dumps(protocol.error_body(protocol.E_USAGE, "bad arguments")))
-            return protocol.EXIT_USAGE
-        return 0
-    if not args.verb:
-        parser.print_help(sys.stderr)
-        return protocol.EXIT_USAGE
-    try:
-        return dispatch(args, sys.stdin, sys.stdout)
-    except AgentFailure as exc:
-        print(json.dumps(exc.body(), sort_keys=True))
-        return exc.exit_code
+        try:
+            layout, verb, req = parse_argv(argv, sys.stdin)
+        except AgentFailure as exc:
+            print(json.dumps(exc.body(), sort_keys=True))
+            return exc.exit_code
+        code, body = dispatch(verb, layout, req, Io(sys.stdin, sys.stdout, _log, sys.argv[0]))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # report, never a bare traceback on stdout
@@ -146,3 +199,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(protocol.error_body(protocol.E_INTERNAL,
                                              f"{type(exc).__name__}: {exc}")))
         return protocol.EXIT_ERROR
+    if body is not None:
+        sys.stdout.write(json.dumps(body, sort_keys=True) + "\n")
+        sys.stdout.flush()
+    return code

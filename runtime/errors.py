@@ -22,6 +22,21 @@ class BadRequest(AgentFailure):
     exit_code = protocol.EXIT_USAGE
 
 
+class Usage(AgentFailure):
+    code = protocol.E_USAGE
+    exit_code = protocol.EXIT_USAGE
+
+
+class UnknownVerb(AgentFailure):
+    code = protocol.E_UNKNOWN_VERB
+    exit_code = protocol.EXIT_USAGE
+
+
+class NewerState(AgentFailure):
+    """The state directory was written by a newer agent: refuse rather than misread it."""
+    code = protocol.E_STATE_SCHEMA
+
+
 class DigestMismatch(AgentFailure):
     code = protocol.E_DIGEST
 

@@ -11,7 +11,7 @@ from typing import Dict, List
 
 from runtime import admission, meta, protocol
 from runtime.errors import AgentFailure
-from runtime.layout import Layout, read_json, write_json
+from runtime.layout import Layout
 
 BLOB_GRACE = 600.0
 DEFAULT_KEEP = 3
@@ -19,7 +19,8 @@ DEFAULT_KEEP = 3
 
 def read_records(layout: Layout) -> dict:
     """Every release this host was given, by service (what a rollback can go back to)."""
-    return read_json(os.path.join(layout.state, "releases.json"), {}) or {}
+    from runtime.state import State
+    return State(layout).records()
 
 
 def trim_history(history: Dict[str, List[str]], keep_of: Dict[str, int]) -> Dict[str, List[str]]:
@@ -78,7 +79,7 @@ def collect(h) -> dict:
             pass
     for name in list(records):
         records[name] = {r: v for r, v in records[name].items() if (name, r) in keep_rel}
-    write_json(os.path.join(layout.state, "releases.json"), records, 0o600)
+    h.state.save_records(records)
     for d in sorted(os.listdir(layout.images)):
         if d not in keep_images:
             p = os.path.join(layout.images, d)

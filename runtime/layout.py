@@ -12,7 +12,7 @@ import json
 import os
 import secrets as _secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,14 @@ class Layout:
                   self.images, self.containers, self.volumes, self.state, self.logs, self.run):
             if os.stat(d).st_mode & 0o066:    # hosts made before this was the rule (0711,
                 os.chmod(d, 0o700)              # search only, is what userns containers need)
+
+    def read_host_id(self) -> Optional[str]:
+        """The host id if one was made (reads never make one)."""
+        try:
+            with open(os.path.join(self.state, "host-id")) as f:
+                return f.read().strip() or None
+        except OSError:
+            return None
 
     def host_id(self) -> str:
         """A random id kept per host, so container ids and cgroups never collide between

@@ -4,14 +4,21 @@ Stdlib only, Python 3.9+. It fixes verb names, exit and error codes, the framing
 ``receive`` and how a release is named, so both sides agree byte for byte.
 
 Invocation: ``python3 AGENT.pyz [--root /var/lib/orch] [--run /run/orch] VERB [ARGS]``; a
-request (where a verb takes one) is one JSON object on stdin; the answer is one JSON object on
-stdout. Exit 0 means ok; otherwise ``{"error": {"code", "message", ...}}`` and EXIT_* below
-(``apply``/``rollback``/``remove`` exit EXIT_PARTIAL with the per-service body when a service
-failed).
+request is one JSON object on stdin (verb arguments are another spelling of it); the answer is
+one JSON object on stdout. Exit 0 means ok; otherwise ``{"error": {"code", "message", ...}}``
+and EXIT_* below (``apply``/``rollback``/``remove`` exit EXIT_PARTIAL with the per-service body
+when a service failed). The verbs table is ``runtime/cli.py`` ``VERBS``; an unknown verb
+answers E_UNKNOWN_VERB.
+
+Versions: ``info`` reports ``protocol`` (this module's PROTOCOL_VERSION: the verbs and their
+shapes) and ``state_schema`` (the layout of the agent's state files, ``runtime/state.py``).
+The orchestrator checks both on every session and refuses an agent newer than itself unless a
+deliberate downgrade is asked for; an older one is upgraded by ``apply``.
 
   info                  -> {platform, agent_digest, runtime, runtime_version, python, free_disk,
-                            free_memory, nft, protocol, host_id, serve_pid}
+                            free_memory, nft, protocol, state_schema, host_id, serve_pid}
   have {digests}        -> {present: [...], partial: {digest: bytes}}
+  observe {digests}     -> {info, have, status} in one round trip (what plan/apply ask first)
   receive (frames)      -> {stored: [...], partial: {digest: bytes}}   (see frame_header)
   apply {services: {NAME: {release?, index, manifest?, deploy, secrets: {name: b64}}},
          who, wait=true} -> {services: {NAME: {ok, release, slot, wanted, error?}}}
@@ -40,18 +47,13 @@ import hashlib
 import json
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2      # 2: verbs table (unknown_verb), state_schema in info
+STATE_SCHEMA = 2          # 2: state/schema.json; v1 deploy specs get v1's defaults filled in
 DEFAULT_ROOT = "/var/lib/orch"
 DEFAULT_RUN = "/run/orch"
 PIDFILE = "serve.pid"  # under the run dir: /run/orch/serve.pid
 
-# verb -> takes a JSON request on stdin
-VERBS = {
-    "info": False, "have": True, "observe": True, "receive": False, "apply": True, "status": False,
-    "logs": False, "rollback": True, "gc": True, "lock": True, "unlock": True,
-    "audit": False, "serve": False, "remove": True,
-}
-MUTATING = frozenset({"apply", "rollback", "remove", "gc"})
+MUTATING = frozenset({"apply", "rollback", "remove", "gc"})   # need the deploy-lock token
 
 # exit codes (stable)
 EXIT_OK = 0
@@ -59,9 +61,13 @@ EXIT_ERROR = 1        # the verb ran and failed (see error.code)
 EXIT_USAGE = 2        # bad arguments or request
 EXIT_LOCKED = 3       # another holder has the deploy lock
 EXIT_PARTIAL = 4      # apply: at least one service failed (body still lists every service)
+EXIT_NO_AGENT = 5     # the launcher found no agent file at the path it was given
 
 # error codes
 E_USAGE = "usage"
+E_UNKNOWN_VERB = "unknown_verb"
+E_NO_AGENT = "no_agent"
+E_STATE_SCHEMA = "state_schema"
 E_BAD_REQUEST = "bad_request"
 E_DIGEST = "digest_mismatch"
 E_MISSING_BLOB = "missing_blob"

@@ -5,6 +5,10 @@ import os
 
 
 def free_disk(path: str) -> int:
+    """Free bytes on the filesystem that holds ``path`` (or would hold it: its nearest existing
+    parent, so a read on a fresh host creates nothing)."""
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
 

@@ -10,6 +10,12 @@ service that needs them waits for the orchestrator's next apply.
 - audit.log     append-only: who applied or rolled back what, when (never secrets)
 - lock.json     the deploy lock {holder, token, since, expires} (0600: the token is the
                 session's proof that it holds the lock; answers never show it)
+- releases.json every release the host was given: {service: {release: target}} (rollback, gc)
+- schema.json   {"schema": N}: the layout of the files above (protocol.STATE_SCHEMA). No such
+                file beside existing state means version 1. Files keep a shape an older agent
+                reads; what changed is a migration below, applied in memory on every read and
+                written back by ``upgrade`` (verbs that change the host, and ``serve``), so a
+                read never writes. A directory written by a newer agent is refused (NewerState).
 """
 from __future__ import annotations
 
@@ -20,8 +26,46 @@ import os
 import time
 from typing import Any, Dict, Iterator, List, Optional
 
-from runtime.errors import Busy, Locked
+from runtime import protocol
+from runtime.errors import Busy, Locked, NewerState
 from runtime.layout import Layout, read_json, write_json
+
+
+SCHEMA_FILE = "schema.json"
+# What a version 1 agent assumed where a deploy spec left a key out (its defaults differed from
+# today's: drain was 0.0), so a migrated spec keeps its meaning.
+V1_DEPLOY_DEFAULTS = {"drain": 0.0, "monitor": 0.0, "stop_timeout": 10.0, "stop_first": False,
+                      "keep_releases": 3}
+
+
+def _v1_target(target: Dict[str, Any]) -> Dict[str, Any]:
+    for t in target.values():
+        if isinstance(t, dict) and isinstance(t.get("deploy"), dict):
+            for k, v in V1_DEPLOY_DEFAULTS.items():
+                t["deploy"].setdefault(k, v)
+    return target
+
+
+def _v1_releases(records: Dict[str, Any]) -> Dict[str, Any]:
+    for by_release in records.values():
+        if isinstance(by_release, dict):
+            _v1_target(by_release)
+    return records
+
+
+# (from version, file) -> function(data) -> data of the next version
+MIGRATIONS = {(1, "target.json"): _v1_target, (1, "releases.json"): _v1_releases}
+
+
+def disk_schema(state_dir: str) -> int:
+    """The schema version of a state directory (1 when it predates schema.json; the current
+    one when there is no state yet)."""
+    rec = read_json(os.path.join(state_dir, SCHEMA_FILE))
+    if isinstance(rec, dict) and isinstance(rec.get("schema"), int):
+        return rec["schema"]
+    if any(os.path.exists(os.path.join(state_dir, n)) for n in ("target.json", "status.json")):
+        return 1
+    return protocol.STATE_SCHEMA
 
 
 class State:
@@ -33,9 +77,44 @@ class State:
     def _p(self, name: str) -> str:
         return os.path.join(self.dir, name)
 
+    def _load(self, name: str) -> Dict[str, Any]:
+        """A state file as this agent's schema sees it (migrated in memory)."""
+        version = disk_schema(self.dir)
+        if version > protocol.STATE_SCHEMA:
+            raise NewerState(f"{self.dir} was written by a newer agent (state schema {version}; "
+                             f"this agent reads up to {protocol.STATE_SCHEMA})",
+                             state_schema=version)
+        data = read_json(self._p(name), {}) or {}
+        for v in range(version, protocol.STATE_SCHEMA):
+            step = MIGRATIONS.get((v, name))
+            if step is not None:
+                data = step(data)
+        return data
+
+    def upgrade(self) -> int:
+        """Write every state file in this agent's schema (once; a no-op when current).
+        Returns the version found."""
+        version = disk_schema(self.dir)
+        if version < protocol.STATE_SCHEMA:
+            for name in sorted({n for (_, n) in MIGRATIONS}):
+                if os.path.exists(self._p(name)):
+                    write_json(self._p(name), self._load(name), 0o600, durable=True)
+        if version <= protocol.STATE_SCHEMA and not os.path.exists(self._p(SCHEMA_FILE)):
+            write_json(self._p(SCHEMA_FILE), {"schema": protocol.STATE_SCHEMA}, durable=True)
+        elif version > protocol.STATE_SCHEMA:
+            self._load("target.json")       # raises NewerState
+        return version
+
     # --- target ------------------------------------------------------------------------
     def target(self) -> Dict[str, Any]:
-        return read_json(self._p("target.json"), {}) or {}
+        return self._load("target.json")
+
+    def records(self) -> Dict[str, Any]:
+        """releases.json: {service: {release: target}}."""
+        return self._load("releases.json")
+
+    def save_records(self, records: Dict[str, Any]) -> None:
+        write_json(self._p("releases.json"), records, 0o600, durable=True)
 
     def save_target(self, target: Dict[str, Any]) -> None:
         write_json(self._p("target.json"), target, 0o600, durable=True)
@@ -59,7 +138,7 @@ class State:
 
     # --- status ------------------------------------------------------------------------
     def status(self) -> Dict[str, Any]:
-        st = read_json(self._p("status.json"), {}) or {}
+        st = self._load("status.json")
         for k, default in (("current", {}), ("healthy", []), ("settled", []), ("failed", {}),
                            ("restarts", {}), ("history", {}), ("ipam", 1)):
             st.setdefault(k, default)

@@ -44,7 +44,28 @@ def test_bad_json_and_unknown_verb(agent):
     rc, body = agent.call("apply", data=b"{nope")
     assert rc == protocol.EXIT_USAGE and body["error"]["code"] == protocol.E_BAD_REQUEST
     rc, body = agent.call("frobnicate")
+    assert rc == protocol.EXIT_USAGE and body["error"]["code"] == protocol.E_UNKNOWN_VERB
+    assert "frobnicate" in body["error"]["message"]
+    rc, body = agent.call("rollback")                          # its argument is missing
     assert rc == protocol.EXIT_USAGE and body["error"]["code"] == protocol.E_USAGE
+
+
+def test_every_verb_dispatches_through_one_table(tmp_path):
+    """One shape for a verb: (layout, request, io) -> (exit code, JSON); an unknown verb gets a
+    stable code without a process of its own (a session dispatches the same way)."""
+    import io as _io
+
+    from runtime.cli import VERBS, Io, dispatch
+    from runtime.layout import Layout
+    layout = Layout(str(tmp_path / "root"), str(tmp_path / "run"))
+    sink = _io.StringIO()
+    code, body = dispatch("nope", layout, {}, Io(_io.StringIO(), sink, print))
+    assert code == protocol.EXIT_USAGE and body["error"]["code"] == protocol.E_UNKNOWN_VERB
+    assert body["error"]["protocol"] == protocol.PROTOCOL_VERSION
+    code, body = dispatch("audit", layout, {}, Io(_io.StringIO(), sink, print))
+    assert (code, body) == (protocol.EXIT_OK, {"lines": []})
+    assert all(v.name in protocol.__doc__ for v in VERBS.values())   # the contract lists every verb
+    assert {v.name for v in VERBS.values() if v.reads_only} == {"info", "have", "observe", "status", "audit", "logs"}
 
 
 def test_lock_unlock_audit(agent):
@@ -163,3 +184,13 @@ def test_apply_without_the_lock_changes_nothing(agent, tmp_path):
     rc, body = agent.call("apply", req={"who": "t", "services": services}, lock=False)
     assert rc == protocol.EXIT_LOCKED and body["error"]["code"] == protocol.E_LOCKED, body
     assert not (tmp_path / "root" / "state" / "target.json").exists()
+
+
+def test_read_verbs_on_a_fresh_host_leave_no_trace(agent, tmp_path):
+    """Reads are reads: on a host where orch never ran, info/observe/have/status/audit answer
+    without making the state directory, a host id or anything else."""
+    for verb, req in (("info", None), ("observe", {"digests": ["sha256:" + "3" * 64]}),
+                      ("have", {"digests": []}), ("status", None), ("audit", None)):
+        rc, body = agent.call(verb, req=req)
+        assert rc == 0, (verb, body)
+    assert sorted(os.listdir(tmp_path)) == []
