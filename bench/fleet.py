@@ -116,7 +116,7 @@ def main() -> int:
 
 def throughput(tmp: Path, mb: int) -> None:
     from orchestrator.agent.bundle import build_agent_pyz
-    from orchestrator.agent.install import ensure_agent
+    from orchestrator.agent.install import install_agent_and_serve
     from orchestrator.lab.fleet import lab_hosts
     from orchestrator.transport.shipper import reconnecting_client, ship_blobs
     from orchestrator.transport.ssh import ConnectionPool
@@ -134,7 +134,7 @@ def throughput(tmp: Path, mb: int) -> None:
         digest, size = store.put_stream(f)
     pyz, agent_digest = build_agent_pyz(str(tmp))
     with ConnectionPool([host.target]) as pool:
-        client = ensure_agent(pool.get(host.name), str(pyz), agent_digest)
+        client = install_agent_and_serve(pool.get(host.name), str(pyz), agent_digest)
         t = time.monotonic()
         ship_blobs(reconnecting_client(pool, host.name, client.path), [(digest, size)], store.open_blob)
         orch_s = time.monotonic() - t

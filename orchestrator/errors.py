@@ -106,6 +106,10 @@ class AgentError(OrchError):
         super().__init__(f"{host}: {message}" if host else message, hint=hint)
 
 
+class AgentVersionError(AgentError):
+    """The host runs an agent newer than this orch (protocol or state schema)."""
+
+
 class LockHeldError(OrchError):
     exit_code = 10
 

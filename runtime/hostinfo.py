@@ -7,10 +7,9 @@ import sys
 import zipfile
 from typing import Optional
 
+from runtime import platforms
 from runtime.layout import Layout
 
-ARCH = {"x86_64": "linux/amd64", "amd64": "linux/amd64", "aarch64": "linux/arm64",
-        "arm64": "linux/arm64", "armv7l": "linux/arm/v7", "armv6l": "linux/arm/v6"}
 
 
 def host_platform(etc: str = "/etc/orch/platform") -> str:
@@ -21,7 +20,7 @@ def host_platform(etc: str = "/etc/orch/platform") -> str:
             return p
     except OSError:
         pass
-    return ARCH.get(_platform.machine(), "linux/" + _platform.machine())
+    return platforms.from_machine(_platform.machine())
 
 
 def agent_digest() -> str:

@@ -83,10 +83,11 @@ def run_serve(layout: Layout) -> int:
 def start_daemon(layout: Layout, argv0: str, extra: Optional[list] = None) -> dict:
     """Start ``serve`` detached (new session, output to <root>/logs/agent.log) and return its
     pid once the pidfile names it. An already running serve is reported, not duplicated."""
-    from runtime.hostinfo import serve_pid
+    from runtime.hostinfo import serve_agent, serve_pid
     layout.ensure()
     pid = serve_pid(layout)
-    if pid:
+    # one that runs this agent file stays; one that runs another (being upgraded) is succeeded
+    if pid and (serve_agent(pid) == argv0 or not argv0.endswith(".pyz")):
         return {"pid": pid, "pidfile": layout.pidfile, "started": False}
     logf = open(os.path.join(layout.logs, "agent.log"), "ab")
     argv = [sys.executable, argv0, "--root", layout.root, "--run", layout.run, "serve"]

@@ -13,6 +13,7 @@ from orchestrator.lab.fleet import LabHost, lab_hosts
 from orchestrator.lab.layout import LabLayout, LabSpec
 from orchestrator.lab.machine import LabMachine
 from orchestrator.transport.ssh import ConnectionPool
+from runtime import platforms
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,7 +110,7 @@ def _debian_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-DEBIAN_ARCH = {"linux/amd64": "amd64", "linux/arm64": "arm64", "linux/arm/v7": "armhf"}
+DEBIAN_ARCH = {p.name: p.debian for p in platforms.TABLE}
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,13 @@
-"""Calling the host agent over SSH: install it (by digest), run its verbs, stream blobs to it.
+"""Calling the host agent over SSH: run its verbs, stream blobs to it, install it (by digest).
 
 A thin edge module: argument lists in, parsed JSON out, agent errors as `AgentError`.
+
+Every verb runs through ``LAUNCH``, a few lines of Python that run the agent file if it is there
+and otherwise answer, as JSON with exit ``EXIT_NO_AGENT``, what a reader needs instead: the
+python version, the host's machine and the agent files that are there. A missing agent is
+thus told by its own exit code, in the same round trip, never by Python's error text.
+Every session (an ``AgentClient``) checks the agent's protocol and state schema once, from the
+first answer that carries them (``observe`` or ``info``).
 """
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ import json
 import posixpath
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
-from orchestrator.errors import AgentError
+from orchestrator.errors import AgentError, AgentVersionError
 from orchestrator.transport.ssh import SSHConnection, close_quietly
 from runtime import protocol
 
@@ -16,36 +23,78 @@ REMOTE_ROOT = protocol.DEFAULT_ROOT
 AGENT_DIR = posixpath.join(REMOTE_ROOT, "agent")
 MIN_PYTHON = (3, 9)
 
-# One round trip that tells whether python3 is there, how new it is, and whether the agent is.
-_PROBE = (
-    "import os, sys, json; "
-    "print(json.dumps({'python': list(sys.version_info[:2]), 'agent': os.path.isfile(sys.argv[1])}))"
-)
+# python3 -c LAUNCH AGENT VERB ARGS...: run AGENT as `python3 AGENT VERB ARGS...` would, or say
+# what is there instead (exit EXIT_NO_AGENT). Python 2 and 3 syntax alike, so an old python3 is
+# told by its version, not by a syntax error.
+LAUNCH = """import json, os, platform, sys
+path = sys.argv[1]
+if not os.path.isfile(path):
+    d = os.path.dirname(path)
+    try:
+        agents = [[os.path.join(d, n), os.stat(os.path.join(d, n)).st_mtime]
+                  for n in sorted(os.listdir(d)) if n.endswith(".pyz")]
+    except OSError:
+        agents = []
+    serve = None
+    try:
+        with open(%(pidfile)r) as f:
+            with open("/proc/%%d/cmdline" %% int(f.read().strip()), "rb") as c:
+                serve = [a.decode() for a in c.read().split(bytes(1)) if a.endswith(b".pyz")][0]
+    except Exception:
+        pass
+    try:
+        with open("/etc/orch/platform") as f:
+            declared = f.read().strip() or None
+    except (IOError, OSError):
+        declared = None
+    print(json.dumps({"error": {"code": %(code)r, "message": "no agent at " + path,
+                                "python": list(sys.version_info[:3]), "machine": platform.machine(),
+                                "platform": declared, "agents": agents, "serve_agent": serve}}))
+    sys.exit(%(exit)d)
+sys.argv = sys.argv[1:]
+import runpy
+runpy.run_path(path, run_name="__main__")
+""" % {"pidfile": posixpath.join(protocol.DEFAULT_RUN, protocol.PIDFILE), "code": protocol.E_NO_AGENT,
+       "exit": protocol.EXIT_NO_AGENT}
+
+
+def check_versions(host: str, info: Mapping[str, Any], *, allow_newer: bool = False) -> None:
+    """Refuse an agent that speaks a newer protocol, or keeps a newer state schema, than this
+    orch (an older orch would silently downgrade it); ``allow_newer`` is a deliberate choice."""
+    theirs = (int(info.get("protocol") or 1), int(info.get("state_schema") or 1))
+    ours = (protocol.PROTOCOL_VERSION, protocol.STATE_SCHEMA)
+    if allow_newer or (theirs[0] <= ours[0] and theirs[1] <= ours[1]):
+        return
+    raise AgentVersionError(
+        f"runs a newer agent (protocol {theirs[0]}, state schema {theirs[1]}) than this orch "
+        f"(protocol {ours[0]}, state schema {ours[1]})", host=host,
+        hint="upgrade orch on this machine; `orch apply --allow-downgrade` replaces it with this "
+             "orch's agent on purpose")
 
 
 def agent_path(digest: str) -> str:
     return posixpath.join(AGENT_DIR, protocol.split_digest(digest) + ".pyz")
 
 
-def install_agent(conn: SSHConnection, local_pyz: str, digest: str) -> str:
-    """Make sure the agent with this digest is on the host (the file name is its digest); its path."""
-    path = agent_path(digest)
-    res = conn.run(["python3", "-c", _PROBE, path], timeout=30)
+class AgentMissing(AgentError):
+    """No agent file at the path a session was opened on; ``facts`` is what the launcher saw:
+    python, machine, declared platform, the agent files there (path, mtime), serve's agent."""
+
+    def __init__(self, host: str, facts: Mapping[str, Any]):
+        super().__init__("agent not installed", host=host, code=protocol.E_NO_AGENT,
+                         hint="orch apply installs it")
+        self.facts = dict(facts)
+
+
+def put_agent(conn: SSHConnection, local_pyz: str, digest: str, python: Sequence[int]) -> str:
+    """Copy the agent file (named by its digest) to the host; its path. Refuses a python3 the
+    agent cannot run on."""
     host = conn.target.name
-    if res.exit_code == 127 or b"not found" in res.stderr and not res.stdout:
-        raise AgentError("python3 is not installed on the host", host=host,
-                         hint="install it there: apt-get install python3-minimal")
-    try:
-        probe = json.loads(res.stdout)
-    except ValueError:
-        raise AgentError(f"cannot probe python3: {res.stderr.decode(errors='replace').strip()[:300]}",
-                         host=host) from None
-    if tuple(probe["python"]) < MIN_PYTHON:
-        raise AgentError(f"python3 {'.'.join(map(str, probe['python']))} is too old (the agent needs 3.9+)",
-                         host=host)
-    if probe["agent"]:
-        return path
-    mk = conn.run(["mkdir", "-p", AGENT_DIR])
+    if tuple(python[:2]) < MIN_PYTHON:
+        raise AgentError(f"python3 {'.'.join(map(str, python[:3]))} is too old (the agent needs 3.9+)",
+                         host=host, hint="install a newer python3 there")
+    path = agent_path(digest)
+    mk = conn.run(["mkdir", "-p", AGENT_DIR], timeout=30)
     if mk.exit_code != 0:
         raise AgentError(f"cannot create {AGENT_DIR}: {mk.stderr.decode(errors='replace').strip()}", host=host)
     conn.put_file(local_pyz, path, 0o644)
@@ -55,22 +104,37 @@ def install_agent(conn: SSHConnection, local_pyz: str, digest: str) -> str:
 class AgentClient:
     """The agent on one host, reached through one pooled SSH connection; with a `session`
     (orchestrator/agent/session.py), every verb goes to one agent process instead of a new
-    `python3 AGENT VERB` each."""
+    `python3 AGENT VERB` each. The agent's versions are checked once per client (``checked``,
+    from the first answer that carries them); a ``read_only`` client refuses verbs that change
+    the host, so a read command cannot change one by mistake."""
 
-    def __init__(self, conn: SSHConnection, path: str, session=None):
+    def __init__(self, conn: SSHConnection, path: str, session=None, *, read_only: bool = False,
+                 allow_newer: bool = False):
         self.conn = conn
         self.path = path
         self.session = session
+        self.read_only = read_only
+        self.allow_newer = allow_newer
+        self.checked: Optional[Dict[str, Any]] = None     # the info the versions were checked on
 
     @property
     def host(self) -> str:
         return self.conn.target.name
 
     def argv(self, verb: str, *args: str) -> List[str]:
-        return ["python3", self.path, verb, *args]
+        return ["python3", "-c", LAUNCH, self.path, verb, *args]
+
+    def check(self, info: Mapping[str, Any]) -> None:
+        check_versions(self.host, info, allow_newer=self.allow_newer)
+        self.checked = dict(info)
 
     def call(self, verb: str, request: Optional[Mapping[str, Any]] = None, *args: str,
              timeout: Optional[float] = 300) -> Dict[str, Any]:
+        from runtime.cli import VERBS
+        if self.read_only and not (verb in VERBS and VERBS[verb].reads_only):
+            raise AgentError(f"{verb}: changes the host, and this is a read-only session", host=self.host)
+        if self.checked is None and verb not in ("info", "observe"):
+            self.check(self.call("info", {"runtime_version": False}))
         if self.session is not None and not self.session.closed and not args:
             return self._in_session(verb, request or {}, timeout)
         data = json.dumps(request).encode() if request is not None else None
@@ -83,7 +147,14 @@ class AgentClient:
         return self._answer(verb, code, body, "")
 
     def _answer(self, verb: str, code: int, body: Dict[str, Any], stderr: str) -> Dict[str, Any]:
+        if code == protocol.EXIT_NO_AGENT and (body.get("error") or {}).get("code") == protocol.E_NO_AGENT:
+            raise AgentMissing(self.host, body["error"])
+        if code == 127:
+            raise AgentError("python3 is not installed on the host", host=self.host,
+                             hint="install it there: apt-get install python3-minimal")
         if code == protocol.EXIT_OK and "error" not in body:
+            if verb in ("info", "observe") and self.checked is None:
+                self.check(body["info"] if verb == "observe" else body)
             return body
         if code == protocol.EXIT_PARTIAL and "services" in body:
             return body            # apply: per-service outcome, some failed

@@ -6,32 +6,18 @@ containers are run detached by the OCI runtime and keep serving.
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Sequence, Tuple
 
-from orchestrator.agent.client import AGENT_DIR, AgentClient, agent_path, install_agent
+from orchestrator.agent.client import (AgentClient, AgentMissing, agent_path,
+                                       check_versions, put_agent)
 from orchestrator.agent.session import AgentSession, SessionGone
 from orchestrator.errors import AgentError
 from orchestrator.transport.ssh import SSHConnection
+from runtime import platforms, protocol
 
 UNIT_PATH = "/etc/systemd/system/orch-agent.service"
-
-# Starts `python3 AGENT serve` in its own session with stdio on a log file, then returns at once.
-_DAEMONIZE = (
-    "import os, sys\n"
-    "agent, log = sys.argv[1], sys.argv[2]\n"
-    "if os.fork():\n"
-    "    sys.exit(0)\n"
-    "os.setsid()\n"
-    "if os.fork():\n"
-    "    os._exit(0)\n"
-    "fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)\n"
-    "null = os.open(os.devnull, os.O_RDONLY)\n"
-    "os.dup2(null, 0); os.dup2(fd, 1); os.dup2(fd, 2)\n"
-    "os.closerange(3, 1024)\n"
-    "os.chdir('/')\n"
-    "os.execvp('python3', ['python3', agent, 'serve'])\n"
-)
-
 
 def render_unit(agent_path: str) -> str:
     return "\n".join([
@@ -52,35 +38,86 @@ def render_unit(agent_path: str) -> str:
     ])
 
 
-def ensure_agent(conn: SSHConnection, local_pyz: str, digest: str) -> AgentClient:
-    """Install the agent if its digest is new there, and make sure `serve` runs that agent."""
-    return observe_host(conn, local_pyz, digest)[0]
+@dataclass
+class HostView:
+    """What a host's agent says, read without changing anything there."""
+
+    client: Optional[AgentClient]       # a read-only session on the agent that is there, if any
+    answer: Optional[dict]              # its `observe` answer: {info, have, status}
+    agent: str                          # current | other (another agent file) | missing
+    facts: Dict[str, Any] = field(default_factory=dict)   # the launcher's, where ours is missing
+
+    @property
+    def platform(self) -> Optional[str]:
+        if self.answer:
+            return self.answer["info"].get("platform")
+        return self.facts.get("platform") or (platforms.from_machine(self.facts["machine"])
+                                              if self.facts.get("machine") else None)
+
+    def would_install(self, digest: str) -> Optional[str]:
+        """What `apply` would do to the agent here (None: nothing)."""
+        name = f"orch-agent-{protocol.split_digest(digest)[:12]}"
+        if self.agent == "current":
+            return None
+        if self.agent == "other":
+            return f"upgrade the agent to {name} (now {posixpath.basename(self.client.path)[:12]})"
+        return f"install the agent {name} and start its supervisor"
 
 
-def observe_host(conn: SSHConnection, local_pyz: str, digest: str,
-                 digests: Sequence[str] = ()) -> Tuple[AgentClient, dict]:
-    """One round trip in the steady state: the agent's `observe` (info, which of `digests` the
-    host has, status), as the first request of an agent session that the returned client keeps
-    for the rest of the command. The agent is installed first only where its file is missing,
-    and its supervisor restarted only where it runs another agent file."""
+def read_host(conn: SSHConnection, digest: str, digests: Sequence[str] = (), *,
+              allow_newer: bool = False) -> HostView:
+    """Ask the host's agent for info, the blobs among ``digests`` it has, and its status, in one
+    round trip where this orch's agent is there. Where it is not, ask the agent file that is
+    there (the one `serve` runs, else the newest); where none is, report the host as it is.
+    Installs nothing, starts nothing, takes no lock."""
+    request = {"digests": list(digests)}
     path = agent_path(digest)
-    for attempt in (1, 2):
-        session = AgentSession.open(conn, path)
-        try:
-            code, body = session.call("observe", {"digests": list(digests)}, timeout=120)
-            break
-        except SessionGone as exc:
-            if session.exit_code == 127:
-                raise AgentError("python3 is not installed on the host", host=conn.target.name,
-                                 hint="install it there: apt-get install python3-minimal") from None
-            if attempt == 1 and session.exit_code == 2 and "can't open file" in str(exc):
-                install_agent(conn, local_pyz, digest)
-                continue
+    session = AgentSession.open(conn, path)   # kept by the client for the rest of the command
+    ours = AgentClient(conn, path, session, read_only=True, allow_newer=allow_newer)
+    try:
+        code, body = session.call("observe", request, timeout=120)
+        return HostView(ours, ours._answer("observe", code, body, ""), "current")
+    except SessionGone:
+        if session.exit_code == 127:
+            raise AgentError("python3 is not installed on the host", host=conn.target.name,
+                             hint="install it there: apt-get install python3-minimal") from None
+        if session.exit_code != protocol.EXIT_NO_AGENT:
             raise
-    client = AgentClient(conn, path, session)
-    body = client._answer("observe", code, body, "")
-    _check_info(conn, client.path, digest, body["info"])
-    return client, body
+    try:                # the launcher's facts, where the agent is missing (one more round trip)
+        AgentClient(conn, path, read_only=True).call("observe", request, timeout=120)
+        raise AgentError("the agent answered outside its session", host=conn.target.name)
+    except AgentMissing as missing:
+        facts = missing.facts
+    found = [a for a, _ in sorted(facts.get("agents") or [], key=lambda a: a[1])]
+    if not found:
+        return HostView(None, None, "missing", facts)
+    path = facts.get("serve_agent") if facts.get("serve_agent") in found else found[-1]
+    other = AgentClient(conn, path, read_only=True, allow_newer=allow_newer)
+    return HostView(other, other.call("observe", request, timeout=120), "other", facts)
+
+
+def install_and_observe(conn: SSHConnection, local_pyz: str, digest: str,
+                        digests: Sequence[str] = (), *, allow_downgrade: bool = False
+                        ) -> Tuple[AgentClient, dict]:
+    """For commands that change hosts (apply, rollback): read the host; where this orch's agent
+    is missing, install it (refusing to replace a newer one unless ``allow_downgrade``); make
+    sure `serve` runs it. One round trip in the steady state."""
+    view = read_host(conn, digest, digests, allow_newer=True)
+    if view.agent != "current":
+        if view.client is not None and view.client.checked is not None:
+            check_versions(conn.target.name, view.client.checked, allow_newer=allow_downgrade)
+        python = view.facts.get("python") or [0]
+        put_agent(conn, local_pyz, digest, python)
+        view = read_host(conn, digest, digests, allow_newer=True)
+    client = AgentClient(conn, agent_path(digest), view.client.session)   # the same session
+    client.check(view.answer["info"])
+    _check_info(conn, client.path, digest, view.answer["info"])
+    return client, view.answer
+
+
+def install_agent_and_serve(conn: SSHConnection, local_pyz: str, digest: str) -> AgentClient:
+    """Install the agent if its digest is new there, and make sure `serve` runs that agent."""
+    return install_and_observe(conn, local_pyz, digest)[0]
 
 
 def _check_info(conn: SSHConnection, path: str, digest: str, info: dict) -> None:
@@ -98,7 +135,7 @@ def _check_info(conn: SSHConnection, path: str, digest: str, info: dict) -> None
     if info.get("serve_agent") == path:
         return
     if info.get("serve_pid"):
-        conn.run(["kill", str(info["serve_pid"])])   # an older agent: replace the supervisor only
+        conn.run(["kill", str(info["serve_pid"])], timeout=30)   # an older agent: replace the supervisor only
     _start_serve(conn, path)
 
 
@@ -115,7 +152,10 @@ def _start_serve(conn: SSHConnection, agent_path: str) -> None:
                     raise AgentError(f"{' '.join(argv)}: {step.stderr.decode(errors='replace').strip()}",
                                      host=conn.target.name)
             return
-    res = conn.run(["python3", "-c", _DAEMONIZE, agent_path, f"{AGENT_DIR}/serve.log"])
-    if res.exit_code != 0:
-        raise AgentError(f"cannot start the agent supervisor: {res.stderr.decode(errors='replace').strip()}",
+    # the agent's own `serve --daemon` (runtime/supervisor.py start_daemon): one way to start it
+    client = AgentClient(conn, agent_path)
+    res = conn.run(client.argv("serve", "--daemon"), timeout=60)
+    ok, body = protocol.parse_answer(res.exit_code, res.stdout)
+    if not ok:
+        raise AgentError(f"cannot start the agent supervisor: {(body.get('error') or {}).get('message')}",
                          host=conn.target.name)

@@ -20,6 +20,8 @@ def add_arguments(parser) -> None:
                              "(default 60) plus, for each service it applies, its health retries, monitor, "
                              "drain, stop_timeout and a 3 s settle window; the rest of the fleet follows "
                              "on_failure, the lock is released")
+    parser.add_argument("--allow-downgrade", action="store_true",
+                        help="replace an agent newer than this orch (protocol or state schema) with this orch's")
 
 
 def run(args) -> int:
@@ -34,7 +36,7 @@ def run(args) -> int:
     started = time.monotonic()
     prep = prepare_with_progress(args)
     with ConnectionPool(h.target for h in prep.hosts) as pool:
-        obs = observe(prep, pool)
+        obs = observe(prep, pool, allow_downgrade=args.allow_downgrade)
         if not args.json:
             print(render_plan(obs.plan))
         if obs.plan.up_to_date:

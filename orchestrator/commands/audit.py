@@ -14,7 +14,6 @@ EXAMPLES = (
 
 def add_arguments(parser) -> None:
     add_source_arguments(parser)
-    parser.add_argument("--force-unlock", action="store_true", help="also break a stale fleet lock")
 
 
 def run(args) -> int:
@@ -23,9 +22,9 @@ def run(args) -> int:
 
     fleet = open_fleet(args.directory, parse_vars(args.var))
     with fleet.pool:
-        clients, errors = fleet.clients()
-        if args.force_unlock:
-            fan_out(list(clients.items()), lambda kv: kv[1].unlock("", force=True), name=lambda kv: kv[0])
+        views, errors = fleet.views()          # a read: installs nothing, takes no lock
+        errors.update({h: "agent not installed" for h, v in views.items() if v.client is None})
+        clients = {h: v.client for h, v in views.items() if v.client is not None}
         fan = fan_out(list(clients.items()), lambda kv: kv[1].audit(), name=lambda kv: kv[0])
     rows = []
     for host, body in fan.ok.items():

@@ -20,13 +20,15 @@ def run(args) -> int:
 
     fleet = open_fleet(args.directory, parse_vars(args.var))
     with fleet.pool:
-        clients, errors = fleet.clients()
-        infos = {h: c.info() for h, c in clients.items()}
+        views, errors = fleet.views()          # a read: installs nothing, takes no lock
+        infos = {h: v.answer["info"] for h, v in views.items() if v.answer}
     rows = []
     for host in fleet.hosts:
         info = infos.get(host.name)
-        rows.append({"host": host.name, "address": host.target.address, "reachable": info is not None,
-                     "platform": (info or {}).get("platform") or host.platform,
+        view = views.get(host.name)
+        rows.append({"host": host.name, "address": host.target.address, "reachable": view is not None,
+                     "agent_installed": view is not None and view.agent == "current",
+                     "platform": (info or {}).get("platform") or (view.platform if view else None) or host.platform,
                      "agent": (info or {}).get("agent_digest"), "runtime": (info or {}).get("runtime"),
                      "free_disk": (info or {}).get("free_disk"), "free_memory": (info or {}).get("free_memory"),
                      "error": str(errors[host.name]) if host.name in errors else None})
@@ -37,6 +39,10 @@ def run(args) -> int:
         for r in rows:
             if not r["reachable"]:
                 print(f"{r['host']:<14} {r['address']:<16} UNREACHABLE: {r['error']}")
+                continue
+            if not r["agent"]:
+                print(f"{r['host']:<14} {r['address']:<16} {r['platform'] or '-':<13} agent not installed "
+                      "(orch apply installs it)")
                 continue
             print(f"{r['host']:<14} {r['address']:<16} {r['platform']:<13} {r['runtime'] or '-':<8} "
                   f"{human_bytes(r['free_disk'] or 0):<10} {(r['agent'] or '')[:19]}")

@@ -37,7 +37,9 @@ def run(args) -> int:
     if args.follow and len(names) != 1:
         raise UsageError("--follow needs one host: add --host H")
     with fleet.pool:
-        clients, errors = fleet.clients(names)
+        views, errors = fleet.views(names)     # a read: installs nothing, takes no lock
+        errors.update({h: "agent not installed" for h, v in views.items() if v.client is None})
+        clients = {h: v.client for h, v in views.items() if v.client is not None}
         for name in names:
             if name in errors:
                 print(f"== {name}: UNREACHABLE: {errors[name]}", file=sys.stderr)

@@ -1,4 +1,6 @@
-"""`orch plan [DIR]`: what `apply` would change on each host, touching nothing."""
+"""`orch plan [DIR]`: what `apply` would change on each host, touching nothing: no agent is
+installed or restarted and no lock is taken; where the agent is missing or another one runs,
+the plan says what apply would install."""
 from __future__ import annotations
 
 from orchestrator.commands._common import add_source_arguments, prepare_with_progress, print_json
@@ -21,7 +23,7 @@ def run(args) -> int:
 
     prep = prepare_with_progress(args)
     with ConnectionPool(h.target for h in prep.hosts) as pool:
-        obs = observe(prep, pool)
+        obs = observe(prep, pool, install=False)
     if args.json:
         print_json(plan_to_json(obs.plan))
     else:

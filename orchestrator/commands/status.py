@@ -17,19 +17,18 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from orchestrator.fleet.deploy import open_fleet
-    from orchestrator.transport.fanout import fan_out
 
     fleet = open_fleet(args.directory, parse_vars(args.var))
     with fleet.pool:
-        clients, errors = fleet.clients()
-        fan = fan_out(list(clients.items()), lambda kv: kv[1].status(), name=lambda kv: kv[0])
+        views, errors = fleet.views()          # a read: installs nothing, takes no lock
+    answers = {h: v.answer["status"] for h, v in views.items() if v.answer}
     rows = []
     for host in fleet.hosts:
-        err = errors.get(host.name) or fan.failed.get(host.name)
+        err = errors.get(host.name) or (None if host.name in answers else "agent not installed")
         if err:
             rows.append({"host": host.name, "error": str(err)})
             continue
-        for name, s in sorted((fan.ok[host.name].get("services") or {}).items()):
+        for name, s in sorted((answers[host.name].get("services") or {}).items()):
             rows.append({"host": host.name, "service": name, "release": s.get("release"), "slot": s.get("slot"),
                          "state": s.get("state"), "health": s.get("health"), "since": s.get("since"),
                          "previous": s.get("previous"), "error": s.get("error")})
@@ -45,13 +44,13 @@ def run(args) -> int:
         print(f"{'HOST':<14} {'SERVICE':<14} {'RELEASE':<20} {'SLOT':<6} {'STATE':<9} {'HEALTH':<9} SINCE")
         for r in rows:
             if "service" not in r:
-                print(f"{r['host']:<14} UNREACHABLE: {r['error']}")
+                print(f"{r['host']:<14} {'' if r['error'] == 'agent not installed' else 'UNREACHABLE: '}{r['error']}")
                 continue
             pending = r["pending"]
             print(f"{r['host']:<14} {r['service']:<14} {str(r['release']):<20} {str(r['slot']):<6} "
                   f"{str(r['state']):<9} {str(r['health']):<9} {_when(r['since'])}"
                   + (f"  PENDING {pending['release']} since {_when(pending['since'])}" if pending else ""))
-    return 1 if errors or fan.failed else 0
+    return 1 if errors else 0
 
 
 def _when(since) -> str:

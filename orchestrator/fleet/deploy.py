@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from orchestrator.agent.client import AgentClient
-from orchestrator.agent.install import ensure_agent, observe_host
+from orchestrator.agent.install import HostView, install_agent_and_serve, install_and_observe, read_host
 from orchestrator.transport.fanout import fan_out
 from orchestrator.fleet.inventory import InventoryHost, fleet_hosts, select_hosts
 from orchestrator.errors import ManifestError
@@ -143,9 +143,19 @@ class FleetAccess:
     agent_digest: str
 
     def clients(self, names: Optional[Sequence[str]] = None):
-        """(clients by host, errors by host) for the named hosts (default: all)."""
+        """(clients by host, errors by host) for the named hosts (default: all), installing the
+        agent where it is missing: for commands that change hosts."""
         hosts = [h for h in self.hosts if names is None or h.name in names]
-        fan = fan_out(hosts, lambda h: ensure_agent(self.pool.get(h.name), self.agent_pyz, self.agent_digest),
+        fan = fan_out(hosts, lambda h: install_agent_and_serve(self.pool.get(h.name), self.agent_pyz,
+                                                               self.agent_digest),
+                      max_parallel=MAX_PARALLEL_HOSTS)
+        return fan.ok, fan.failed
+
+    def views(self, names: Optional[Sequence[str]] = None):
+        """(HostView by host, errors by host): what each agent says (info and status), changing
+        nothing on any host: for plan, status, hosts, logs, audit."""
+        hosts = [h for h in self.hosts if names is None or h.name in names]
+        fan = fan_out(hosts, lambda h: read_host(self.pool.get(h.name), self.agent_digest),
                       max_parallel=MAX_PARALLEL_HOSTS)
         return fan.ok, fan.failed
 
@@ -160,8 +170,11 @@ def open_fleet(directory: str, variables: Mapping[str, str], pool: Optional[Conn
     return FleetAccess(desired, hosts, pool, pyz, digest)
 
 
-def observe(prep: Prepared, pool: ConnectionPool) -> Observed:
-    """Install/upgrade the agent where needed, then ask every host what it has and runs."""
+def observe(prep: Prepared, pool: ConnectionPool, *, install: bool = True,
+            allow_downgrade: bool = False) -> Observed:
+    """Ask every host what it has and runs; with ``install`` (apply), install or upgrade the
+    agent first where needed. Without (plan), nothing changes on any host and each host's plan
+    says what apply would do to its agent."""
     hosts = list(prep.hosts)    # every host: one that no service selects any more may hold one to remove
     blobs_of = {m: prep.store.blobs_for(m) for r in prep.releases for m in r.manifests.values()}
     digests_by_platform: Dict[str, List[str]] = {}
@@ -172,8 +185,16 @@ def observe(prep: Prepared, pool: ConnectionPool) -> Observed:
 
     def one(host: InventoryHost) -> HostFacts:
         wanted = sorted(set(digests_by_platform.get(host.platform or "", [])))
-        client, seen = observe_host(pool.get(host.name), prep.agent_pyz, prep.agent_digest,
-                                    wanted or sorted({d for ds in digests_by_platform.values() for d in ds}))
+        wanted = wanted or sorted({d for ds in digests_by_platform.values() for d in ds})
+        conn, agent = pool.get(host.name), None
+        if install:
+            client, seen = install_and_observe(conn, prep.agent_pyz, prep.agent_digest, wanted,
+                                               allow_downgrade=allow_downgrade)
+        else:
+            view: HostView = read_host(conn, prep.agent_digest, wanted)
+            client, seen, agent = view.client, view.answer, view.would_install(prep.agent_digest)
+            if seen is None:        # no agent at all: nothing of orch's is there
+                return HostFacts(host.name, host.platform or view.platform, agent=agent)
         clients[host.name] = client
         platform = host.platform or seen["info"]["platform"]
         have, status = seen["have"], seen["status"]
@@ -183,7 +204,7 @@ def observe(prep: Prepared, pool: ConnectionPool) -> Observed:
                     and s.get("health") != "unhealthy"}         # ok means serving
         projects = {name: s["project"] for name, s in services.items() if s.get("project")}
         return HostFacts(host.name, platform, frozenset(have.get("present", [])),
-                         dict(have.get("partial", {})), releases, projects=projects)
+                         dict(have.get("partial", {})), releases, projects=projects, agent=agent)
 
     fan = fan_out(hosts, one, max_parallel=MAX_PARALLEL_HOSTS)
     facts = dict(fan.ok)
@@ -233,7 +254,7 @@ def _fleet_clients(prep: Prepared, obs: Observed, pool: ConnectionPool) -> Dict[
     one fleet then meet at the same first host when they take the lock."""
     out = {h: c for h, c in obs.clients.items() if not obs.facts[h].error}
     others = [h for h in prep.hosts if h.name not in obs.facts]
-    fan = fan_out(others, lambda h: ensure_agent(pool.get(h.name), prep.agent_pyz, prep.agent_digest),
+    fan = fan_out(others, lambda h: install_agent_and_serve(pool.get(h.name), prep.agent_pyz, prep.agent_digest),
                   max_parallel=MAX_PARALLEL_HOSTS)
     out.update(fan.ok)
     return out

@@ -31,6 +31,7 @@ class HostFacts:
     releases: Mapping[str, str] = field(default_factory=dict)   # service -> running release
     error: Optional[str] = None                    # unreachable, missing python3, ...
     projects: Mapping[str, str] = field(default_factory=dict)   # service -> project that deployed it
+    agent: Optional[str] = None                    # what apply would do to the agent (plan only)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class HostPlan:
     resume: Mapping[str, int] = field(default_factory=dict)   # digest -> bytes already there
     error: Optional[str] = None
     removals: Tuple["Removal", ...] = ()           # this project's services the manifests dropped here
+    agent: Optional[str] = None                    # what apply would do to the agent, if anything
 
     @property
     def bytes_to_send(self) -> int:
@@ -63,7 +65,7 @@ class HostPlan:
 
     @property
     def up_to_date(self) -> bool:
-        return not self.changes and not self.removals and self.error is None
+        return not self.changes and not self.removals and self.error is None and self.agent is None
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,7 @@ def _plan_host(name: str, facts: HostFacts, releases: Sequence[DesiredRelease],
             if digest not in facts.present:
                 needed.setdefault(digest, size)
     resume = {d: facts.partial[d] for d in needed if 0 < facts.partial.get(d, 0) <= needed[d]}
-    return HostPlan(name, facts.platform, tuple(changes), tuple(needed.items()), resume)
+    return HostPlan(name, facts.platform, tuple(changes), tuple(needed.items()), resume, agent=facts.agent)
 
 
 def plan_removals(host: str, facts: HostFacts, releases: Sequence[DesiredRelease],

@@ -18,7 +18,7 @@ def plan_to_json(plan: FleetPlan) -> Dict:
     return {
         "up_to_date": plan.up_to_date,
         "hosts": [{
-            "host": hp.host, "platform": hp.platform, "error": hp.error,
+            "host": hp.host, "platform": hp.platform, "error": hp.error, "agent": hp.agent,
             "changes": [{"service": c.service, "from": c.old_release, "to": c.new_release, "manifest": c.manifest}
                         for c in hp.changes],
             "blobs": [{"digest": d, "size": s, "have": hp.resume.get(d, 0)} for d, s in hp.blobs],
@@ -38,8 +38,11 @@ def render_plan(plan: FleetPlan) -> str:
         if hp.error:
             lines.append(f"{hp.host}: UNREACHABLE or unusable: {hp.error}")
             continue
+        if hp.agent:
+            lines.append(f"{hp.host} ({hp.platform}): apply would {hp.agent}")
         if not hp.changes and not hp.removals:
-            lines.append(f"{hp.host} ({hp.platform}): up to date")
+            if not hp.agent:
+                lines.append(f"{hp.host} ({hp.platform}): up to date")
             continue
         lines.append(f"{hp.host} ({hp.platform}): {len(hp.blobs)} blob(s) to ship, {human_bytes(hp.bytes_to_send)}")
         for c in hp.changes:

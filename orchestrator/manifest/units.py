@@ -9,14 +9,11 @@ from __future__ import annotations
 import re
 from typing import Optional, Tuple
 
-PLATFORMS = ("linux/amd64", "linux/arm64", "linux/arm/v7")
+from runtime import platforms
 
+PLATFORMS = platforms.NAMES     # the one platform table is runtime/platforms.py
 # platform -> (OCI architecture, OCI variant or None, Debian architecture)
-PLATFORM_ARCH = {
-    "linux/amd64": ("amd64", None, "amd64"),
-    "linux/arm64": ("arm64", None, "arm64"),
-    "linux/arm/v7": ("arm", "v7", "armhf"),
-}
+PLATFORM_ARCH = {p.name: (p.arch, p.variant, p.debian) for p in platforms.TABLE}
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from orchestrator.agent.bundle import build_agent_pyz
-from orchestrator.agent.install import ensure_agent
+from orchestrator.agent.install import install_agent_and_serve
 from orchestrator.errors import AgentError
 from orchestrator.transport.shipper import reconnecting_client, ship_blobs
 from orchestrator.image.store import Store
@@ -34,7 +34,7 @@ def slow_lab():
 def agent(slow_lab, tmp_path):
     pyz, digest = build_agent_pyz(str(tmp_path))
     host = slow_lab.hosts[0]
-    client = ensure_agent(slow_lab.pool.get(host.name), str(pyz), digest)
+    client = install_agent_and_serve(slow_lab.pool.get(host.name), str(pyz), digest)
     return slow_lab, host, client
 
 
