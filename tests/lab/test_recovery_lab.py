@@ -7,7 +7,7 @@ import pytest
 
 from orchestrator.agent.bundle import build_agent_pyz
 from orchestrator.agent.client import agent_path
-from orchestrator.agent.install import ensure_agent
+from orchestrator.agent.install import install_agent_and_serve
 from orchestrator.lab import faults
 from orchestrator.lab.machine import LabMachine
 from tests.conftest import own_lab
@@ -25,11 +25,11 @@ def recovery_lab():
 
 @pytest.fixture(scope="module")
 def agents(recovery_lab, tmp_path_factory):
-    """The agent installed on each host the way apply installs it (ensure_agent: file + unit)."""
+    """The agent installed on each host the way apply installs it (install_agent_and_serve: file + unit)."""
     pyz, digest = build_agent_pyz(tmp_path_factory.mktemp("agent"))
     out = {}
     for h in recovery_lab.hosts:
-        ensure_agent(recovery_lab.pool.get(h.name), str(pyz), digest)
+        install_agent_and_serve(recovery_lab.pool.get(h.name), str(pyz), digest)
         out[h.name] = ik.Agent(lambda argv, input, timeout, h=h: recovery_lab.run(h, argv, input, timeout),
                                ["python3", agent_path(digest)])
     return out
