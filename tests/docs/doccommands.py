@@ -7,7 +7,7 @@ Sources, in the order a newcomer reads them:
   written as "#   COMMAND" (indented); a line that is not indented ends the list.
 
 A command's trailing comment may promise something, in clauses separated by ";":
-  prints TEXT        its output (stdout) contains TEXT
+  prints TEXT        what it shows (stdout and stderr) contains TEXT
   exit N             it exits with N (default: 0)
   not on the lab     it needs real machines (Pis): checked for syntax only
 Anything else in the comment is prose for the reader.
