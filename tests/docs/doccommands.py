@@ -29,6 +29,7 @@ NOT_ON_THE_LAB = "not on the lab"
 @dataclass(frozen=True)
 class Command:
     source: str                  # "README.md:43"
+    group: str                   # the document it belongs to: "README.md#A tour", "examples/canary"
     line: str                    # as written (with its comment)
     code: str                    # the shell code without the trailing comment
     exit: int = 0
@@ -55,7 +56,7 @@ def split_comment(line: str) -> Tuple[str, Optional[str]]:
     return line.rstrip(), None
 
 
-def make_command(source: str, line: str) -> Command:
+def make_command(source: str, line: str, group: str = "") -> Command:
     line = line.strip()
     code, comment = split_comment(line)
     exit_code, prints, syntax_only = 0, [], False
@@ -67,7 +68,7 @@ def make_command(source: str, line: str) -> Command:
             exit_code = int(clause.split()[1])
         elif clause.startswith("prints "):
             prints.append(clause[len("prints "):].strip())
-    return Command(source, line, code, exit_code, tuple(prints), syntax_only)
+    return Command(source, group or source.split(":")[0], line, code, exit_code, tuple(prints), syntax_only)
 
 
 def readme_commands(text: str, file: str = "README.md") -> List[Command]:
@@ -80,7 +81,7 @@ def readme_commands(text: str, file: str = "README.md") -> List[Command]:
             in_sh = (not in_sh) and raw.strip() == "```sh"
             continue
         if in_sh and section in TOUR_SECTIONS and raw.strip() and not raw.lstrip().startswith("#"):
-            out.append(make_command(f"{file}:{n}", raw))
+            out.append(make_command(f"{file}:{n}", raw, f"{file}#{section}"))
     return out
 
 
@@ -98,7 +99,7 @@ def header_commands(text: str, file: str) -> List[Command]:
             if not raw.startswith("#  "):
                 trying = False
                 continue
-            out.append(make_command(f"{file}:{n}", raw[1:]))
+            out.append(make_command(f"{file}:{n}", raw[1:], os.path.dirname(file) or file))
     return out
 
 

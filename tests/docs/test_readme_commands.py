@@ -1,13 +1,13 @@
 """Executable documentation: the README's tour and every example's header comment, run as written.
 
 The commands (see ``doccommands`` for how they are found and what a trailing comment promises) run
-in order, in one shell environment (an ``export`` carries on), from a copy of the repository's
-README, manifests/ and examples/, with ``.venv/bin`` first on PATH. The labs they make are their own:
-``ORCH_LAB_PREFIX`` puts a unique prefix in front of every lab name (``orch lab up`` makes
-``dXXXX-lab``, the canary example ``dXXXX-canary``), ``ORCH_HOME`` is a store kept for these tests,
-and every lab with the prefix is removed at the end. A line marked ``# not on the lab`` is checked
-for syntax only. Run it alone with ``pytest -s tests/docs/test_readme_commands.py`` to see each
-command's time.
+in order, document by document, one shell environment per document (an ``export`` carries on), in
+a copy of the repository's README, manifests/ and examples/, with ``.venv/bin`` first on PATH.
+The labs they make are their own: ``ORCH_LAB_PREFIX`` puts a unique prefix in front of every lab
+name (``orch lab up`` makes ``dXXXX-lab``, the canary example ``dXXXX-canary``), ``ORCH_HOME`` is a
+store kept for these tests (one per document, warm from the last run), and every lab with the
+prefix is removed at the end. A line marked ``# not on the lab`` is checked for syntax only.
+``pytest -s tests/docs/test_readme_commands.py`` shows each command's time.
 """
 import os
 import secrets
@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -65,21 +66,49 @@ def run_as_written(line: str, cwd: Path, env: dict, envfile: Path):
     return proc.returncode, proc.stdout, proc.stderr, after
 
 
-def test_the_documented_commands_run_as_written(docs_lab):
-    work, env = docs_lab["work"], dict(docs_lab["env"])
-    envfile = work / ".doc-env"
+def run_document(commands, work: Path, env: dict, envfile: Path):
+    """One document's commands in order; returns (timings, the first broken promise or None)."""
     timings = []
-    started = time.monotonic()
-    for cmd in all_commands(work):
+    for cmd in commands:
         t0 = time.monotonic()
         if cmd.syntax_only:
             problem = check_syntax(cmd, work, env)
-            assert problem is None, f"{cmd}\n  syntax: {problem}"
+            failure = f"{cmd}\n  syntax: {problem}" if problem else None
         else:
             code, out, err, env = run_as_written(cmd.line, work, env, envfile)
             problems = judge(cmd, code, out + err)          # what the terminal shows
-            assert not problems, (f"{cmd}\n  " + "; ".join(problems)
-                                  + f"\n  stdout: {out[-1500:]}\n  stderr: {err[-1500:]}")
-        timings.append(time.monotonic() - t0)
-        print(f"  {timings[-1]:6.1f} s  {cmd}", flush=True)       # shown with pytest -s
-    print(f"{len(timings)} documented commands in {time.monotonic() - started:.1f} s")
+            failure = (f"{cmd}\n  " + "; ".join(problems) + f"\n  stdout: {out[-1500:]}\n  stderr: {err[-1500:]}"
+                       if problems else None)
+        timings.append((time.monotonic() - t0, str(cmd)))
+        if failure:
+            return timings, failure
+    return timings, None
+
+
+def test_the_documented_commands_run_as_written(docs_lab):
+    """Each document in order. The README's lab section runs first and alone (its `orch lab down`
+    unregisters binfmt entries that no recorded lab uses); then the tour and the examples run side
+    by side, each on its own labs with its own store, since they share nothing but the machine."""
+    work = docs_lab["work"]
+    groups = {}
+    for cmd in all_commands(work):
+        groups.setdefault(cmd.group, []).append(cmd)
+    names = list(groups)
+
+    def one(index: int):
+        env = dict(docs_lab["env"], ORCH_HOME=os.path.join(docs_lab["env"]["ORCH_HOME"], f"doc{index}"))
+        return run_document(groups[names[index]], work, env, work / f".doc-env-{index}")
+
+    started = time.monotonic()
+    results = {names[0]: one(0)}
+    if results[names[0]][1] is None:
+        with ThreadPoolExecutor(max_workers=len(names)) as pool:
+            results.update(zip(names[1:], pool.map(one, range(1, len(names)))))
+    for name in names:
+        if name in results:
+            print(f"\n{name}: {sum(t for t, _ in results[name][0]):.1f} s")
+            for seconds, what in results[name][0]:
+                print(f"  {seconds:6.1f} s  {what}")
+    print(f"{sum(len(g) for g in groups.values())} documented commands in {time.monotonic() - started:.1f} s")
+    failures = [f for _, f in results.values() if f]
+    assert not failures, "\n\n".join(failures)
