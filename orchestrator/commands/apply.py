@@ -37,8 +37,8 @@ def run(args) -> int:
     prep = prepare_with_progress(args)
     with ConnectionPool(h.target for h in prep.hosts) as pool:
         obs = observe(prep, pool, allow_downgrade=args.allow_downgrade)
-        if not args.json:
-            print(render_plan(obs.plan))
+        if not args.json:   # flushed: in a pipe the plan comes before the rollout lines (stderr)
+            print(render_plan(obs.plan), flush=True)
         if obs.plan.up_to_date:
             if args.json:
                 print_json({"plan": plan_to_json(obs.plan), "ok": True})

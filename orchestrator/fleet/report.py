@@ -46,7 +46,10 @@ def render_plan(plan: FleetPlan) -> str:
             continue
         lines.append(f"{hp.host} ({hp.platform}): {len(hp.blobs)} blob(s) to ship, {human_bytes(hp.bytes_to_send)}")
         for c in hp.changes:
-            lines.append(f"  ~ {c.service}: {c.old_release or '(none)'} -> {c.new_release} (replace container)")
+            if c.old_release:
+                lines.append(f"  ~ {c.service}: {c.old_release} -> {c.new_release} (replace container)")
+            else:
+                lines.append(f"  + {c.service}: install {c.new_release}")
         for r in hp.removals:
             lines.append(f"  - {r.service}: {r.release or '(not running)'} (remove: no longer in the manifests)")
         if hp.blobs:

@@ -365,6 +365,9 @@ class LabMachine:
         if host.booted:
             power.run_power_off(host, pid if pid and _pid_alive(pid) else None)
         if pid and _pid_alive(pid):
+            for p in self._netns_pids(host):     # the agent first: its serve would restart
+                if p != pid:                     # (or finish creating) what is deleted next
+                    self._kill(p)
             self._delete_containers(host, pid)
         for p in self._netns_pids(host):
             self._kill(p)

@@ -612,3 +612,43 @@ def test_bad_manifest_is_refused_with_its_location_and_changes_nothing(lab_proje
     assert res.returncode == 3
     assert "hello.yaml:" in res.stderr and "deploy/ports/0" in res.stderr and '"80"' in res.stderr
     assert json.loads(orch_cli("status", str(lab_project), "--json").stdout) == json.loads(before)
+
+
+def test_zz_lab_down_after_a_busy_run_leaves_no_container_mount_or_process(lab_project, tmp_path):
+    """Last in the module: takes the module's lab down (the fixture's own down then finds nothing)."""
+    import subprocess
+
+    from orchestrator.lab.layout import LabLayout, LabSpec
+    from orchestrator.lab.machine import LabMachine
+
+    variant = _variant(lab_project, tmp_path, "busy", lambda t: t)
+    (variant / "crashy.yaml").write_text(
+        "kind: Service\nname: crashy\nimage:\n  from: {debian: bookworm, packages: [busybox-static]}\n"
+        "  platforms: [linux/amd64, linux/arm64]\n  cmd: [/bin/busybox, sh, -c, 'sleep 1; exit 3']\n"
+        "deploy:\n  hosts: all\n  strategy: {max_parallel: 3}\n")
+    import sys
+    res = subprocess.run([sys.executable, "-m", "orchestrator.cli", "apply", str(variant)], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    out = res.stdout                                                # stdout and stderr in one pipe, as in CI
+    assert res.returncode == 11, out
+    import re
+    plan_line, wave_line, summary = (out.index("+ crashy: install"),
+                                     re.search(r"crashy: (canary|wave \d+) ->", out).start(),
+                                     out.index("now running:"))
+    assert plan_line < wave_line < summary, out                     # in the order things happened
+    layout = LabLayout(LabSpec(LAB))
+    ids = [(h.var_lib_orch / "state" / "host-id").read_text().strip() for h in layout.hosts()]
+    time.sleep(2)                                                   # serve is restarting crashy now
+    LabMachine(layout).down()
+    time.sleep(3)                                                   # a racing serve would have recreated by now
+    left = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cg = open(f"/proc/{pid}/cgroup").read()
+        except OSError:
+            continue
+        left += [pid for hid in ids if f"o{hid}-" in cg]
+    assert left == [], f"container processes left: {left}"
+    mounts = [line for line in open("/proc/self/mountinfo") if str(layout.state_dir) in line]
+    assert mounts == []
+    assert not layout.state_dir.exists()

@@ -114,3 +114,10 @@ def test_rendered_plan_says_what_is_removed():
     plan = plan_fleet([web(hosts=("a1",))], facts, BLOBS, {"web": (0, 1)}, project="shop")
     assert "- old: r-1 (remove: no longer in the manifests)" in render_plan(plan)
     assert plan_to_json(plan)["hosts"][0]["removals"] == ["old"]
+
+
+def test_a_first_install_reads_install():
+    from orchestrator.fleet.report import render_plan
+    facts = {"a1": HostFacts("a1", AMD)}
+    text = render_plan(plan_fleet([web(hosts=("a1",))], facts, BLOBS, {"web": (0, 1)}))
+    assert "+ web: install r-new" in text and "(none)" not in text and "replace" not in text
