@@ -109,7 +109,7 @@ def run_rollout(plan: FleetPlan, policies: Mapping[str, ServicePolicy], apply_on
             else:
                 err = fan.failed[host]
                 outcome = HostOutcome(host, wave.service, False, error=str(err),
-                                      unreachable=isinstance(err, TransportError))
+                                      unreachable=_silent(err))
                 dropped_hosts.add(host)
             result.outcomes.append(outcome)
             if on_outcome:
@@ -124,9 +124,18 @@ def run_rollout(plan: FleetPlan, policies: Mapping[str, ServicePolicy], apply_on
         result.halts[wave.service] = (f"{wave.service}: {what} failed on "
                                       f"{', '.join(f.host for f in failures)}; later waves not started")
         if policy.on_failure == "rollback":
-            _revert(wave.service, [h for h in switched.get(wave.service, []) if h not in dropped_hosts],
+            # a host whose agent died mid-swap (killed, link cut) may have switched: revert it too;
+            # a silent one is not called again
+            died = [f.host for f in failures if f.error and not f.unreachable and f.host in dropped_hosts
+                    and old_release.get((wave.service, f.host))]
+            _revert(wave.service, [h for h in switched.get(wave.service, []) if h not in dropped_hosts] + died,
                     old_release, revert_one, result, policy)
     return result
+
+
+def _silent(err: Exception) -> bool:
+    """A host that let its deadline pass (or never answered): not called again in this rollout."""
+    return isinstance(err, TransportError) and ("timed out" in str(err) or "cannot connect" in str(err))
 
 
 def _revert(service: str, hosts: List[str], old_release: Mapping, revert_one: RevertFn,

@@ -1,3 +1,4 @@
+import pytest
 from orchestrator.errors import OrchError
 from orchestrator.fleet.planner import Change, FleetPlan, HostPlan, plan_waves
 from orchestrator.fleet.rollout import ServicePolicy, run_rollout
@@ -106,3 +107,19 @@ def test_the_deadline_of_an_apply_counts_what_the_spec_allows():
     slow = {"health": {"kind": "http", "path": "/", "port": 80, "interval": 5, "timeout": 2, "retries": 3},
             "monitor": 30, "drain": 2, "stop_timeout": 10}
     assert apply_deadline(slow, 10) == 10 + 4 * 7 + 30 + 2 + 10 + 3
+
+
+@pytest.mark.parametrize("why,reverted", [("apply: agent session ended: killed by signal 9", True),
+                                          ("apply: agent session ended: timed out after 30s", False)])
+def test_a_killed_canary_is_reverted_with_rollback_and_a_silent_one_is_not(why, reverted):
+    from orchestrator.errors import TransportError
+    done = []
+
+    def apply_one(host, service):
+        raise TransportError(why, host=host)
+
+    res = run_rollout(make_plan(["a", "b"]), {"web": ServicePolicy("rollback")}, apply_one,
+                      lambda host, service, old: done.append((host, old)))
+    assert not res.ok and res.failed[0].host == "a"
+    assert done == ([("a", "r-old")] if reverted else [])        # it may have switched before it died
+    assert res.failed[0].unreachable is (not reverted)
