@@ -48,6 +48,7 @@ def run(args) -> int:
                       console=console, transient=True, disable=args.json or not total) as progress:
             tasks = {h: progress.add_task(h, total=n) for h, n in total.items()}
             report = apply(prep, obs, pool, force_unlock=args.force_unlock, host_timeout=args.host_timeout,
+                           allow_downgrade=args.allow_downgrade,
                            on_bytes=lambda h, n: progress.advance(tasks[h], n) if h in tasks else None,
                            on_event=None if args.json else console.print)
     summary = {

@@ -222,7 +222,7 @@ def observe(prep: Prepared, pool: ConnectionPool, *, install: bool = True,
 def apply(prep: Prepared, obs: Observed, pool: ConnectionPool, *, who: Optional[str] = None,
           environ: Optional[Mapping[str, str]] = None, on_bytes: Optional[Callable[[str, int], None]] = None,
           on_event: Optional[Callable[[str], None]] = None, force_unlock: bool = False,
-          host_timeout: float = HOST_TIMEOUT) -> ApplyReport:
+          host_timeout: float = HOST_TIMEOUT, allow_downgrade: bool = False) -> ApplyReport:
     """Lock the fleet, observe again under the lock (a plan made before it may be stale), ship
     and roll out; the lock is released on every way out. Every call to a host has a deadline
     (``apply_deadline``); a host that passes it is dropped, reported, and not called again."""
@@ -233,7 +233,7 @@ def apply(prep: Prepared, obs: Observed, pool: ConnectionPool, *, who: Optional[
         return report
     who = who or operator()
     with mutating(_fleet_clients(prep, obs, pool), who, force=force_unlock, timeout=host_timeout) as lock:
-        obs = observe(prep, pool)
+        obs = observe(prep, pool, allow_downgrade=allow_downgrade)
         report = ApplyReport(obs.plan)
         report.lost.update({h: str(e) for h, e in lock.lost.items()})
         if not obs.plan.up_to_date:
