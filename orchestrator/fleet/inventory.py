@@ -1,13 +1,14 @@
 """The hosts of a fleet, as SSH targets with labels: a lab (brought up if it is not) or real hosts."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Mapping, Optional
 
 from orchestrator.lab.fleet import lab_hosts
-from orchestrator.lab.layout import DEFAULT_STATE_ROOT, LabLayout, LabSpec, lab_name
+from orchestrator.lab.layout import DEFAULT_STATE_ROOT, LabLayout, lab_name
 from orchestrator.lab.machine import LabMachine
 from orchestrator.manifest.model import Fleet, HostSelector
 from orchestrator.transport.ssh import SSHTarget, resolve_target
@@ -25,7 +26,7 @@ def lab_layout(fleet: Fleet, state_root: Path = DEFAULT_STATE_ROOT,
                environ: Optional[Mapping[str, str]] = None) -> LabLayout:
     spec = fleet.lab
     name = lab_name(fleet.name, os.environ if environ is None else environ)
-    return LabLayout(LabSpec(name, spec.hosts, spec.arm64, spec.armv7, spec.link_rate).validate(),
+    return LabLayout(dataclasses.replace(spec, name=name).validate(),
                      state_root)
 
 

@@ -6,7 +6,6 @@ manifest, and ``import_image`` copies that image's layers into the store, verify
 """
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import os
@@ -20,14 +19,14 @@ from typing import Any, Dict, List, Optional, Tuple
 from orchestrator.errors import BuildError
 from orchestrator.image.store import (INDEX_TYPES, MANIFEST_TYPES, MT_DOCKER_LIST, MT_DOCKER_MANIFEST,
                                 MT_INDEX, MT_LAYER_GZIP, MT_LAYER_TAR, MT_MANIFEST, REF_NAME, Store)
+from runtime import protocol
 
 ACCEPT = ", ".join([MT_INDEX, MT_MANIFEST, MT_DOCKER_LIST, MT_DOCKER_MANIFEST])
 _DOCKER_LAYER = {"application/vnd.docker.image.rootfs.diff.tar.gzip": MT_LAYER_GZIP,
                  "application/vnd.docker.image.rootfs.diff.tar": MT_LAYER_TAR}
 
 
-def _sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+_sha256 = protocol.sha256_digest    # the one digest helper (runtime/protocol.py)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 
 from orchestrator.errors import BuildError
+from runtime import protocol
 
 REF_NAME = "org.opencontainers.image.ref.name"
 MT_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -35,9 +36,9 @@ MANIFEST_TYPES = (MT_MANIFEST, MT_DOCKER_MANIFEST)
 _CHUNK = 1 << 20
 
 
-def canonical_json(obj) -> bytes:
-    """Sorted keys, no spaces: the one JSON encoding of every blob orch writes."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+# Sorted keys, no spaces: the one JSON encoding of every blob orch writes (and of what a
+# release id hashes): runtime/protocol.py is its one home.
+canonical_json = protocol.canonical_json
 
 
 def default_home() -> str:
@@ -140,7 +141,7 @@ class Store:
         return BlobWriter(self)
 
     def put_bytes(self, data: bytes, expected: Optional[str] = None) -> str:
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        digest = protocol.sha256_digest(data)
         if expected is not None and expected != digest:
             raise BuildError(f"digest mismatch: expected {expected}, got {digest}")
         if self.has(digest):

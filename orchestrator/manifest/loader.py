@@ -12,7 +12,7 @@ import os
 import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from orchestrator.errors import ManifestError
+from orchestrator.errors import LabError, ManifestError
 from orchestrator.manifest import schema as S
 from orchestrator.manifest.model import (
     DEFAULT_FLEET, CopyStep, DebianBase, DeploySpec, Desired, Fleet, FleetHost, HealthCheck,
@@ -22,7 +22,7 @@ from orchestrator.manifest.schema import Ctx
 from orchestrator.manifest.source import Doc, LMap, display_path, make_jinja, read_documents, \
     render_text, render_tree
 from orchestrator.manifest.units import (
-    PLATFORMS, check_link_rate, check_name, normalise_dest, parse_duration, parse_mode, parse_owner,
+    PLATFORMS, check_name, normalise_dest, parse_duration, parse_mode, parse_owner,
     parse_percent_or_int, parse_port, parse_size, parse_volume)
 from runtime import spec
 
@@ -201,13 +201,16 @@ def _fleet(body: LMap, doc: Doc) -> Fleet:
         lab = S.mapping(body["lab"] if body["lab"] is not None else LMap(), lctx,
                         ("hosts", "arm64", "armv7", "link_rate"))
         spec = LabSpec(
-            hosts=S.integer(lab.get("hosts", 2), lctx.key(lab, "hosts"), minimum=0, maximum=32),
-            arm64=S.integer(lab.get("arm64", 1), lctx.key(lab, "arm64"), minimum=0, maximum=32),
-            armv7=S.integer(lab.get("armv7", 0), lctx.key(lab, "armv7"), minimum=0, maximum=32),
-            link_rate=S.convert(check_link_rate, lab["link_rate"], lctx.key(lab, "link_rate"))
+            name=name,
+            amd64=S.integer(lab.get("hosts", 2), lctx.key(lab, "hosts"), minimum=0),
+            arm64=S.integer(lab.get("arm64", 1), lctx.key(lab, "arm64"), minimum=0),
+            armv7=S.integer(lab.get("armv7", 0), lctx.key(lab, "armv7"), minimum=0),
+            link_rate=S.string(lab["link_rate"], lctx.key(lab, "link_rate"))
             if lab.get("link_rate") is not None else None)
-        if spec.total == 0:
-            raise lctx.error("a lab needs at least one host")
+        try:
+            spec.validate()        # the lab's own limits, the one place they live
+        except LabError as exc:
+            raise lctx.error(str(exc)) from None
         return Fleet(name=name, lab=spec, file=doc.file, line=doc.line, project=project)
     hctx = ctx.key(body, "hosts")
     seq = S.items(body["hosts"], hctx)
@@ -247,7 +250,7 @@ def _platform(value: Any, ctx: Ctx) -> str:
 def fleet_platforms(fleet: Fleet) -> Tuple[str, ...]:
     """Platforms a fleet runs (the default for a service's ``image.platforms``)."""
     if fleet.lab is not None:
-        wanted = {"linux/amd64": fleet.lab.hosts, "linux/arm64": fleet.lab.arm64,
+        wanted = {"linux/amd64": fleet.lab.amd64, "linux/arm64": fleet.lab.arm64,
                   "linux/arm/v7": fleet.lab.armv7}
         return tuple(p for p in PLATFORMS if wanted[p])
     declared = {h.platform for h in fleet.hosts}

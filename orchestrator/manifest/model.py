@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from orchestrator.errors import ManifestError
+from orchestrator.lab import layout as _lab
 from runtime import spec
 
 EMPTY: Mapping[str, str] = MappingProxyType({})
@@ -24,18 +25,9 @@ def frozen_map(d: Optional[Mapping]) -> Mapping:
 
 # ---------------------------------------------------------------- fleet
 
-@dataclass(frozen=True)
-class LabSpec:
-    """The embedded lab fleet: ``hosts`` amd64 hosts plus ``arm64`` and ``armv7`` ones."""
-
-    hosts: int = 2
-    arm64: int = 1
-    armv7: int = 0
-    link_rate: Optional[str] = None     # tc rate such as "10mbit", applied to every host's link
-
-    @property
-    def total(self) -> int:
-        return self.hosts + self.arm64 + self.armv7
+# The embedded lab fleet is the lab's own spec (orchestrator/lab/layout.py): one type, one
+# set of limits, checked when the manifest is loaded. Its name is the fleet's.
+LabSpec = _lab.LabSpec
 
 
 @dataclass(frozen=True)
@@ -68,7 +60,7 @@ class Fleet:
         return self.project or self.name
 
 
-DEFAULT_FLEET = Fleet(name="lab", lab=LabSpec(hosts=2, arm64=1, armv7=0))
+DEFAULT_FLEET = Fleet(name="lab", lab=LabSpec(name="lab", amd64=2, arm64=1, armv7=0))
 
 
 # ---------------------------------------------------------------- image

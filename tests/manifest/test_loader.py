@@ -122,7 +122,7 @@ def test_secret_values_never_in_spec(full, tmp_path):
 
 def test_defaults_and_default_fleet(tmp_path):
     d = load_desired(write(tmp_path, {"s.yaml": "kind: Service\nname: s\nimage: {from: scratch}\n"}), {})
-    assert d.fleet.is_lab and (d.fleet.lab.hosts, d.fleet.lab.arm64, d.fleet.lab.armv7) == (2, 1, 0)
+    assert d.fleet.is_lab and (d.fleet.lab.amd64, d.fleet.lab.arm64, d.fleet.lab.armv7) == (2, 1, 0)
     s = d.services["s"]
     assert s.image.base == ScratchBase() and s.image.platforms == ("linux/amd64", "linux/arm64")
     spec = s.deploy.to_agent_json()
@@ -260,6 +260,10 @@ INVALID = [
 
 
 AGENT_REFUSALS = [
+    ({"m.yaml": "kind: Fleet\nname: f\nlab: {hosts: 201}\n"},       # the lab's own limit (was 32 here)
+     "m.yaml:3 fleet/f/lab: --hosts 201: expected 0..200"),
+    ({"m.yaml": "kind: Fleet\nname: my_lab\nlab: {hosts: 1}\n"},
+     "m.yaml:3 fleet/my_lab/lab: lab name 'my_lab': use 1-24 lowercase letters, digits or '-', starting with a letter"),
     ({"m.yaml": SVC.replace("web", "my_app")}, "m.yaml:2 services/name: " + SERVICE_NAME_RULE + "got 'my_app'"),
     ({"m.yaml": SVC.replace("web", "my.app")}, "m.yaml:2 services/name: " + SERVICE_NAME_RULE + "got 'my.app'"),
     ({"m.yaml": SVC.replace("web", "a" * 41)}, "m.yaml:2 services/name: " + SERVICE_NAME_RULE + f"got '{'a' * 41}'"),
