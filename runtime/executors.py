@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Dict
 
 from runtime import container, health, network, oci, planner, unpack
-from runtime.errors import HealthFailure, NoRoom
+from runtime.errors import AgentFailure, HealthFailure
 from runtime.meta import Meta, list_metas, rt_of
-from runtime.spec import Deploy
+from runtime.spec import Deploy, Target
 from runtime.planner import (CheckHealth, EnsureNetwork, Fail, Forget, Observed, Restart,
-                             Settle, Start, Stop, Switch, SyncPorts, Unpack, Wait)
+                             Revert, Settle, Start, Stop, Switch, SyncPorts, Unpack, Wait)
 
 if TYPE_CHECKING:  # the executors get the Host that runs them
     from runtime.host import Host
@@ -28,8 +28,13 @@ def ex_unpack(h: Host, step: Unpack, obs: Observed) -> None:
     unpack.unpack_image(h.layout, step.manifest)
 
 
-def _start(h: Host, service: str, slot: str) -> Meta:
+def _start(h: Host, service: str, slot: str, release: str = "") -> Meta:
     target = h.target_of(service)
+    if release and release != target.release:     # a restart of what serves, not of the target
+        rec = (h.state.records().get(service) or {}).get(release)
+        if rec is None:
+            raise AgentFailure(f"{service}: release {release} is not known on this host")
+        target = Target.from_json(service, rec)
     st = h.state.status()
     used = [m.ip for m in list_metas(h.layout)]
     ip, cursor = network.allocate_ip(used, int(st["ipam"]))
@@ -40,10 +45,7 @@ def _start(h: Host, service: str, slot: str) -> Meta:
 
 
 def ex_start(h: Host, step: Start, obs: Observed) -> None:
-    w = next(w for w in h.wants() if w.service == step.service)
-    if step.service in obs.no_room and not w.stop_first:
-        raise NoRoom("not enough free disk or memory to start a second slot")
-    st = h.state.status()
+    st = h.state.status()         # whether it fits was the planner's call
     if st["restarts"].pop(f"{step.service}/{step.slot}", None) is not None:
         h.state.save_status(st)             # a new container starts with no crash record
     _start(h, step.service, step.slot)
@@ -64,16 +66,16 @@ def ex_check_health(h: Host, step: CheckHealth, obs: Observed) -> None:
 
 def ex_switch(h: Host, step: Switch, obs: Observed) -> None:
     st = h.state.status()
-    prev = st["current"].get(step.service)
     st["current"][step.service] = {"release": step.release, "slot": step.slot,
                                    "since": round(h.clock(), 3)}
-    hist = st["history"].setdefault(step.service, [])
-    if prev and prev["release"] != step.release:
-        hist.append(prev["release"])
-    keep = h.target_of(step.service).deploy.keep_releases
-    st["history"][step.service] = [r for r in hist if r != step.release][-keep:]
+    st["history"][step.service] = list(step.history)
     h.state.save_status(st)
     h.sync_ports(obs.boxes)
+
+
+def ex_revert(h: Host, step: Revert, obs: Observed) -> None:
+    ex_switch(h, Switch(step.service, step.slot, step.release, step.history), obs)
+    h.log(f"{step.service}: reverted to {step.release}")
 
 
 def ex_settle(h: Host, step: Settle, obs: Observed) -> None:
@@ -86,18 +88,8 @@ def ex_settle(h: Host, step: Settle, obs: Observed) -> None:
                                exec_in(h, meta),
                                lambda: oci.proc_alive(meta.pid, meta.starttime), step.monitor,
                                sleep=h.sleep)
-    if not ok:
-        old = h.metas.get((step.service, step.fallback))
-        st = h.state.status()
-        if old is not None and oci.proc_alive(old.pid, old.starttime):
-            st["current"][step.service] = {"release": old.release, "slot": old.slot,
-                                           "since": round(h.clock(), 3)}
-            hist = st["history"].get(step.service) or []
-            st["history"][step.service] = [r for r in hist if r != old.release]
-        st["failed"].setdefault(step.service, {})[meta.release] = f"reverted: {why}"
-        h.state.save_status(st)
-        h.sync_ports(h.fresh_boxes())
-        h.log(f"{step.service}: reverted {meta.release}: {why}")
+    if not ok:      # the planner reverts to the fallback slot (Revert) on its next pass
+        h.mark_failed(step.service, meta.release, f"reverted: {why}")
         return
     rest = step.drain - (h.clock() - started)
     if rest > 0:
@@ -130,7 +122,7 @@ def ex_restart(h: Host, step: Restart, obs: Observed) -> None:
     st["restarts"][key] = [count, round(h.clock(), 3)]
     h.state.save_status(st)
     h.log(f"{step.service}: restarting slot {step.slot} (attempt {count})")
-    _start(h, step.service, step.slot)
+    _start(h, step.service, step.slot, step.release)
 
 
 def ex_sync_ports(h: Host, step: SyncPorts, obs: Observed) -> None:
@@ -149,7 +141,8 @@ def ex_forget(h: Host, step: Forget, obs: Observed) -> None:
 
 EXECUTORS: Dict[type, Callable] = {
     EnsureNetwork: ex_ensure_network, Unpack: ex_unpack, Start: ex_start,
-    CheckHealth: ex_check_health, Switch: ex_switch, Settle: ex_settle, Stop: ex_stop,
+    CheckHealth: ex_check_health, Switch: ex_switch, Revert: ex_revert, Settle: ex_settle,
+    Stop: ex_stop,
     Restart: ex_restart, SyncPorts: ex_sync_ports, Fail: ex_fail, Forget: ex_forget,
 }
 

@@ -20,8 +20,6 @@ from runtime.state import State
 
 RELEASE_STEPS = (Start, CheckHealth, Switch)
 RESTART_RESET_AFTER = 60.0
-MIN_FREE_MEMORY = 32 << 20
-MIN_FREE_DISK = 64 << 20
 
 
 def want_of(name: str, t: Target) -> Want:
@@ -29,6 +27,7 @@ def want_of(name: str, t: Target) -> Want:
     ports = tuple(sorted((p.protocol, p.host, p.container) for p in d.ports))
     return Want(service=name, release=t.release, manifest=t.manifest, ports=ports,
                 drain=d.drain, monitor=d.monitor, stop_first=d.stop_first,
+                keep_releases=d.keep_releases, memory=d.resources.memory or 0,
                 exclusive=d.stateful)
 
 
@@ -126,25 +125,19 @@ class Host:
             restarts.append(planner.Restarts(svc, slot, int(count), float(last)))
         images = frozenset(w.manifest for w in wants
                            if unpack.is_unpacked(self.layout, w.manifest))
-        cur_rel = {c.service: c.release for c in current}
-        no_room = frozenset(w.service for w in wants
-                            if cur_rel.get(w.service) != w.release and not self.fits(w))
         failed = frozenset((s, r) for s, rels in st["failed"].items() for r in rels)
         return Observed(boxes=tuple(boxes), current=current,
                         healthy=frozenset(st["healthy"]), settled=frozenset(st["settled"]),
                         failed=failed, port_map=port_map, network_ready=ready, images=images,
-                        no_room=no_room, restarts=tuple(restarts), now=now)
+                        restarts=tuple(restarts), now=now,
+                        history=tuple(sorted((s, tuple(h)) for s, h in st["history"].items())),
+                        free_memory=free_memory(), free_disk=self.usable_disk())
 
-    def fits(self, w: Want) -> bool:
-        """Room for a second slot: its memory, and MIN_FREE_DISK for its overlay beyond the
-        disk reserve. The image itself is unpacked within its budget (``unpack.Budget``),
-        refused while it streams if it does not fit: no guess from its compressed size."""
-        t = self.targets().get(w.service)
-        mem = (t.deploy.resources.memory if t is not None else None) or 0
-        need_mem = max(mem, MIN_FREE_MEMORY)
+    def usable_disk(self) -> int:
+        """Free disk beyond the reserve the image budget keeps (``unpack.Budget``): the image
+        itself is unpacked within its budget, refused while it streams if it does not fit."""
         reserve = unpack.load_budget(self.layout.config).reserve_bytes(self.layout.root)
-        return free_memory() >= need_mem and \
-            free_disk(self.layout.root) - reserve >= MIN_FREE_DISK
+        return free_disk(self.layout.root) - reserve
 
     # --- execute ------------------------------------------------------------------------
     def execute(self, step, obs: Observed) -> None:

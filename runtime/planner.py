@@ -1,5 +1,10 @@
 """The pure planner: ``plan(desired, observed) -> [Step]``. No I/O, no clock.
 
+It is the one place that decides: which slot to start, when to switch, when a release that
+failed in its settle window is reverted (``Revert``), what the rollback history becomes
+(carried by ``Switch``/``Revert``), whether a second slot fits (``fits``) or the release fails.
+Executors only carry steps out.
+
 Every service has two slots, ``a`` and ``b``. ``current`` names the slot that serves (the one
 the port map points at). A replacement starts the other slot, checks its health, switches,
 settles (drain + monitor window) and stops the old slot. Each step is emitted only when its
@@ -14,6 +19,9 @@ from typing import Dict, FrozenSet, List, Optional, Tuple, Union
 SLOTS = ("a", "b")
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
+MIN_FREE_MEMORY = 32 << 20      # a second slot needs at least this much, or its memory limit
+MIN_FREE_DISK = 64 << 20        # ... and this much disk (its image is unpacked by then)
+PLENTY = 1 << 62
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,8 @@ class Want:
     drain: float = 0.0
     monitor: float = 0.0
     stop_first: bool = False
+    keep_releases: int = 3
+    memory: int = 0                 # the container's memory limit (0: none)
     exclusive: bool = False       # stateful: never two slots at once, the old stops first
 
 
@@ -64,9 +74,11 @@ class Observed:
     port_map: Tuple[Tuple[str, int, str, int], ...] = ()   # (proto, host port, ip, port)
     network_ready: bool = True
     images: FrozenSet[str] = frozenset()        # unpacked manifests
-    no_room: FrozenSet[str] = frozenset()       # services whose replacement does not fit
     restarts: Tuple[Restarts, ...] = ()
     now: float = 0.0
+    history: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()   # service -> releases served before
+    free_memory: int = PLENTY
+    free_disk: int = PLENTY
 
 
 # --- steps ------------------------------------------------------------------------------
@@ -97,15 +109,28 @@ class CheckHealth:
 
 @dataclass(frozen=True)
 class Switch:
+    """Make ``slot`` serve ``release``; ``history`` is the rollback history after it."""
     service: str
     slot: str
     release: str
+    history: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Revert:
+    """The new release failed its settle window: ``slot`` (still running ``release``) serves
+    again; the failed release does not enter the history."""
+    service: str
+    slot: str
+    release: str
+    history: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Settle:
     """Keep the old slot for the drain while watching the new one for the monitor window;
-    on failure, switch back to ``fallback`` and mark the release failed."""
+    the executor marks the release failed when the window fails (the planner then reverts to
+    ``fallback``)."""
     service: str
     slot: str
     instance: str
@@ -123,8 +148,11 @@ class Stop:
 
 @dataclass(frozen=True)
 class Restart:
+    """Start the serving slot again, with the release it serves (not necessarily the wanted
+    one: a wanted release that failed leaves the old one serving)."""
     service: str
     slot: str
+    release: str = ""
 
 
 @dataclass(frozen=True)
@@ -150,9 +178,9 @@ class Wait:
     why: str = field(default="", compare=False)
 
 
-STEP_TYPES = (EnsureNetwork, Unpack, Start, CheckHealth, Switch, Settle, Stop, Restart,
+STEP_TYPES = (EnsureNetwork, Unpack, Start, CheckHealth, Switch, Revert, Settle, Stop, Restart,
               SyncPorts, Fail, Forget, Wait)
-Step = Union[EnsureNetwork, Unpack, Start, CheckHealth, Switch, Settle, Stop, Restart,
+Step = Union[EnsureNetwork, Unpack, Start, CheckHealth, Switch, Revert, Settle, Stop, Restart,
              SyncPorts, Fail, Forget, Wait]
 
 
@@ -164,15 +192,35 @@ def _other(slot: str) -> str:
     return "b" if slot == "a" else "a"
 
 
+def fits(w: Want, o: Observed) -> bool:
+    """Whether a second slot for ``w`` fits beside the first (its memory limit, some disk)."""
+    return o.free_memory >= max(w.memory or 0, MIN_FREE_MEMORY) and o.free_disk >= MIN_FREE_DISK
+
+
+def history_after(o: Observed, service: str, serving: str, previous: Optional[str],
+                  keep: int) -> Tuple[str, ...]:
+    """The rollback history once ``serving`` serves: ``previous`` added (if any), the serving
+    release never in it, and ``keep`` - 1 kept (``keep_releases`` counts the serving one, as
+    gc.trim_history does)."""
+    hist = list(dict(o.history).get(service, ()))
+    if previous and previous != serving:
+        hist.append(previous)
+    hist = [r for r in hist if r != serving]
+    return tuple(hist[-(keep - 1):]) if keep > 1 else ()
+
+
 def desired_ports(wants: Dict[str, Want], current: Dict[str, Current],
-                  boxes: Dict[Tuple[str, str], Box]) -> Tuple[Tuple[str, int, str, int], ...]:
+                  boxes: Dict[Tuple[str, str], Box],
+                  unserved: FrozenSet[str] = frozenset()) -> Tuple[Tuple[str, int, str, int], ...]:
+    """The port map: each wanted service's ports to its serving container, only ever a running
+    one with the release it serves, none for ``unserved`` services (about to stop first)."""
     out: Dict[Tuple[str, int], Tuple[str, int, str, int]] = {}
     for name in sorted(wants):
         cur = current.get(name)
-        if cur is None:
+        if cur is None or name in unserved:
             continue
         box = boxes.get((name, cur.slot))
-        if box is None or box.status not in ("running", "created") or not box.ip:
+        if box is None or box.status != "running" or not box.ip or box.release != cur.release:
             continue
         for proto, host_port, cport in wants[name].ports:
             out.setdefault((proto, host_port), (proto, host_port, box.ip, cport))
@@ -191,7 +239,7 @@ def _plan_service(w: Want, o: Observed, cur: Optional[Current],
             r = restarts.get(c.slot)
             wait = (r.last + backoff(r.count) - o.now) if r else 0.0
             out.append(Wait(round(wait, 3), f"{w.service}: restart backoff") if wait > 0
-                       else Restart(w.service, c.slot))
+                       else Restart(w.service, c.slot, c.release))
         other = boxes.get(_other(c.slot))
         if other is not None:
             if (other.release != c.release and box is not None and box.status == "running"
@@ -203,6 +251,14 @@ def _plan_service(w: Want, o: Observed, cur: Optional[Current],
                 out.append(Stop(w.service, other.slot, "old slot"))
         return out
 
+    if cur is not None and cur.slot in boxes and boxes[cur.slot].release != cur.release:
+        return [Stop(w.service, cur.slot, f"runs {boxes[cur.slot].release}, not the {cur.release} "
+                     "it serves")]
+    if failed and cur is not None and cur.release == w.release:
+        back = boxes.get(_other(cur.slot))
+        if back is not None and back.status == "running" and back.release != w.release:
+            return [Revert(w.service, back.slot, back.release,
+                           history_after(o, w.service, back.release, None, w.keep_releases))]
     if cur is not None and (cur.release == w.release or failed):
         return steady(cur)
     if failed:  # never served anything and the wanted release failed: clean up, hold
@@ -218,14 +274,12 @@ def _plan_service(w: Want, o: Observed, cur: Optional[Current],
         stale = boxes.get(slot)
         if stale is not None:
             return [Stop(w.service, slot, "stale slot")]
-        if w.exclusive and cur is not None and cur.slot in boxes:
-            return [Stop(w.service, cur.slot, "stop-first: stateful, one slot at a time")]
-        if w.service in o.no_room:
-            if w.stop_first and cur is not None and cur.slot in boxes:
-                return [Stop(w.service, cur.slot, "stop-first: blue/green does not fit")]
-            if not (w.stop_first and cur is not None):
-                return [Fail(w.service, w.release, "not enough free disk or memory for a "
-                             "second slot (set stop_first to allow stop-first)")]
+        if stops_first(w, o, cur, boxes):
+            why = "stateful, one slot at a time" if w.exclusive else "blue/green does not fit"
+            return [Stop(w.service, cur.slot, f"stop-first: {why}")]
+        if not fits(w, o) and not ((w.stop_first or w.exclusive) and cur is not None):
+            return [Fail(w.service, w.release, "not enough free disk or memory for a "
+                         "second slot (set stop_first to allow stop-first)")]
         return [Start(w.service, slot, w.release)]
     if new.status in ("created", "gone"):
         return [Stop(w.service, new.slot, "interrupted start")]
@@ -233,7 +287,19 @@ def _plan_service(w: Want, o: Observed, cur: Optional[Current],
         return [Fail(w.service, w.release, "container exited before it became healthy")]
     if new.instance not in o.healthy:
         return [CheckHealth(w.service, new.slot, new.instance)]
-    return [Switch(w.service, new.slot, w.release)]
+    return [Switch(w.service, new.slot, w.release,
+                   history_after(o, w.service, w.release, cur.release if cur else None,
+                                 w.keep_releases))]
+
+
+def stops_first(w: Want, o: Observed, cur: Optional[Current], boxes: Dict[str, Box]) -> bool:
+    """A replacement that stops the serving slot before it starts the new one: a stateful
+    service (one slot at a time on its volumes), or one that does not fit and may stop first.
+    Its ports are unmapped before it stops."""
+    return (cur is not None and cur.release != w.release and cur.slot in boxes
+            and (w.service, w.release) not in o.failed
+            and not any(b.release == w.release for b in boxes.values())
+            and (w.exclusive or (w.stop_first and not fits(w, o))))
 
 
 def plan(desired: Tuple[Want, ...], observed: Observed) -> List[Step]:
@@ -263,7 +329,9 @@ def plan(desired: Tuple[Want, ...], observed: Observed) -> List[Step]:
                                restarts.get(name, {})):
             (waits if isinstance(s, Wait) else work).append(s)
     flat = {(b.service, b.slot): b for b in o.boxes}
-    ports = desired_ports(wants, current, flat)
+    unserved = frozenset(n for n, w in wants.items()
+                         if stops_first(w, o, current.get(n), by_service.get(n, {})))
+    ports = desired_ports(wants, current, flat, unserved)
     if ports != tuple(sorted(o.port_map)):
         work.insert(0, SyncPorts(ports))
     if waits:

@@ -65,8 +65,8 @@ def test_serve_starts_the_others_while_one_service_backs_off():
     failures = {}
     for _ in range(4):
         reconcile.tick(h, {}, failures)
-    assert Restart("bb", "a") in h.ran and "bb" in h.up
-    assert h.ran.count(Restart("aa", "a")) == 1                # backing off, not hammered
+    assert Restart("bb", "a", "r1") in h.ran and "bb" in h.up
+    assert h.ran.count(Restart("aa", "a", "r1")) == 1                # backing off, not hammered
     assert failures["aa"][0] == 1 and "secret" in h.logged[0]
     h.now += 5
     h.broken.clear()
