@@ -99,11 +99,23 @@ def ex_settle(h: Host, step: Settle, obs: Observed) -> None:
     h.state.save_status(st)
 
 
+def _record_of(h: Host, meta: Meta):
+    """The target a container was started from, after its service left the target (``remove``):
+    its stop_timeout and pre_stop still hold."""
+    from runtime.gc import read_records
+    from runtime.spec import Target
+    rec = (read_records(h.layout).get(meta.service) or {}).get(meta.release)
+    try:
+        return Target.from_json(meta.service, rec) if rec else None
+    except Exception:  # noqa: BLE001 - an unreadable record: the default timeout
+        return None
+
+
 def ex_stop(h: Host, step: Stop, obs: Observed) -> None:
     meta = h.metas.get((step.service, step.slot))
     if meta is None:
         return
-    t = h.targets().get(step.service)
+    t = h.targets().get(step.service) or _record_of(h, meta)   # removed: its release's record
     timeout = t.deploy.stop_timeout if t is not None else Deploy.stop_timeout
     if t is not None and t.deploy.pre_stop and oci.proc_alive(meta.pid, meta.starttime):
         code = exec_in(h, meta)(t.deploy.pre_stop, timeout)      # e.g. a database's own shutdown

@@ -109,12 +109,21 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644, durable: bool = Fals
     tmp = f"{path}.tmp.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.write(fd, data)
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:                    # a short write (a full disk) is no success
+                view = view[os.write(fd, view):]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:                  # disk full, EIO, a signal: leave no temporary file
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     if not durable:
         return
     dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)

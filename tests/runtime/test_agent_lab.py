@@ -497,3 +497,20 @@ def test_serve_reports_the_health_of_serving_containers(lab, amd2, base_layer):
         assert status(agent)["hp"]["state"] == "running"      # reported, not replaced
     finally:
         lab.run(host, ["kill", str(started["pid"])])
+
+
+def test_remove_honours_the_services_stop_timeout(amd2, base_layer):
+    """A service that ignores SIGTERM is killed after its own stop_timeout, not the default 10 s."""
+    host, agent = amd2
+    stubborn = ["/bin/busybox", "sh", "-c",
+                "trap '' TERM; /bin/busybox httpd -p 80 -h /www; while true; do sleep 0.2; done"]
+    img = image(base_layer, "stubborn", cmd=stubborn)
+    agent.ship(img)
+    rc, body = agent.apply({"stub": (img, ik.deploy_spec(port=8096, stop_timeout=1.0, init=False))})
+    assert rc == 0, body
+    t = time.monotonic()
+    rc, body = agent.call("remove", "stub")
+    took = time.monotonic() - t
+    assert rc == 0, body
+    assert took < 6.0, f"remove took {took:.1f} s with stop_timeout 1 s"
+    assert "stub" not in status(agent)
