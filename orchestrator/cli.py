@@ -28,6 +28,7 @@ COMMANDS = {
     "rollback": "orchestrator.commands.rollback",
     "logs": "orchestrator.commands.logs",
     "audit": "orchestrator.commands.audit",
+    "volumes": "orchestrator.commands.volumes",
 }
 
 

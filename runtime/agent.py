@@ -202,6 +202,12 @@ def verb_status(layout: Layout, req: dict) -> dict:
     return {"services": out, "serve_pid": serve_pid(layout)}
 
 
+def verb_volumes(layout: Layout, req: dict) -> dict:
+    """Every volume on the host with its owner and size (reads only)."""
+    from runtime.volumes import list_volumes
+    return {"volumes": list_volumes(layout) if os.path.isdir(layout.volumes) else []}
+
+
 def verb_logs(layout: Layout, service: str, tail: int, follow: bool, out) -> None:
     """Raw log text of the serving slot (stdout and stderr interleaved) on ``out``: the last
     ``tail`` lines, then, with ``follow``, whatever is appended until the caller hangs up."""

@@ -72,6 +72,7 @@ VERBS: Dict[str, Verb] = {v.name: v for v in (
     Verb("observe", lambda l, r, io: _agent().verb_observe(l, r)),
     Verb("status", lambda l, r, io: _agent().verb_status(l, r)),
     Verb("audit", lambda l, r, io: _agent().verb_audit(l, r)),
+    Verb("volumes", lambda l, r, io: _agent().verb_volumes(l, r)),
     Verb("logs", _logs, stdin="none",
          args=(_SERVICE, ("--tail", {"type": int, "default": 100}),
                ("--follow", {"action": "store_true"}))),

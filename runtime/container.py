@@ -13,7 +13,7 @@ import subprocess
 import time
 from typing import Dict, List
 
-from runtime import bundle, names, network, oci, pid1, unpack, userns
+from runtime import bundle, names, network, oci, pid1, unpack, userns, volumes
 from runtime.errors import BadRequest, RuntimeFailure
 from runtime.layout import Layout
 from runtime.meta import Meta, cdir, container_id, list_metas, log_path, rt_of, veth_key
@@ -94,8 +94,7 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
                   MS_NOSUID | MS_NODEV)
         vols = []
         for v in deploy.volumes:
-            host = os.path.join(layout.volumes, v.name)
-            os.makedirs(host, mode=0o755, exist_ok=True)
+            host = volumes.ensure_volume(layout, service, v.name, v.shared)
             vols.append((host, v.dest, v.readonly))
         image_config = unpack.image_config(layout, target.manifest)
         meta.stop_signal = oci.stop_signal((image_config.get("config") or {}).get("StopSignal"))

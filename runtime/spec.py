@@ -75,6 +75,7 @@ class Volume:
     name: str
     dest: str
     readonly: bool = False
+    shared: bool = False                  # one directory for every service naming it (volumes.py)
 
 
 @dataclass(frozen=True)
@@ -126,8 +127,8 @@ class Deploy:
                        "interval": h.interval, "timeout": h.timeout, "retries": h.retries,
                        "start_period": h.start_period},
             "env": dict(self.env),
-            "volumes": [{"name": v.name, "dest": v.dest, "readonly": v.readonly}
-                        for v in self.volumes],
+            "volumes": [dict({"name": v.name, "dest": v.dest, "readonly": v.readonly},
+                             **({"shared": True} if v.shared else {})) for v in self.volumes],
             "secrets": [{"name": s.name, "dest": s.dest} for s in self.secrets],
             "resources": {"memory": r.memory, "pids": r.pids, "cpus": r.cpus},
             "drain": self.drain, "monitor": self.monitor, "stop_timeout": self.stop_timeout,
@@ -189,8 +190,10 @@ class Deploy:
             env=tuple(sorted((str(k), _str(v, ("env", str(k)))) for k, v in env.items())),
             volumes=tuple(Volume(_str(v.get("name"), ("volumes", i, "name")),
                                  _str(v.get("dest"), ("volumes", i, "dest")),
-                                 _bool(v.get("readonly", False), ("volumes", i, "readonly")))
-                          for i, v in enumerate(_objs(m, "volumes", ("name", "dest", "readonly")))),
+                                 _bool(v.get("readonly", False), ("volumes", i, "readonly")),
+                                 _bool(v.get("shared", False), ("volumes", i, "shared")))
+                          for i, v in enumerate(_objs(m, "volumes", ("name", "dest", "readonly",
+                                                                     "shared")))),
             secrets=tuple(SecretMount(_str(s.get("name"), ("secrets", i, "name")),
                                       _str(s.get("dest"), ("secrets", i, "dest")))
                           for i, s in enumerate(_objs(m, "secrets", ("name", "dest")))),

@@ -203,6 +203,9 @@ class AgentClient:
     def audit(self) -> Dict[str, Any]:
         return self.call("audit")
 
+    def volumes(self) -> Dict[str, Any]:
+        return self.call("volumes")
+
     def logs(self, service: str, tail: int = 100) -> bytes:
         res = self.conn.run(self.argv("logs", service, "--tail", str(tail)), timeout=60)
         if res.exit_code != 0:

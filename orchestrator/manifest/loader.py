@@ -653,10 +653,10 @@ def _volumes(raw: Any, ctx: Ctx) -> Tuple[Volume, ...]:
     seq = S.items(raw, ctx)
     out: List[Volume] = []
     for i, v in enumerate(seq):
-        name, dest, ro = S.convert(parse_volume, v, ctx.item(seq, i))
+        name, dest, ro, shared = S.convert(parse_volume, v, ctx.item(seq, i))
         if any(x.dest == dest for x in out):
             raise ctx.item(seq, i).error(f'"{dest}" mounted twice')
-        out.append(Volume(name, dest, ro))
+        out.append(Volume(name, dest, ro, shared))
     return tuple(out)
 
 

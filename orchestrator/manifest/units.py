@@ -71,18 +71,23 @@ def parse_port(value: object) -> Tuple[int, int, str]:
     return host, container, m.group(3) or "tcp"
 
 
-def parse_volume(value: object) -> Tuple[str, str, bool]:
-    """``"data:/data"`` or ``"data:/data:ro"`` -> (name, dest, readonly)."""
+def parse_volume(value: object) -> Tuple[str, str, bool, bool]:
+    """``"data:/data"``, ``"data:/data:ro"``, ``"media:/m:shared"`` or ``"media:/m:ro,shared"``
+    -> (name, dest, readonly, shared). A volume belongs to its service unless ``shared``."""
     if not isinstance(value, str):
-        raise ValueError(f'expected "NAME:/PATH[:ro]", got {value!r}')
+        raise ValueError(f'expected "NAME:/PATH[:ro][,shared]", got {value!r}')
     parts = value.split(":")
-    readonly = False
-    if len(parts) == 3 and parts[2] in ("ro", "rw"):
-        readonly = parts[2] == "ro"
+    readonly = shared = False
+    if len(parts) == 3:
+        opts = parts[2].split(",")
+        if not opts or any(o not in ("ro", "rw", "shared") for o in opts) or \
+                ("ro" in opts and "rw" in opts):
+            raise ValueError(f'expected options ro, rw and/or shared after the path, got "{value}"')
+        readonly, shared = "ro" in opts, "shared" in opts
         parts = parts[:2]
     if len(parts) != 2 or not parts[1].startswith("/") or not _NAME.match(parts[0]):
-        raise ValueError(f'expected "NAME:/PATH[:ro]", got "{value}"')
-    return parts[0], normalise_dest(parts[1]), readonly
+        raise ValueError(f'expected "NAME:/PATH[:ro][,shared]", got "{value}"')
+    return parts[0], normalise_dest(parts[1]), readonly, shared
 
 
 def parse_mode(value: object) -> int:

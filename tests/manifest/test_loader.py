@@ -226,7 +226,7 @@ INVALID = [
     ({"m.yaml": SVC + "deploy:\n  strategy: {max_parallel: 0}\n"},
      'm.yaml:6 services/web/deploy/strategy/max_parallel: expected a number of hosts >= 1 or a percentage like "25%", got "0"'),
     ({"m.yaml": SVC + "deploy:\n  volumes: [data]\n"},
-     'm.yaml:6 services/web/deploy/volumes/0: expected "NAME:/PATH[:ro]", got "data"'),
+     'm.yaml:6 services/web/deploy/volumes/0: expected "NAME:/PATH[:ro][,shared]", got "data"'),
     ({"m.yaml": SVC + "deploy:\n  secrets: {pw: {vault: x}}\n"},
      'm.yaml:6 services/web/deploy/secrets/pw/vault: unknown key "vault" (allowed keys: env, file, dest)'),
     ({"m.yaml": SVC + "deploy:\n  keep_releases: two\n"},

@@ -142,3 +142,8 @@ def test_a_stateful_store_is_replaced_stop_first_and_keeps_its_data(lab, pyz, la
     assert ik.hammer_get(host.address, 8293) == b"started-v1\npre-stop\nstarted-v2\n"
     steps = [s for s in journal_steps(agent, "kv") if s[0] in ("Start", "Stop")]
     assert steps[-2:] == [("Stop", "a"), ("Start", "b")], steps
+    rc, body = agent.call("volumes")                      # the volume is the store's own
+    assert rc == 0, body
+    mine = [v for v in body["volumes"] if v["name"] == "kv"]
+    assert [(v["service"], v["path"]) for v in mine] == [("kv", "/var/lib/orch/volumes/_services/kv/kv")]
+    assert mine[0]["bytes"] > 0
