@@ -38,6 +38,7 @@ deliberate downgrade is asked for; an older one is upgraded by ``apply``.
 The MUTATING verbs run only for the session holding the deploy lock: their request carries
 ``lock`` (the token given to ``lock``), else they fail with "locked" naming the holder.
   audit                 -> {lines: [{when, who, action, service, release}]}
+  volumes               -> {volumes: [{name, service (None: shared), path, bytes}]}
   serve [--daemon]      the supervisor loop; pidfile <run>/serve.pid (/run/orch/serve.pid);
                         --daemon starts it detached and answers {pid, pidfile, started}
 """

@@ -65,7 +65,8 @@ def test_every_verb_dispatches_through_one_table(tmp_path):
     code, body = dispatch("audit", layout, {}, Io(_io.StringIO(), sink, print))
     assert (code, body) == (protocol.EXIT_OK, {"lines": []})
     assert all(v.name in protocol.__doc__ for v in VERBS.values())   # the contract lists every verb
-    assert {v.name for v in VERBS.values() if v.reads_only} == {"info", "have", "observe", "status", "audit", "logs"}
+    assert {v.name for v in VERBS.values() if v.reads_only} == {
+        "info", "have", "observe", "status", "audit", "logs", "volumes"}
 
 
 def test_lock_unlock_audit(agent):
