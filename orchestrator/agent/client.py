@@ -15,7 +15,7 @@ import json
 import posixpath
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
-from orchestrator.errors import AgentError, AgentVersionError
+from orchestrator.errors import AgentError, TransportError, AgentVersionError
 from orchestrator.transport.ssh import SSHConnection, close_quietly
 from runtime import protocol
 
@@ -99,6 +99,14 @@ def put_agent(conn: SSHConnection, local_pyz: str, digest: str, python: Sequence
         raise AgentError(f"cannot create {AGENT_DIR}: {mk.stderr.decode(errors='replace').strip()}", host=host)
     conn.put_file(local_pyz, path, 0o644)
     return path
+
+
+RECEIVE_MIN_RATE = 32 * 1024      # bytes/s: slower than this, a transfer counts as stalled
+
+
+def receive_deadline(nbytes: int) -> float:
+    """A receive's deadline: a minute plus its bytes at the slowest uplink orch still serves."""
+    return 60.0 + nbytes / RECEIVE_MIN_RATE
 
 
 class AgentClient:
@@ -229,9 +237,12 @@ class AgentClient:
         the session when there is one and the stream's length (`nbytes`) is known."""
         if self.session is not None and not self.session.closed and nbytes is not None:
             code, body = self.session.call("receive", data=frames, nbytes=nbytes, on_bytes=on_bytes,
-                                           timeout=None)
+                                           timeout=receive_deadline(nbytes))
             return self._answer("receive", code, body, "")
         res = self.conn.stream_to(self.argv("receive"), frames, on_bytes)
+        if res.exit_code < 0:       # our ssh client died from a signal: the link may be fine, resume
+            raise TransportError(f"receive: the ssh client was killed by signal {-res.exit_code}",
+                                 host=self.host)
         ok, body = protocol.parse_answer(res.exit_code, res.stdout)
         if not ok:
             err = body.get("error") or {}

@@ -107,3 +107,46 @@ def test_a_corrupted_blob_is_refused_and_never_kept(agent, tmp_path):
     with pytest.raises(AgentError, match="does not match"):
         ship_blobs(reconnecting_client(lab.pool, host.name, client.path), [(digest, len(good))], store.open_blob)
     assert client.have([digest])["present"] == []
+
+
+def our_ssh_clients():
+    """The OpenSSH clients this test process started to stream `receive` (our own children)."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and argv[0].endswith(b"ssh") and any(b"receive" in a for a in argv):
+            out.append(int(pid))
+    return out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_transfer_whose_ssh_client_died_from_a_signal_resumes(agent, tmp_path, sig):
+    lab, host, client = agent
+    store, digest = big_blob(tmp_path)
+    part = lab.layout.host(host.name).var_lib_orch / "blobs" / "incoming" / (digest.split(":")[1] + ".part")
+    killed = []
+
+    def killer():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not killed:
+            if part.exists() and part.stat().st_size > SIZE // 3:
+                for pid in our_ssh_clients():
+                    os.kill(pid, sig)
+                    killed.append(pid)
+            time.sleep(0.02)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    result = ship_blobs(reconnecting_client(lab.pool, host.name, client.path), [(digest, SIZE)],
+                        store.open_blob, max_wait=0.5)
+    t.join()
+    assert killed, "the transfer ended before its client could be killed"
+    assert result.attempts >= 2 and result.bytes_sent < 1.2 * SIZE
+    final = lab.layout.host(host.name).var_lib_orch / "blobs" / "sha256" / digest.split(":")[1]
+    assert hashlib.sha256(final.read_bytes()).hexdigest() == digest.split(":")[1]
