@@ -93,12 +93,13 @@ def main() -> int:
     name = f"bench-boot-{secrets.token_hex(2)}"
     t = time.monotonic()
     lab = make_lab(name, amd64=0, arm64=0, booted=1, bullseye=1)
+    work = tempfile.TemporaryDirectory(prefix="orch-boot-")
     print(f"lab {name} up with 2 booted hosts in {time.monotonic() - t:.1f} s (roots already made)")
     try:
         for h in lab.hosts:
             boots = [cut_and_boot(lab, h.name, services=False) for _ in range(args.rounds)]
             print(f"{h.name:<11} boot after power cut     {stats(boots)}")
-        pyz, digest = build_agent_pyz(Path(tempfile.mkdtemp(prefix="orch-boot-")))
+        pyz, digest = build_agent_pyz(Path(work.name))
         base = ik.busybox_layer(busybox())
         imgs = {(svc, v): ik.make_image({"linux/amd64": [base, ik.tar_bytes([
             ik.dir_entry("www"), ik.file_entry("www/index.html", f"{svc} v{v}".encode())])]})
@@ -129,6 +130,7 @@ def main() -> int:
             print(f"{h.name:<11} recovery, mid-swap       {stats(mid)}")
     finally:
         remove_lab(lab)
+        work.cleanup()
     return 0
 
 
