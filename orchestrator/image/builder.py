@@ -163,7 +163,7 @@ class Builder:
                 sandbox.ensure_binfmt(platform)      # maintainer scripts run for the target arch
             rootfs, versions = deb.run_mmdebstrap(base.suite, deb_arch, base.packages, pins, work, warn,
                                                   base.variant, base.slim)
-            entries = list(walk_tree(rootfs, exclude=deb.EXCLUDE)) + deb.mountpoint_entries()
+            entries = list(walk_tree(rootfs, exclude=deb.excluded(flavour))) + deb.mountpoint_entries()
             layer = self._write(entries)
         finally:
             deb.cleanup(work)

@@ -30,6 +30,16 @@ EXCLUDE = ("dev", "etc/resolv.conf", "etc/hostname", "etc/apt/sources.list", "et
            "var/cache/ldconfig/aux-cache")
 
 
+# a Dockerfile's debian base (minbase): which packages were asked for by name differs between a
+# first run and one pinned by orch.lock (every package named), the files do not
+MINBASE_EXCLUDE = ("var/lib/apt/extended_states",)
+
+
+def excluded(flavour: str = "") -> tuple:
+    """What is left out of a base's layer."""
+    return EXCLUDE + (MINBASE_EXCLUDE if flavour else ())
+
+
 def mountpoint_entries():
     """Empty directories a container runtime mounts over (the root may be read-only there)."""
     from orchestrator.image.layer import Entry
@@ -222,7 +232,7 @@ def run_mmdebstrap(suite: str, deb_arch: str, packages, pins: Optional[Dict[str,
 def base_record_key(suite: str, deb_arch: str, packages, versions: Dict[str, str], flavour: str = "") -> list:
     key = ["debian", suite, deb_arch, sorted(packages), sorted(versions.items()), "mountpoints",
            json.loads(canonical_json(list(EXCLUDE)))]
-    return key + [flavour] if flavour else key
+    return key + [flavour, list(MINBASE_EXCLUDE)] if flavour else key
 
 
 def cleanup(path: str) -> None:
