@@ -12,7 +12,7 @@ from orchestrator.manifest import load_desired
 from orchestrator.image.store import Store
 from tests.image.conftest import REPO
 
-DIRS = ["manifests", "examples/python-app", "examples/pi-fleet", "examples/canary"]
+DIRS = ["manifests", "examples/python-app", "examples/pi-fleet", "examples/canary", "examples/uwsgi"]
 
 
 @pytest.mark.parametrize("directory", DIRS)
