@@ -32,6 +32,11 @@ def print_json(obj) -> None:
 
 def prepare_with_progress(args):
     """Load, build (with a progress display unless --json) and find the fleet's hosts."""
+    import os
+    from orchestrator.manifest.inputs import load_checked
+
+    # a bad manifest or a missing input is reported before SSH, rich and the builder are imported
+    load_checked(args.directory, parse_vars(args.var), os.environ)
     from orchestrator.commands.build import BuildProgress
     from orchestrator.fleet.deploy import prepare
 

@@ -25,6 +25,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    started = time.monotonic()
+    prep = prepare_with_progress(args)     # inputs are checked before SSH and rich are imported
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
     from orchestrator.fleet.deploy import apply, observe
@@ -33,8 +35,6 @@ def run(args) -> int:
     from orchestrator.transport.ssh import ConnectionPool
 
     console = Console(stderr=True)
-    started = time.monotonic()
-    prep = prepare_with_progress(args)
     with ConnectionPool(h.target for h in prep.hosts) as pool:
         obs = observe(prep, pool, allow_downgrade=args.allow_downgrade)
         if not args.json:   # flushed: in a pipe the plan comes before the rollout lines (stderr)

@@ -17,11 +17,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    prep = prepare_with_progress(args)     # inputs are checked before SSH is imported
     from orchestrator.fleet.deploy import observe
     from orchestrator.fleet.report import plan_to_json, render_plan
     from orchestrator.transport.ssh import ConnectionPool
 
-    prep = prepare_with_progress(args)
     with ConnectionPool(h.target for h in prep.hosts) as pool:
         obs = observe(prep, pool, install=False)
     if args.json:
