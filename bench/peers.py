@@ -227,13 +227,16 @@ class Orch:
         self.cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
         return took
 
-    def forget_connections(self) -> None:
-        """Close the SSH connections earlier orch commands left open (ControlPersist)."""
-        from orchestrator.transport.ssh import control_dir
-        d = control_dir()
-        for sock in (Path(d).iterdir() if d else []):
-            subprocess.run(["ssh", "-F", "/dev/null", "-o", f"ControlPath={sock}", "-O", "exit", "lab"],
-                           capture_output=True)
+    def forget_connections(self, lab: "Lab") -> None:
+        """Close the SSH connections earlier orch commands left open to this lab's hosts
+        (ControlPersist), and only those: other labs' connections may be in use."""
+        from orchestrator.transport.ssh import control_options
+        for h in lab.hosts:
+            opts = control_options(h.target)
+            path = next((o.split("=", 1)[1] for o in opts if o.startswith("ControlPath=")), None)
+            if path and os.path.exists(path):
+                subprocess.run(["ssh", "-F", "/dev/null", "-o", f"ControlPath={path}", "-O", "exit", h.address],
+                               capture_output=True)
 
 
 # ---- report -----------------------------------------------------------------------------------
@@ -385,7 +388,7 @@ def measure_noop(tmp: Path, orch: Orch, rounds: int, labs: List[Lab]) -> None:
     penv = dict(os.environ, ANSIBLE_HOST_KEY_CHECKING="True", ANSIBLE_PYTHON_INTERPRETER="auto_silent")
     cold, warm, pyinfra, ansible, cold_cpu, warm_cpu = [], [], [], [], [], []
     for _ in range(rounds):
-        orch.forget_connections()
+        orch.forget_connections(lab)
         cold.append(orch.apply(d))
         cold_cpu.append(orch.cpu[-1])
         warm.append(orch.apply(d))

@@ -11,7 +11,7 @@ import shutil
 import time
 from typing import Any, Dict, Optional
 
-from runtime import admission, gc, meta, protocol, reconcile, store
+from runtime import admission, gc, meta, protocol, reconcile, snapshot, store
 from runtime.errors import BadRequest, NotFound
 from runtime.gc import read_records
 from runtime.hostinfo import agent_digest, host_platform, serve_agent, serve_pid
@@ -90,6 +90,7 @@ def verb_apply(layout: Layout, req: dict, log=None) -> dict:
     _check_lock(layout, req.get("lock"), "apply")
     h = make_host(layout, log)
     with h.state.flock("converge.lock"):
+        snapshot.forget(layout.run)       # a reader asks the agent until serve writes anew
         reconcile.repair_lost_state(h)
         target = h.state.target()
         admission.check_ports({n: Target.from_json(n, t).deploy for n, t in target.items()
@@ -122,6 +123,7 @@ def verb_rollback(layout: Layout, service: str, to: Optional[str], who: str, log
     _check_lock(layout, lock, "rollback")
     h = make_host(layout, log)
     with h.state.flock("converge.lock"):
+        snapshot.forget(layout.run)       # a reader asks the agent until serve writes anew
         reconcile.repair_lost_state(h)
         st = h.state.status()
         records = read_records(layout).get(service) or {}
@@ -150,6 +152,7 @@ def verb_remove(layout: Layout, service: str, who: str, log=None,
     _check_lock(layout, lock, "remove")
     h = make_host(layout, log)
     with h.state.flock("converge.lock"):
+        snapshot.forget(layout.run)       # a reader asks the agent until serve writes anew
         reconcile.repair_lost_state(h)
         target = h.state.target()
         if service not in target and service not in h.state.status()["current"]:

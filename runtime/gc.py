@@ -9,7 +9,7 @@ import time
 import zipfile
 from typing import Dict, List
 
-from runtime import admission, meta, protocol
+from runtime import admission, meta, protocol, snapshot
 from runtime.errors import AgentFailure
 from runtime.layout import Layout
 
@@ -43,6 +43,7 @@ def releases_to_keep(target: dict, st: dict, container_releases) -> set:
 def run_gc(h) -> dict:
     """``gc`` verb: collect under the converge lock."""
     with h.state.flock("converge.lock"):
+        snapshot.forget(h.layout.run)
         return collect(h)
 
 

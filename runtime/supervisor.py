@@ -62,6 +62,7 @@ def run_serve(layout: Layout) -> int:
     probes: dict = {}
     failures: dict = {}                  # per service: (count, retry at), see reconcile.tick
     refreshed = time.monotonic()
+    snapped = 0.0
     while not stop["now"]:
         if time.monotonic() - refreshed > 5.0:
             h.forget_cache()  # re-read the nft table now and then (someone may have flushed it)
@@ -73,11 +74,34 @@ def run_serve(layout: Layout) -> int:
             errors += 1
             delay = min(30.0, 0.5 * 2 ** min(errors, 6))
             _log(f"serve: {type(exc).__name__}: {exc} (retry in {delay:.1f}s)")
+        if time.monotonic() - snapped >= SNAPSHOT_EVERY:
+            run_write_snapshot(h)
+            snapped = time.monotonic()
         end = time.monotonic() + delay
         while not stop["now"] and time.monotonic() < end:
             time.sleep(min(0.05, max(0.0, end - time.monotonic())))
     _log("serve: stopping (containers keep running)")
     return 0
+
+
+SNAPSHOT_EVERY = 1.0
+
+
+def run_write_snapshot(h) -> None:
+    """Write what ``observe`` would answer (every blob the store has) to <run>/observe.json,
+    under the converge lock so no change is half-way; on any error, leave none behind."""
+    from runtime import agent, snapshot
+    layout = h.layout
+    try:
+        with h.state.flock("converge.lock", blocking=False) as got:
+            if not got:
+                return               # an apply is changing things: it removed the snapshot
+            blobs = layout.blobs
+            digests = ["sha256:" + n for n in os.listdir(blobs) if len(n) == 64] if os.path.isdir(blobs) else []
+            snapshot.write(layout.run, agent.verb_observe(layout, {"digests": sorted(digests)}))
+    except Exception as exc:  # noqa: BLE001 - a reader then asks the agent itself
+        snapshot.forget(layout.run)
+        _log(f"serve: observe snapshot: {type(exc).__name__}: {exc}")
 
 
 def start_daemon(layout: Layout, argv0: str, extra: Optional[list] = None) -> dict:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from orchestrator.agent.client import (AgentClient, AgentMissing, agent_path,
                                        check_versions, put_agent)
 from orchestrator.agent.session import AgentSession, SessionGone
 from orchestrator.errors import AgentError
 from orchestrator.transport.ssh import SSHConnection
-from runtime import platforms, protocol
+from runtime import platforms, protocol, snapshot
 
 UNIT_PATH = "/etc/systemd/system/orch-agent.service"
 
@@ -97,11 +97,22 @@ def read_host(conn: SSHConnection, digest: str, digests: Sequence[str] = (), *,
 
 
 def install_and_observe(conn: SSHConnection, local_pyz: str, digest: str,
-                        digests: Sequence[str] = (), *, allow_downgrade: bool = False
-                        ) -> Tuple[AgentClient, dict]:
+                        digests: Sequence[str] = (), *, allow_downgrade: bool = False,
+                        releases: Optional[Mapping[str, str]] = None) -> Tuple[AgentClient, dict]:
     """For commands that change hosts (apply, rollback): read the host; where this orch's agent
     is missing, install it (refusing to replace a newer one unless ``allow_downgrade``); make
-    sure `serve` runs it. One round trip in the steady state."""
+    sure `serve` runs it. One round trip in the steady state.
+
+    With `releases` (service -> release wanted there): when the snapshot `serve` keeps shows
+    exactly those serving, that read is the answer and no agent process starts (the client then
+    has no session; a command that goes on to change the host re-observes under its lock)."""
+    if releases is not None:
+        path = agent_path(digest)
+        seen = read_snapshot(conn, path, digest, digests)
+        if seen is not None and all(serving(seen["status"], name, rel) for name, rel in releases.items()):
+            client = AgentClient(conn, path)
+            client.check(seen["info"])
+            return client, seen
     view = read_host(conn, digest, digests, allow_newer=True)
     if view.agent != "current":
         if view.client is not None and view.client.checked is not None:
@@ -118,6 +129,28 @@ def install_and_observe(conn: SSHConnection, local_pyz: str, digest: str,
 def install_agent_and_serve(conn: SSHConnection, local_pyz: str, digest: str) -> AgentClient:
     """Install the agent if its digest is new there, and make sure `serve` runs that agent."""
     return install_and_observe(conn, local_pyz, digest)[0]
+
+
+def serving(status: Mapping, service: str, release: str) -> bool:
+    """`release` of `service` runs, has not been restarting and is not unhealthy."""
+    s = (status.get("services") or {}).get(service) or {}
+    return s.get("release") == release and s.get("state") == "running" and not s.get("restarts") \
+        and s.get("health") != "unhealthy"
+
+
+def read_snapshot(conn: SSHConnection, path: str, digest: str, digests: Sequence[str]) -> Optional[dict]:
+    """The observe answer from serve's snapshot (runtime/snapshot.py), if it is fresh and was
+    written by this very agent; `have` narrowed to `digests`. None otherwise."""
+    res = conn.run_shared(["cat", posixpath.join(protocol.DEFAULT_RUN, snapshot.NAME), "/proc/uptime"], timeout=30)
+    seen = snapshot.parse_read(res.stdout) if res.exit_code == 0 else None
+    if seen is None:
+        return None
+    info = seen.get("info") or {}
+    if info.get("agent_digest") != digest or info.get("serve_agent") != path or not isinstance(seen.get("status"), dict):
+        return None
+    present = set((seen.get("have") or {}).get("present") or [])
+    seen["have"] = {"present": [d for d in digests if d in present], "partial": {}}
+    return seen
 
 
 def _check_info(conn: SSHConnection, path: str, digest: str, info: dict) -> None:

@@ -171,10 +171,12 @@ def open_fleet(directory: str, variables: Mapping[str, str], pool: Optional[Conn
 
 
 def observe(prep: Prepared, pool: ConnectionPool, *, install: bool = True,
-            allow_downgrade: bool = False) -> Observed:
+            allow_downgrade: bool = False, again: Optional[Mapping[str, AgentClient]] = None) -> Observed:
     """Ask every host what it has and runs; with ``install`` (apply), install or upgrade the
     agent first where needed. Without (plan), nothing changes on any host and each host's plan
-    says what apply would do to its agent."""
+    says what apply would do to its agent. A first observe for apply may be answered by serve's
+    snapshot (no agent process); `again`, the clients of an earlier observe, re-reads fresh
+    through their agent sessions (under the lock)."""
     hosts = list(prep.hosts)    # every host: one that no service selects any more may hold one to remove
     blobs_of = {m: prep.store.blobs_for(m) for r in prep.releases for m in r.manifests.values()}
     digests_by_platform: Dict[str, List[str]] = {}
@@ -187,9 +189,14 @@ def observe(prep: Prepared, pool: ConnectionPool, *, install: bool = True,
         wanted = sorted(set(digests_by_platform.get(host.platform or "", [])))
         wanted = wanted or sorted({d for ds in digests_by_platform.values() for d in ds})
         conn, agent = pool.get(host.name), None
-        if install:
-            client, seen = install_and_observe(conn, prep.agent_pyz, prep.agent_digest, wanted,
-                                               allow_downgrade=allow_downgrade)
+        known = (again or {}).get(host.name)
+        if known is not None and known.session is not None and not known.session.closed:
+            client, seen = known, known.call("observe", {"digests": wanted}, timeout=120)
+        elif install:
+            client, seen = install_and_observe(
+                conn, prep.agent_pyz, prep.agent_digest, wanted, allow_downgrade=allow_downgrade,
+                releases=None if again is not None else
+                {r.service: r.release for r in prep.releases if host.name in r.host_names})
         else:
             view: HostView = read_host(conn, prep.agent_digest, wanted)
             client, seen, agent = view.client, view.answer, view.would_install(prep.agent_digest)
@@ -233,7 +240,7 @@ def apply(prep: Prepared, obs: Observed, pool: ConnectionPool, *, who: Optional[
         return report
     who = who or operator()
     with mutating(_fleet_clients(prep, obs, pool), who, force=force_unlock, timeout=host_timeout) as lock:
-        obs = observe(prep, pool, allow_downgrade=allow_downgrade)
+        obs = observe(prep, pool, allow_downgrade=allow_downgrade, again=obs.clients)
         report = ApplyReport(obs.plan)
         report.lost.update({h: str(e) for h, e in lock.lost.items()})
         if not obs.plan.up_to_date:

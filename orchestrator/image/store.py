@@ -221,9 +221,12 @@ class Store:
             fcntl.flock(lock, fcntl.LOCK_EX)
             path = os.path.join(self.root, "index.json")
             with open(path, "rb") as fh:
-                index = json.load(fh)
+                raw = fh.read()
+            index = json.loads(raw)
             yield index
-            _atomic_write(path, canonical_json(index))
+            new = canonical_json(index)
+            if new != raw:           # a build that changed nothing writes (and fsyncs) nothing
+                _atomic_write(path, new)
 
     def tag(self, name: str, index_digest: str) -> None:
         """Point ``name`` (a service) at an image index in ``index.json``."""

@@ -56,6 +56,12 @@ def _read_pid(path: Path) -> Optional[int]:
 
 
 def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    try:   # `lab up` on a lab that is up (every apply does it) rewrites nothing
+        st = path.stat()
+        if (st.st_mode & 0o7777) == mode and path.read_text() == text:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
         f.write(text)

@@ -19,9 +19,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
-import paramiko
-
 from orchestrator.errors import HostKeyError, TransportError
+
+
+class _OnFirstUse:
+    """paramiko, imported on first attribute use: a command whose hosts are all reached through
+    the OpenSSH client never pays its import. (Python's import lock makes threads that race
+    here wait for one complete import; the stdlib LazyLoader does not, before 3.12.)"""
+
+    def __getattr__(self, name: str):
+        import paramiko as module
+        return getattr(module, name)
+
+
+paramiko = _OnFirstUse()
 
 # Seconds an OpenSSH connection outlives the command that opened it (ControlPersist): the next
 # command on the same host then costs no handshake. "0" or "no" turns it off; so does
@@ -257,6 +268,22 @@ class SSHConnection:
         if t.key_path:
             cmd += ["-i", os.path.expanduser(t.key_path), "-o", "IdentitiesOnly=yes"]
         return cmd + control_options(t) + [t.address, "--", self.command_line(argv)]
+
+    def run_shared(self, argv: Sequence[str], *, timeout: float = 30.0) -> CommandResult:
+        """A small command through the OpenSSH client, on the connection other commands share
+        (no handshake when one persists); through paramiko where OpenSSH cannot stand in."""
+        cmd = self.openssh_argv(argv)
+        if cmd is None:
+            return self.run(argv, timeout=timeout)
+        try:
+            p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise TransportError(f"{argv[0]} timed out after {timeout}s", host=self.target.name) from exc
+        if p.returncode == 255:
+            raise TransportError(f"ssh to {self.target.address} failed: "
+                                 f"{p.stderr.decode(errors='replace').strip()[-300:] or 'exit 255'}",
+                                 host=self.target.name)
+        return CommandResult(p.returncode, p.stdout, p.stderr)
 
     def open_process(self, argv: Sequence[str]) -> "RemoteProcess":
         """Start `argv` on the host with its stdin/stdout as pipes here (an agent session).
