@@ -36,7 +36,7 @@ _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _GO_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _FLAGS = {"FROM": {"platform"}, "COPY": {"from", "chown", "chmod", "link"},
           "ADD": {"chown", "chmod", "link"}, "RUN": {"network"},
-          "HEALTHCHECK": {"interval", "timeout", "start-period", "start-interval", "retries"}}
+          "HEALTHCHECK": {"interval", "timeout", "start-period", "retries"}}
 _REFUSED = {
     "ONBUILD": "ONBUILD triggers are not supported",
     "VOLUME": "VOLUME is not supported: declare volumes in the manifest (deploy: volumes: [NAME:/path])",

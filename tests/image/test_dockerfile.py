@@ -283,6 +283,7 @@ def test_apt_packages(command, packages, rest):
     ("FROM scratch\nSTOPSIGNAL now\n", 2, "STOPSIGNAL"),
     ("FROM scratch\nHEALTHCHECK --interval=soon CMD x\n", 2, "--interval"),
     ("FROM scratch\nHEALTHCHECK x\n", 2, "HEALTHCHECK"),
+    ("FROM scratch\nHEALTHCHECK --start-interval=1s CMD x\n", 2, "--start-interval"),
     ("FROM scratch\nCOPY --chmod=u+x a /a\n", 2, "--chmod"),
     ("FROM scratch\nCOPY a\n", 2, "source and a destination"),
     ("FROM --platform=linux/s390x scratch\n", 1, "--platform"),
