@@ -29,6 +29,7 @@ COMMANDS = {
     "logs": "orchestrator.commands.logs",
     "audit": "orchestrator.commands.audit",
     "volumes": "orchestrator.commands.volumes",
+    "exec": "orchestrator.commands.exec",
 }
 
 
@@ -67,9 +68,25 @@ def _examples_text(lines) -> Optional[str]:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines) if lines else None
 
 
+# commands whose words after `--` are a command line of their own (`orch exec SVC -- CMD ...`)
+PASSTHROUGH = ("exec",)
+
+
+def split_passthrough(argv: List[str]):
+    """(orch's own words, the words after the first `--`, or None) for a passthrough command."""
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    if verb in PASSTHROUGH and "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    own, rest = split_passthrough(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(own)
+    if rest is not None:
+        args.argv_after = rest
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

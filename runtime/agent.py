@@ -9,7 +9,7 @@ import os
 import platform as _platform
 import shutil
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from runtime import admission, gc, meta, protocol, reconcile, snapshot, store
 from runtime.errors import BadRequest, NotFound
@@ -203,6 +203,24 @@ def verb_status(layout: Layout, req: dict) -> dict:
             entry["restarts"] = int(restarts)        # restarted lately: a crash loop, not serving
         out[name] = entry
     return {"services": out, "serve_pid": serve_pid(layout)}
+
+
+def verb_exec(layout: Layout, service: str, command: List[str], tty: bool) -> int:
+    """Run ``command`` in the serving container of ``service`` with this process's stdio (the
+    SSH session's: with a terminal when ``tty``); its exit code is the verb's."""
+    import subprocess
+
+    from runtime import oci
+    from runtime.state import State
+    if not command:
+        raise BadRequest("exec: expected a command after the service")
+    cur = (State(layout).status().get("current") or {}).get(service)
+    m = next((x for x in meta.list_metas(layout)
+              if cur and x.service == service and x.slot == cur.get("slot")), None)
+    if m is None or not oci.proc_alive(m.pid, m.starttime):
+        raise NotFound(f"{service}: no serving container on this host")
+    rt = meta.rt_of(m, oci.choose_runtime(layout.run))
+    return subprocess.call(rt.base() + ["exec"] + (["--tty"] if tty else []) + [m.id] + command)
 
 
 def verb_volumes(layout: Layout, req: dict) -> dict:

@@ -56,6 +56,11 @@ def _logs(layout: Layout, req: dict, io: Io) -> None:
                        io.stdout)
 
 
+def _exec(layout: Layout, req: dict, io: Io) -> None:
+    command = [c for c in (req.get("command") or []) if c != "--"] if req.get("command") else []
+    raise _Exit(_agent().verb_exec(layout, _service(req), command, bool(req.get("tty"))))
+
+
 def _service(req: dict) -> str:
     s = req.get("service")
     if not isinstance(s, str) or not s:
@@ -76,6 +81,9 @@ VERBS: Dict[str, Verb] = {v.name: v for v in (
     Verb("logs", _logs, stdin="none",
          args=(_SERVICE, ("--tail", {"type": int, "default": 100}),
                ("--follow", {"action": "store_true"}))),
+    Verb("exec", _exec, stdin="none", reads_only=False,
+         args=(_SERVICE, ("--tty", {"action": "store_true"}),
+               ("command", {"nargs": argparse.REMAINDER}))),
     Verb("receive", lambda l, r, io: _agent().verb_receive(
         l, io.stdin.buffer if hasattr(io.stdin, "buffer") else io.stdin),
         stdin="stream", reads_only=False),

@@ -39,6 +39,8 @@ The MUTATING verbs run only for the session holding the deploy lock: their reque
 ``lock`` (the token given to ``lock``), else they fail with "locked" naming the holder.
   audit                 -> {lines: [{when, who, action, service, release}]}
   volumes               -> {volumes: [{name, service (None: shared), path, bytes}]}
+  exec SERVICE [--tty] CMD...  runs CMD in the serving container with the session's stdio;
+                        the exit code is CMD's (not_found when nothing serves)
   serve [--daemon]      the supervisor loop; pidfile <run>/serve.pid (/run/orch/serve.pid);
                         --daemon starts it detached and answers {pid, pidfile, started}
 """

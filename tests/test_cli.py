@@ -20,7 +20,8 @@ def test_every_command_has_examples_the_parser_accepts(verb):
     for line in examples:
         words = shlex.split(line, comments=True)
         assert words[:2] == ["orch", verb], line
-        args = parser.parse_args(words[1:])          # exits (SystemExit) on a bad example
+        own, _ = cli.split_passthrough(words[1:])  # `orch exec SVC -- CMD`: CMD is not orch's
+        args = parser.parse_args(own)                # exits (SystemExit) on a bad example
         assert args.command == verb and callable(args._run)
 
 

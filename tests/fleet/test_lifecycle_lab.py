@@ -95,3 +95,15 @@ def test_a_dropped_service_is_removed_and_another_projects_service_stays(lab_pro
     assert plan.up_to_date and report.ok
     _, plan, _, _ = plan_and_apply(farm)
     assert plan.up_to_date                                 # farm never saw shop's services as its own
+
+    # orch exec runs a command in the serving container and returns its exit code
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "exec", "web-a", str(shop), "--",
+                           "/bin/busybox", "sh", "-c", "cat /srv/www/index.html; exit 7"],
+                          capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert done.returncode == 7, done.stderr
+    assert b"Hello from orch" in done.stdout
+    gone = subprocess.run([sys.executable, "-m", "orchestrator.cli", "exec", "web-b", str(shop), "--", "true"],
+                          capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert gone.returncode != 0 and b"web-b" in gone.stderr        # no longer in the manifests
