@@ -32,11 +32,11 @@ def snap_lab(tmp_path_factory):
     text = (directory / "hello.yaml").read_text().replace("platforms: [linux/amd64, linux/arm64]",
                                                           "platforms: [linux/amd64]")
     (directory / "hello.yaml").write_text(text)
-    prep = prepare(str(directory), {})
-    with ConnectionPool(h.target for h in prep.hosts) as pool:
-        report = apply(prep, observe(prep, pool), pool)
-        assert report.ok, [o.error for o in report.rollout.outcomes]
-    try:
+    try:                  # the lab comes down even when the first deploy fails
+        prep = prepare(str(directory), {})
+        with ConnectionPool(h.target for h in prep.hosts) as pool:
+            report = apply(prep, observe(prep, pool), pool)
+            assert report.ok, [o.error for o in report.rollout.outcomes]
         yield prep
     finally:
         LabMachine(LabLayout(LabSpec(LAB, 1, 0))).down()
