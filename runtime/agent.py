@@ -229,16 +229,8 @@ def verb_volumes(layout: Layout, req: dict) -> dict:
     return {"volumes": list_volumes(layout) if os.path.isdir(layout.volumes) else []}
 
 
-def verb_logs(layout: Layout, service: str, tail: int, follow: bool, out) -> None:
-    """Raw log text of the serving slot (stdout and stderr interleaved) on ``out``: the last
-    ``tail`` lines, then, with ``follow``, whatever is appended until the caller hangs up."""
-    from runtime.state import State
-    st = State(layout).status()
-    cur = st["current"].get(service)
-    if not cur:
-        raise NotFound(f"{service}: not running on this host")
-    path = meta.log_path(layout, service, cur["slot"])
-    sink = out.buffer if hasattr(out, "buffer") else out
+def _write_tail(path: str, tail: int, sink) -> int:
+    """Write the last ``tail`` lines of ``path``; return the offset read up to."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -248,8 +240,44 @@ def verb_logs(layout: Layout, service: str, tail: int, follow: bool, out) -> Non
     lines = data.splitlines(keepends=True)
     sink.write(b"".join(lines[-tail:]) if tail > 0 else b"")
     sink.flush()
+    return pos
+
+
+def _write_from(path: str, pos: int, sink) -> None:
+    try:
+        with open(path, "rb") as f:
+            f.seek(pos)
+            sink.write(f.read())
+            sink.flush()
+    except FileNotFoundError:
+        pass
+
+
+def verb_logs(layout: Layout, service: str, tail: int, follow: bool, out) -> None:
+    """Raw log text of the serving slot (stdout and stderr interleaved) on ``out``: the last
+    ``tail`` lines, then, with ``follow``, whatever is appended until the caller hangs up; when
+    a blue/green switch makes another slot the serving one, the rest of the old slot's log, a
+    marker line, then the new slot's last ``tail`` lines and whatever it appends."""
+    from runtime.state import State
+    state = State(layout)
+    cur = state.status()["current"].get(service)
+    if not cur:
+        raise NotFound(f"{service}: not running on this host")
+    slot = cur["slot"]
+    path = meta.log_path(layout, service, slot)
+    sink = out.buffer if hasattr(out, "buffer") else out
+    pos = _write_tail(path, tail, sink)
     while follow:
         time.sleep(0.25)
+        now = state.status()["current"].get(service) or {}
+        if now.get("slot") not in (None, slot):
+            _write_from(path, pos, sink)
+            slot = now["slot"]
+            path = meta.log_path(layout, service, slot)
+            sink.write(f"-- orch: {service} now serves from slot {slot} "
+                       f"(release {now.get('release')}) --\n".encode())
+            pos = _write_tail(path, tail, sink)
+            continue
         try:
             with open(path, "rb") as f:
                 if os.fstat(f.fileno()).st_size < pos:

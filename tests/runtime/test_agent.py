@@ -101,6 +101,17 @@ def test_logs_tail_and_follow(agent, tmp_path):
         with open(log, "ab") as f:
             f.write(b"four\n")
         assert p.stdout.readline() == b"four\n"
+        (root / "logs" / "web.a.log").write_bytes(b"green starts\n")     # a blue/green switch
+        with open(log, "ab") as f:
+            f.write(b"five (blue, draining)\n")
+        write_json(str(root / "state" / "status.json"),
+                   {"current": {"web": {"release": "r-2", "slot": "a", "since": 2.0}}})
+        assert p.stdout.readline() == b"five (blue, draining)\n"
+        assert b"now serves from slot a (release r-2)" in p.stdout.readline()
+        assert p.stdout.readline() == b"green starts\n"
+        with open(root / "logs" / "web.a.log", "ab") as f:
+            f.write(b"six\n")
+        assert p.stdout.readline() == b"six\n"
     finally:
         p.kill()
         p.wait()
