@@ -45,5 +45,17 @@ def fleet_hosts(fleet: Fleet, *, bring_up_lab: bool = True, ssh_config: Optional
     return out
 
 
+def host_vars(fleet: Fleet) -> dict:
+    """The fleet's inventory as template data, ``hosts[NAME].address`` and friends, so one
+    service can point at another on a different host without hard-coding addresses. Pure: a lab
+    fleet's addresses come from its layout (the lab need not be up)."""
+    if fleet.is_lab:
+        return {h.name: {"name": h.name, "address": h.address, "port": 22, "user": "root",
+                         "labels": {"platform": h.platform}, "platform": h.platform}
+                for h in lab_layout(fleet).hosts()}
+    return {h.name: {"name": h.name, "address": h.address, "port": h.port, "user": h.user,
+                     "labels": dict(h.labels), "platform": h.platform} for h in fleet.hosts}
+
+
 def select_hosts(selector: HostSelector, hosts: List[InventoryHost]) -> List[InventoryHost]:
     return [h for h in hosts if selector.matches(h.name, h.labels)]

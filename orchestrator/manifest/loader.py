@@ -61,6 +61,9 @@ def load_desired(directory: str, vars: Optional[Mapping[str, Any]] = None, *,
 
     fleet: Optional[Fleet] = None
     pending: List[Tuple[Doc, LMap]] = []
+    # the Fleet first: services' templates may use its inventory (``hosts[NAME].address``)
+    docs = sorted(docs, key=lambda d: 0 if isinstance(d.data, dict) and d.data.get("kind") == "Fleet" else 1)
+    service_vars: Optional[Dict[str, Any]] = None
     for doc in docs:
         ctx = Ctx(doc.file, (), doc.line)
         data = doc.data
@@ -80,8 +83,11 @@ def load_desired(directory: str, vars: Optional[Mapping[str, Any]] = None, *,
         prefix: tuple = ()
         if isinstance(data.get("name"), str) and "{" not in data["name"]:
             prefix = ("services" if kind == "Service" else "fleet", data["name"])
+        if kind == "Service" and service_vars is None:
+            service_vars = _with_inventory(variables, fleet or DEFAULT_FLEET)
         try:
-            body = render_tree(body, env, variables, doc.file, prefix, doc.line)
+            body = render_tree(body, env, variables if kind == "Fleet" else service_vars,
+                               doc.file, prefix, doc.line)
         except ManifestError as exc:
             if problems is None or kind == "Fleet":
                 raise
@@ -98,7 +104,7 @@ def load_desired(directory: str, vars: Optional[Mapping[str, Any]] = None, *,
     services: Dict[str, Service] = {}
     for doc, body in pending:
         try:
-            svc = _service(body, doc, fleet, env, variables)
+            svc = _service(body, doc, fleet, env, service_vars)
         except ManifestError as exc:
             if problems is None:
                 raise
@@ -113,6 +119,15 @@ def load_desired(directory: str, vars: Optional[Mapping[str, Any]] = None, *,
     _check_needs(services)
     return Desired(directory=directory, fleet=fleet, services=frozen_map(services),
                    vars=frozen_map(variables))
+
+
+def _with_inventory(variables: Mapping[str, Any], fleet: Fleet) -> Dict[str, Any]:
+    """Template variables for services: the manifests' vars, and ``hosts`` (the fleet's
+    inventory) unless a var of that name is set."""
+    from orchestrator.fleet.inventory import host_vars
+    out = dict(variables)
+    out.setdefault("hosts", host_vars(fleet))
+    return out
 
 
 def _check_needs(services: Mapping[str, Service]) -> None:

@@ -54,3 +54,31 @@ def test_an_empty_pre_stop_is_refused_located(tmp_path):
     with pytest.raises(ManifestError) as err:
         load_desired(write(tmp_path, service("db") + "  pre_stop: []\n"))
     assert "deploy/pre_stop" in str(err.value) and "expected a command" in str(err.value)
+
+
+FLEET = """kind: Fleet
+name: shop
+hosts:
+  - {name: pi-db, address: 192.168.1.30, labels: {role: db}}
+  - {name: pi-web, address: 192.168.1.31, labels: {role: web}}
+"""
+
+
+def test_templates_use_the_fleets_inventory_to_point_across_hosts(tmp_path):
+    app = service("web") + "  env: {DB: \"redis://{{ hosts['pi-db'].address }}:6379\"}\n"
+    d = load_desired(write(tmp_path, app, FLEET))               # the Fleet may come after
+    assert d.services["web"].deploy.env["DB"] == "redis://192.168.1.30:6379"
+
+
+def test_a_lab_fleets_inventory_is_known_before_the_lab_is_up(tmp_path):
+    lab = "kind: Fleet\nname: invlab\nlab: {hosts: 1, arm64: 1}\n"
+    app = service("web") + "  env: {PEER: \"{{ hosts['arm64-1'].address }}\"}\n"
+    d = load_desired(write(tmp_path, lab, app))
+    assert d.services["web"].deploy.env["PEER"].count(".") == 3
+
+
+def test_an_unknown_host_in_a_template_is_located(tmp_path):
+    app = service("web") + "  env: {DB: \"{{ hosts['pi-nope'].address }}\"}\n"
+    with pytest.raises(ManifestError) as err:
+        load_desired(write(tmp_path, FLEET, app))
+    assert "deploy/env/DB" in str(err.value) and "pi-nope" in str(err.value)
