@@ -507,7 +507,7 @@ def test_remove_honours_the_services_stop_timeout(amd2, base_layer):
                 "trap '' TERM; /bin/busybox httpd -p 80 -h /www; while true; do sleep 0.2; done"]
     img = image(base_layer, "stubborn", cmd=stubborn)
     agent.ship(img)
-    rc, body = agent.apply({"stub": (img, ik.deploy_spec(port=8096, stop_timeout=1.0, init=False))})
+    rc, body = agent.apply({"stub": (img, ik.deploy_spec(port=8097, stop_timeout=1.0, init=False))})
     assert rc == 0, body
     t = time.monotonic()
     rc, body = agent.call("remove", "stub")
