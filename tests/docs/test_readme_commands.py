@@ -12,6 +12,7 @@ prefix is removed at the end. A line marked ``# not on the lab`` is checked for 
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ import pytest
 from orchestrator.lab.machine import LabMachine, known_labs, load_layout
 from tests.docs.doccommands import REPO, all_commands, check_syntax, judge
 
-COMMAND_TIMEOUT = 600
+COMMAND_TIMEOUT = 1800     # a cold build of an example through qemu takes minutes on a busy machine
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +58,19 @@ def docs_lab(tmp_path_factory):
 def run_as_written(line: str, cwd: Path, env: dict, envfile: Path):
     """Run one documented line in bash; returns (exit code, stdout, stderr, environment after it)."""
     script = f"{line}\n__doc_rc=$?\nenv -0 > {envfile}\nexit $__doc_rc\n"
-    proc = subprocess.run(["bash", "-c", script], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+    proc = subprocess.Popen(["bash", "-c", script], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=COMMAND_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)          # the command and everything it started
+        out, err = proc.communicate()
+        return -1, out, err + f"\n(timed out after {COMMAND_TIMEOUT} s)", env
     after = env
     if envfile.exists():
         after = dict(item.split("=", 1) for item in envfile.read_text().split("\0") if "=" in item)
         envfile.unlink()
-    return proc.returncode, proc.stdout, proc.stderr, after
+    return proc.returncode, out, err, after
 
 
 def run_document(commands, work: Path, env: dict, envfile: Path):
