@@ -30,6 +30,7 @@ COMMANDS = {
     "audit": "orchestrator.commands.audit",
     "volumes": "orchestrator.commands.volumes",
     "exec": "orchestrator.commands.exec",
+    "remove": "orchestrator.commands.remove",
 }
 
 

@@ -107,3 +107,14 @@ def test_a_dropped_service_is_removed_and_another_projects_service_stays(lab_pro
     gone = subprocess.run([sys.executable, "-m", "orchestrator.cli", "exec", "web-b", str(shop), "--", "true"],
                           capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
     assert gone.returncode != 0 and b"web-b" in gone.stderr        # no longer in the manifests
+
+    # orch remove takes a service off its hosts now; another project's service is refused
+    theirs = subprocess.run([sys.executable, "-m", "orchestrator.cli", "remove", "other", str(shop)],
+                            capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert theirs.returncode != 0 and b"belongs to project 'farm'" in theirs.stderr, theirs.stderr
+    assert serves(address, 8083)
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "remove", "web-a", str(shop)],
+                          capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    assert b"removed" in done.stdout and b"the next apply deploys it again" in done.stderr
+    assert not serves(address, 8081) and serves(address, 8083)
