@@ -99,6 +99,20 @@ def test_the_app_reaches_the_store_by_name_across_a_replace_and_a_stranger_canno
     rc, out, err = agent.runner(["nft", "list", "map", "ip", "orch", "vips"], b"", 30)
     assert names.vip_of("store") in out.decode(), out
 
+    # a blue/green replace of the app under a client loop: no request lost, and the new app
+    # reaches the store by name at once
+    app_v2 = ik.make_image({"linux/amd64": [ik.busybox_layer(str(static_busybox["linux/amd64"]),
+                                                             page=b"app v2\n")]},
+                           cmd=watcher("http://store.orch/"))
+    agent.ship(app_v2)
+    with ik.Hammer(host.address, 8291) as hammer:
+        rc, body = agent.apply({"app": (app_v2, dict(spec_app, drain=1.0))})
+        time.sleep(0.5)
+    assert rc == 0 and body["services"]["app"]["ok"], body
+    assert hammer.failed == [] and hammer.ok > 20, (hammer.ok, hammer.failed[:3])
+    assert b"app v2\n" in hammer.bodies                     # the index page moved to v2
+    assert wait_for(host.address, 8291, b"store v2\n") == b"store v2\n"
+
 
 def journal_steps(agent, service: str):
     rc, out, err = agent.runner(["cat", "/var/lib/orch/state/journal.log"], b"", 30)
