@@ -102,7 +102,9 @@ def verb_apply(layout: Layout, req: dict, log=None) -> dict:
         for n, t in checked.items():
             target[n] = t
             records.setdefault(n, {})[t["release"]] = t
-            h.state.save_secrets(n, dict(services[n].get("secrets") or {}))
+            h.state.save_secrets(n, dict(services[n].get("secrets") or {}),
+                                 keep=[x.name for x in Target.from_json(n, t).deploy.secrets
+                                       if not x.tmpfs])
             (st["failed"].get(n) or {}).pop(t["release"], None)
         h.state.save_status(st)
         h.state.save_records(records)

@@ -82,6 +82,7 @@ class Volume:
 class SecretMount:
     name: str
     dest: str
+    tmpfs: bool = False                   # memory only: not kept on disk, gone after a power cut
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,8 @@ class Deploy:
             "env": dict(self.env),
             "volumes": [dict({"name": v.name, "dest": v.dest, "readonly": v.readonly},
                              **({"shared": True} if v.shared else {})) for v in self.volumes],
-            "secrets": [{"name": s.name, "dest": s.dest} for s in self.secrets],
+            "secrets": [dict({"name": s.name, "dest": s.dest}, **({"tmpfs": True} if s.tmpfs else {}))
+                        for s in self.secrets],
             "resources": {"memory": r.memory, "pids": r.pids, "cpus": r.cpus},
             "drain": self.drain, "monitor": self.monitor, "stop_timeout": self.stop_timeout,
             "stop_first": self.stop_first, "keep_releases": self.keep_releases,
@@ -195,8 +197,9 @@ class Deploy:
                           for i, v in enumerate(_objs(m, "volumes", ("name", "dest", "readonly",
                                                                      "shared")))),
             secrets=tuple(SecretMount(_str(s.get("name"), ("secrets", i, "name")),
-                                      _str(s.get("dest"), ("secrets", i, "dest")))
-                          for i, s in enumerate(_objs(m, "secrets", ("name", "dest")))),
+                                      _str(s.get("dest"), ("secrets", i, "dest")),
+                                      _bool(s.get("tmpfs", False), ("secrets", i, "tmpfs")))
+                          for i, s in enumerate(_objs(m, "secrets", ("name", "dest", "tmpfs")))),
             resources=Resources(
                 memory=None if r.get("memory") is None else _int(r["memory"], ("resources", "memory")),
                 pids=None if r.get("pids") is None else _int(r["pids"], ("resources", "pids")),

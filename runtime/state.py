@@ -1,9 +1,10 @@
 """Persisted agent state under <root>/state, every write atomic (tmp, fsync, rename).
 
 - target.json   what should run: {service: {release, index, manifest, deploy}}
-Secret values are not kept here: they live on the secrets tmpfs under the run dir
-(<run>/secrets/by-service/NAME.json, 0600), so they never touch a disk; after a reboot a
-service that needs them waits for the orchestrator's next apply.
+  Secret values live on the secrets tmpfs under the run dir (<run>/secrets/by-service/
+  NAME.json, 0600) and, unless a secret is marked ``tmpfs`` in the manifest, at rest in
+  secrets/NAME.json here (0600 in a 0700 dir, root only), so that after a power cut a service
+  starts again with no control machine in reach.
 - status.json   what the agent did: current slot per service, health/settle marks, failures,
                 restart counts, release history, IP allocation cursor
 - journal.log   one JSON line per executed step (begin / done / error)
@@ -24,7 +25,7 @@ import fcntl
 import json
 import os
 import time
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterable, Iterator, List, Optional
 
 from runtime import protocol
 from runtime.errors import Busy, Locked, NewerState
@@ -122,19 +123,45 @@ class State:
     def _secrets_dir(self) -> str:
         return os.path.join(self.layout.secrets, "by-service")
 
-    def secrets(self, service: str) -> Dict[str, str]:
-        return read_json(os.path.join(self._secrets_dir(), service + ".json"), {}) or {}
+    def _at_rest(self, service: str) -> str:
+        return os.path.join(self.layout.state, "secrets", service + ".json")
 
-    def save_secrets(self, service: str, values: Dict[str, str]) -> None:
-        path = os.path.join(self._secrets_dir(), service + ".json")
+    def secrets(self, service: str) -> Dict[str, str]:
+        """The service's secret values: from the tmpfs, else (a reboot emptied it) from their
+        copy at rest, which goes back onto the tmpfs."""
+        values = read_json(os.path.join(self._secrets_dir(), service + ".json"), None)
+        if values is None:
+            values = read_json(self._at_rest(service), None) or {}
+            if values:
+                self._write_tmpfs(service, values)
+        return values
+
+    def save_secrets(self, service: str, values: Dict[str, str],
+                     keep: Optional[Iterable[str]] = None) -> None:
+        """On the tmpfs; and at rest (root-only: 0600 in a 0700 directory of the host's disk)
+        the ones named in ``keep`` (None: all), so that after a power cut the service starts
+        with no control machine in reach. A secret left out of ``keep`` (``tmpfs: true`` in the
+        manifest) never touches the disk."""
+        rest_path = self._at_rest(service)
         if not values:
-            if os.path.exists(path):
-                os.unlink(path)
+            for p in (os.path.join(self._secrets_dir(), service + ".json"), rest_path):
+                if os.path.exists(p):
+                    os.unlink(p)
             return
+        self._write_tmpfs(service, values)
+        names = None if keep is None else set(keep)
+        rest = {k: v for k, v in values.items() if names is None or k in names}
+        if rest:
+            os.makedirs(os.path.dirname(rest_path), mode=0o700, exist_ok=True)
+            write_json(rest_path, rest, 0o600, durable=True)
+        elif os.path.exists(rest_path):
+            os.unlink(rest_path)
+
+    def _write_tmpfs(self, service: str, values: Dict[str, str]) -> None:
         from runtime.container import ensure_secrets_tmpfs
         ensure_secrets_tmpfs(self.layout)
         os.makedirs(self._secrets_dir(), mode=0o700, exist_ok=True)
-        write_json(path, values, 0o600)
+        write_json(os.path.join(self._secrets_dir(), service + ".json"), values, 0o600)
 
     # --- status ------------------------------------------------------------------------
     def status(self) -> Dict[str, Any]:

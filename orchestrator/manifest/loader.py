@@ -686,7 +686,8 @@ def _secrets(raw: Any, ctx: Ctx, directory: str) -> Tuple[Secret, ...]:
         sctx = ctx.key(raw, name)
         if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", name):
             raise sctx.error(f'expected a secret name, got "{name}"')
-        m = S.mapping(spec, sctx, ("env", "file", "dest"))
+        m = S.mapping(spec, sctx, ("env", "file", "dest", "tmpfs"))
+        tmpfs = S.boolean(m["tmpfs"], sctx.key(m, "tmpfs")) if "tmpfs" in m else False
         which = S.one_of_keys(m, sctx, ("env", "file"))
         dest = S.convert(normalise_dest, S.string(m["dest"], sctx.key(m, "dest")), sctx.key(m, "dest")) \
             if "dest" in m else f"/run/secrets/{name}"
@@ -694,11 +695,13 @@ def _secrets(raw: Any, ctx: Ctx, directory: str) -> Tuple[Secret, ...]:
             raise sctx.error(f'secret destination "{dest}" used twice')
         if which == "env":
             var = S.convert(_env_key, S.string(m["env"], sctx.key(m, "env")), sctx.key(m, "env"))
-            out.append(Secret(name=name, dest=dest, env=var, source_file=sctx.file, source_line=sctx.line))
+            out.append(Secret(name=name, dest=dest, env=var, tmpfs=tmpfs, source_file=sctx.file,
+                              source_line=sctx.line))
         else:
             p = os.path.expanduser(S.string(m["file"], sctx.key(m, "file")))
             p = os.path.normpath(os.path.join(directory, p))
-            out.append(Secret(name=name, dest=dest, file=p, source_file=sctx.file, source_line=sctx.line))
+            out.append(Secret(name=name, dest=dest, file=p, tmpfs=tmpfs, source_file=sctx.file,
+                              source_line=sctx.line))
     return tuple(out)
 
 

@@ -238,6 +238,7 @@ class Secret:
     dest: str
     env: Optional[str] = None             # environment variable on the control machine
     file: Optional[str] = None            # absolute path of a file on the control machine
+    tmpfs: bool = False                   # memory only on the host (gone after a power cut)
     source_file: Optional[str] = None
     source_line: Optional[int] = None
 
@@ -298,7 +299,7 @@ class DeploySpec:
         return spec.Deploy(
             ports=self.ports, health=self.health, env=tuple(sorted(self.env.items())),
             volumes=self.volumes,
-            secrets=tuple(spec.SecretMount(s.name, s.dest) for s in self.secrets),
+            secrets=tuple(spec.SecretMount(s.name, s.dest, s.tmpfs) for s in self.secrets),
             resources=self.resources, drain=self.drain, monitor=self.strategy.monitor,
             stop_timeout=self.stop_timeout, stop_first=self.stop_first,
             keep_releases=self.keep_releases, init=self.init, needs=self.needs,

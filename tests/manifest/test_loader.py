@@ -228,7 +228,7 @@ INVALID = [
     ({"m.yaml": SVC + "deploy:\n  volumes: [data]\n"},
      'm.yaml:6 services/web/deploy/volumes/0: expected "NAME:/PATH[:ro][,shared]", got "data"'),
     ({"m.yaml": SVC + "deploy:\n  secrets: {pw: {vault: x}}\n"},
-     'm.yaml:6 services/web/deploy/secrets/pw/vault: unknown key "vault" (allowed keys: env, file, dest)'),
+     'm.yaml:6 services/web/deploy/secrets/pw/vault: unknown key "vault" (allowed keys: env, file, dest, tmpfs)'),
     ({"m.yaml": SVC + "deploy:\n  keep_releases: two\n"},
      'm.yaml:6 services/web/deploy/keep_releases: expected an integer, got "two"'),
     ({"m.yaml": SVC + "deploy:\n  stop_first: yes please\n"},
