@@ -163,6 +163,7 @@ def verb_remove(layout: Layout, service: str, who: str, log=None,
         h.state.save_target(target)
         h.state.audit(who, "remove", service, old)
         reconcile.converge(h, services=[service])
+        h.state.save_secrets(service, {})      # its secret values leave the tmpfs and the disk
     return {"services": {service: {"ok": True, "removed": True, "release": None}}}
 
 

@@ -218,3 +218,7 @@ def test_a_service_with_a_secret_comes_back_and_a_tmpfs_only_secret_does_not(rec
     with pytest.raises(OSError):
         ik.hammer_get(host.address, 8091, timeout=0.5)      # its secret went with the power
     recovery_lab.pool.get(name).close()
+    for svc in ("kept", "memory"):
+        rc, body = agent.call("remove", svc)          # imagekit takes the deploy lock for it
+        assert rc == 0, body
+    assert sh(recovery_lab, name, "ls /var/lib/orch/state/secrets") == ""       # removed with it
