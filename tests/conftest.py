@@ -89,6 +89,26 @@ def own_lab(prefix: str, **counts):
         remove_lab(the_lab)
 
 
+@contextlib.contextmanager
+def fleet_lab_home(lab_name: str, home) -> None:
+    """ORCH_HOME set to ``home`` while a test module drives `orch` against a lab fleet named
+    ``lab_name`` (that the first apply brings up); afterwards the lab is down and ORCH_HOME is
+    what it was."""
+    from orchestrator.lab.layout import LabLayout, LabSpec
+    from orchestrator.lab.machine import LabMachine
+
+    old_home = os.environ.get("ORCH_HOME")
+    os.environ["ORCH_HOME"] = str(home)
+    try:
+        yield
+    finally:
+        LabMachine(LabLayout(LabSpec(lab_name))).down()
+        if old_home is None:
+            os.environ.pop("ORCH_HOME", None)
+        else:
+            os.environ["ORCH_HOME"] = old_home
+
+
 @pytest.fixture(scope="session")
 def lab():
     """2 amd64 + 1 arm64 + 1 armv7 hosts, named test-XXXX so it never meets a person's lab."""

@@ -30,6 +30,22 @@ def print_json(obj) -> None:
     sys.stdout.write("\n")
 
 
+def service_hosts(fleet, service: str, host, directory: str) -> List[str]:
+    """The names of the hosts ``service`` goes to (only ``host`` when given); UsageError when
+    the service is not in the manifests or does not go to that host."""
+    from orchestrator.fleet.inventory import select_hosts
+
+    svc = fleet.desired.services.get(service)
+    if svc is None:
+        raise UsageError(f"no service {service!r} in {directory}")
+    names = [h.name for h in select_hosts(svc.deploy.hosts, fleet.hosts)]
+    if host:
+        if host not in names:
+            raise UsageError(f"{service} does not run on {host!r} (hosts: {', '.join(names)})")
+        names = [host]
+    return names
+
+
 def prepare_with_progress(args):
     """Load, build (with a progress display unless --json) and find the fleet's hosts."""
     import os

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from orchestrator.commands._common import parse_vars
+from orchestrator.commands._common import parse_vars, service_hosts
 
 HELP = "run a command in a service's serving container (a terminal when you have one)"
 EXAMPLES = (
@@ -27,20 +27,12 @@ def run(args) -> int:
 
     from orchestrator.errors import UsageError
     from orchestrator.fleet.deploy import open_fleet
-    from orchestrator.fleet.inventory import select_hosts
 
     command = list(args.argv_after)
     if not command:
         raise UsageError("nothing to run: orch exec SERVICE [DIR] -- CMD ...")
     fleet = open_fleet(args.directory, parse_vars(args.var))
-    service = fleet.desired.services.get(args.service)
-    if service is None:
-        raise UsageError(f"no service {args.service!r} in {args.directory}")
-    names = [h.name for h in select_hosts(service.deploy.hosts, fleet.hosts)]
-    if args.host:
-        if args.host not in names:
-            raise UsageError(f"{args.service} does not run on {args.host!r} (hosts: {', '.join(names)})")
-        names = [args.host]
+    names = service_hosts(fleet, args.service, args.host, args.directory)
     tty = sys.stdin.isatty() and sys.stdout.isatty() and not args.no_tty
     with fleet.pool:
         views, errors = fleet.views(names)       # finds the agent; installs nothing

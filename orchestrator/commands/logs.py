@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from orchestrator.commands._common import add_source_arguments, parse_vars
+from orchestrator.commands._common import add_source_arguments, parse_vars, service_hosts
 
 HELP = "print a service's logs from its hosts (--follow to stream)"
 EXAMPLES = (
@@ -21,19 +21,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from orchestrator.fleet.deploy import open_fleet
     from orchestrator.errors import UsageError
-    from orchestrator.fleet.inventory import select_hosts
+    from orchestrator.fleet.deploy import open_fleet
 
     fleet = open_fleet(args.directory, parse_vars(args.var))
-    service = fleet.desired.services.get(args.service)
-    if service is None:
-        raise UsageError(f"no service {args.service!r} in {args.directory}")
-    names = [h.name for h in select_hosts(service.deploy.hosts, fleet.hosts)]
-    if args.host:
-        if args.host not in names:
-            raise UsageError(f"{args.service} does not run on {args.host!r} (hosts: {', '.join(names)})")
-        names = [args.host]
+    names = service_hosts(fleet, args.service, args.host, args.directory)
     if args.follow and len(names) != 1:
         raise UsageError("--follow needs one host: add --host H")
     with fleet.pool:

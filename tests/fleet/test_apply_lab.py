@@ -14,7 +14,7 @@ import pytest
 from orchestrator.fleet.deploy import apply, observe, prepare
 from orchestrator.errors import LockHeldError
 from orchestrator.transport.ssh import ConnectionPool
-from tests.conftest import REPO
+from tests.conftest import REPO, fleet_lab_home
 
 LAB = f"test-apply-{secrets.token_hex(2)}"
 
@@ -26,23 +26,11 @@ def write_fleet(directory: Path) -> None:
 @pytest.fixture(scope="module")
 def lab_project(tmp_path_factory):
     """A copy of the default manifests aimed at this module's own lab; removed afterwards."""
-    from orchestrator.lab.layout import LabLayout, LabSpec
-    from orchestrator.lab.machine import LabMachine
-
-    home = tmp_path_factory.mktemp("orch-home")
-    old_home = os.environ.get("ORCH_HOME")
-    os.environ["ORCH_HOME"] = str(home)
     directory = tmp_path_factory.mktemp("project") / "manifests"
     shutil.copytree(REPO / "manifests", directory)
     write_fleet(directory)
-    try:
+    with fleet_lab_home(LAB, tmp_path_factory.mktemp("orch-home")):
         yield directory
-    finally:
-        LabMachine(LabLayout(LabSpec(LAB))).down()
-        if old_home is None:
-            os.environ.pop("ORCH_HOME", None)
-        else:
-            os.environ["ORCH_HOME"] = old_home
 
 
 def run_apply(directory: Path, **kw):

@@ -2,7 +2,6 @@
 next apply (the plan says so first), and another project's service on the same host stays."""
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import urllib.request
@@ -13,7 +12,7 @@ import pytest
 from orchestrator.fleet.deploy import apply, observe, prepare
 from orchestrator.fleet.report import render_plan
 from orchestrator.transport.ssh import ConnectionPool
-from tests.conftest import REPO
+from tests.conftest import REPO, fleet_lab_home
 
 LAB = f"test-life-{secrets.token_hex(2)}"
 
@@ -40,20 +39,9 @@ def project_dir(root: Path, name: str, services, project: str = "") -> Path:
 
 @pytest.fixture(scope="module")
 def lab_projects(tmp_path_factory):
-    from orchestrator.lab.layout import LabLayout, LabSpec
-    from orchestrator.lab.machine import LabMachine
-
     root = tmp_path_factory.mktemp("life")
-    old_home = os.environ.get("ORCH_HOME")
-    os.environ["ORCH_HOME"] = str(root / "home")
-    try:
+    with fleet_lab_home(LAB, root / "home"):
         yield root
-    finally:
-        LabMachine(LabLayout(LabSpec(LAB))).down()
-        if old_home is None:
-            os.environ.pop("ORCH_HOME", None)
-        else:
-            os.environ["ORCH_HOME"] = old_home
 
 
 def plan_and_apply(directory: Path):
