@@ -13,7 +13,7 @@ from orchestrator.agent.bundle import build_agent_pyz
 @pytest.fixture(scope="module")
 def bullseye_lab():
     """A booted Debian bullseye lab host: its python3 is 3.9, like Raspberry Pi OS bullseye, the
-    oldest Python the agent supports (from the project's own set-up, not this machine's pyenv)."""
+    oldest Python the agent supports (from the project's own set-up, not an interpreter that happens to be on this machine)."""
     from tests.conftest import own_lab
     with own_lab("py39", amd64=0, arm64=0, bullseye=1) as the_lab:
         yield the_lab

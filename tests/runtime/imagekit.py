@@ -144,12 +144,12 @@ def deploy_spec(port: int = 8080, **over) -> dict:
     return spec
 
 
-def hammer_get(address: str, port: int, timeout: float = 2.0) -> bytes:
-    """One HTTP GET on a fresh connection; returns the body (raises on any failure)."""
+def hammer_get(address: str, port: int, timeout: float = 2.0, path: str = "/") -> bytes:
+    """One HTTP GET on a fresh connection; returns the body (raises OSError on any failure)."""
     import socket
     with socket.create_connection((address, port), timeout=timeout) as s:
         s.settimeout(timeout)
-        s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
         data = b""
         while True:
             b = s.recv(65536)

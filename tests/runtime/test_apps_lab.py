@@ -36,16 +36,7 @@ def watcher(url: str):
 
 
 def seen(address: str, port: int) -> bytes:
-    import socket
-    with socket.create_connection((address, port), timeout=2) as s:
-        s.sendall(b"GET /seen HTTP/1.0\r\nHost: x\r\n\r\n")
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    return data.partition(b"\r\n\r\n")[2]
+    return ik.hammer_get(address, port, path="/seen")
 
 
 def wait_for(address: str, port: int, want: bytes, seconds: float = 20.0) -> bytes:
