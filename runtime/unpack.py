@@ -124,14 +124,25 @@ class Meter:
 class _Guard:
     """The decompressed tar stream as tarfile reads it. While tarfile reads an entry's
     headers (``headers`` is a count), more than ``MAX_HEADER`` bytes is refused: a PAX or
-    GNU long-name header of gigabytes would otherwise be read whole into memory."""
+    GNU long-name header of gigabytes would otherwise be read whole into memory. Every byte
+    is hashed: at the end of the stream ``diff_id`` is the layer's uncompressed digest."""
 
     def __init__(self, f: BinaryIO):
+        import hashlib
         self.f = f
         self.headers: Optional[int] = None
+        self.hash = hashlib.sha256()
+
+    def diff_id(self) -> str:
+        """Read to the end (tarfile stops at the end-of-archive blocks) and name the hash."""
+        self.headers = None
+        while self.read(CHUNK):
+            pass
+        return "sha256:" + self.hash.hexdigest()
 
     def read(self, n: int = -1) -> bytes:
         b = self.f.read(n)
+        self.hash.update(b)
         if self.headers is not None:
             self.headers += len(b)
             if self.headers > MAX_HEADER:
@@ -290,10 +301,12 @@ def _write_file(tf: "tarfile.TarFile", m: "tarfile.TarInfo", path: str, meter: M
         os.close(fd)
 
 
-def entries(fileobj) -> Iterator[Tuple["tarfile.TarFile", "tarfile.TarInfo"]]:
+def entries(fileobj, out: Optional[dict] = None
+            ) -> Iterator[Tuple["tarfile.TarFile", "tarfile.TarInfo"]]:
     """Each entry of a layer stream (tar or tar+gzip), with its TarFile for ``extractfile``;
     headers capped at ``MAX_HEADER``, no header kept once passed. For reading a layer's
-    names or one small file without unpacking it (read data with a limit of your own)."""
+    names or one small file without unpacking it (read data with a limit of your own).
+    Iterated to the end, ``out["diff_id"]`` is the digest of the uncompressed stream."""
     import gzip
     import tarfile
     import zlib
@@ -320,22 +333,29 @@ def entries(fileobj) -> Iterator[Tuple["tarfile.TarFile", "tarfile.TarInfo"]]:
             except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
                 raise UnsafeImage(f"layer is truncated or corrupt: {exc}") from None
             if m is None:
+                if out is not None:
+                    try:
+                        out["diff_id"] = stream.diff_id()
+                    except (EOFError, OSError, zlib.error) as exc:
+                        raise UnsafeImage(f"layer is truncated or corrupt: {exc}") from None
                 return
             tf.members = []      # stream mode keeps every header otherwise
             yield tf, m
 
 
 def apply_layer(root: str, fileobj, created: Optional[Set[str]] = None,
-                meter: Optional[Meter] = None) -> None:
+                meter: Optional[Meter] = None) -> str:
     """Extract one layer (tar or tar+gzip stream) on top of ``root``, charging ``meter``
-    (a fresh default budget when none is given)."""
+    (a fresh default budget when none is given). Returns the layer's diff_id (the digest of
+    its uncompressed tar stream) for the caller to check against the image config."""
     import gzip
     import tarfile
     import zlib
     created = set() if created is None else created
     meter = meter or Meter(root, Budget())
+    out: dict = {}
     try:
-        for tf, m in entries(fileobj):
+        for tf, m in entries(fileobj, out):
             parts = check_member(m)
             if not parts:
                 continue
@@ -392,13 +412,24 @@ def apply_layer(root: str, fileobj, created: Optional[Set[str]] = None,
         raise UnsafeImage(f"layer is truncated or corrupt: {exc}") from None
     except OSError as exc:
         raise UnsafeImage(f"layer could not be unpacked: {exc}") from None
+    return out["diff_id"]
+
+
+def check_diff_ids(image: str, layers: Sequence[Mapping], diff_ids: Sequence[str]) -> None:
+    """The config must name one diff_id per layer (each checked as the layer is unpacked)."""
+    if len(diff_ids) != len(layers) or not all(isinstance(d, str) for d in diff_ids):
+        raise DigestMismatch(f"image {image}: its config lists {len(diff_ids)} diff_ids for "
+                             f"{len(layers)} layers; refusing it")
 
 
 def apply_layers(root: str, layers: Sequence[Mapping], open_blob: Callable[[str], ContextManager],
-                 budget: Budget, image: str) -> None:
+                 budget: Budget, image: str, diff_ids: Optional[Sequence[str]] = None) -> None:
     """Apply ``layers`` ([{"digest": ...}], bottom first) onto ``root`` within one budget.
-    Each layer is hashed while it is read and must match its digest. Errors name the image
-    and the layer; the caller removes ``root`` on failure."""
+    Each layer is hashed while it is read and must match its digest, and its uncompressed
+    stream must match its diff_id (``diff_ids``, from the image config). Errors name the
+    image and the layer; the caller removes ``root`` on failure."""
+    if diff_ids is not None:
+        check_diff_ids(image, layers, diff_ids)
     meter = Meter(root, budget)
     created: Set[str] = set()
     for i, layer in enumerate(layers, 1):
@@ -408,12 +439,22 @@ def apply_layers(root: str, layers: Sequence[Mapping], open_blob: Callable[[str]
             with open_blob(digest) as raw:
                 reader = store.HashingReader(raw)
                 created.clear()
-                apply_layer(root, reader, created, meter)
+                diff_id = apply_layer(root, reader, created, meter)
                 got = reader.drain()
         except AgentFailure as exc:
             raise type(exc)(f"{where}: {exc.message}", **exc.extra) from None
         if got != digest:
             raise DigestMismatch(f"{where}: on disk it hashes to {got}; refusing it")
+        if diff_ids is not None and diff_id != diff_ids[i - 1]:
+            raise DigestMismatch(f"{where}: its uncompressed content hashes to {diff_id}, "
+                                 f"not to the diff_id {diff_ids[i - 1]} its image config "
+                                 "names; refusing it")
+
+
+def diff_ids_of(config: Mapping) -> list:
+    rootfs = config.get("rootfs") if isinstance(config, Mapping) else None
+    ids = rootfs.get("diff_ids") if isinstance(rootfs, Mapping) else None
+    return list(ids) if isinstance(ids, list) else []
 
 
 def read_manifest(layout: Layout, manifest_digest: str) -> dict:
@@ -448,7 +489,7 @@ def unpack_image(layout: Layout, manifest_digest: str, budget: Optional[Budget] 
             if mt not in LAYER_TYPES:
                 raise BadRequest(f"image {manifest_digest}: unsupported layer media type {mt!r}")
         apply_layers(rootfs, layers, lambda d: store.open_blob(layout, d), budget,
-                     manifest_digest)
+                     manifest_digest, diff_ids_of(config))
         write_json(os.path.join(tmp, "config.json"), config)
         write_json(os.path.join(tmp, "manifest.json"), manifest)
         os.rename(tmp, dest)

@@ -123,3 +123,47 @@ def test_a_dir_replaced_by_a_link_later_in_the_layer_does_not_leak_metadata(tmp_
     unpack.apply_layer(str(root), io.BytesIO(data))
     assert unpack.mode_of(str(outside / "b")) == 0o755
     assert os.readlink(root / "a") == str(outside)
+
+
+def test_a_layer_whose_diff_id_lies_is_refused_named(tmp_path):
+    """The config's diff_id is the hash of the uncompressed tar: a layer whose gzip blob is
+    intact (its digest matches) but whose config names another diff_id is refused, with the
+    image, the layer and both hashes named, and nothing is left unpacked."""
+    lay = Layout(str(tmp_path / "root"), str(tmp_path / "run"))
+    lay.ensure()
+    good = layer(ik.file_entry("a", b"1"), gz=True)
+    liar = layer(ik.file_entry("b", b"2"), gz=True)
+    claimed = ik.digest(b"something else")
+    ids = {good: ik.diff_id(good), liar: claimed}
+    img = ik.make_image({"linux/amd64": [good, liar]}, diff_ids=ids.__getitem__)
+    _store(lay, img.blobs)
+    m = img.manifests["linux/amd64"]
+    with pytest.raises(DigestMismatch) as exc:
+        unpack.unpack_image(lay, m)
+    msg = str(exc.value)
+    assert f"image {m} layer 2/2 {ik.digest(liar)}" in msg
+    assert claimed in msg and ik.diff_id(liar) in msg and "diff_id" in msg
+    assert os.listdir(lay.images) == []
+
+
+def test_a_config_with_the_wrong_number_of_diff_ids_is_refused(tmp_path):
+    lay = Layout(str(tmp_path / "root"), str(tmp_path / "run"))
+    lay.ensure()
+    one = layer(ik.file_entry("a", b"1"), gz=True)
+    img = ik.make_image({"linux/amd64": [one, one]})
+    cfg_digest = [d for d, v in img.blobs.items() if b'"diff_ids"' in v][0]
+    import json
+    cfg = json.loads(img.blobs.pop(cfg_digest))
+    cfg["rootfs"]["diff_ids"] = cfg["rootfs"]["diff_ids"][:1]
+    # rebuild manifest + index around the shortened config
+    data = json.dumps(cfg, sort_keys=True).encode()
+    man_digest = img.manifests["linux/amd64"]
+    man = json.loads(img.blobs.pop(man_digest))
+    man["config"].update(digest=ik.digest(data), size=len(data))
+    mb = json.dumps(man, sort_keys=True).encode()
+    img.blobs[ik.digest(data)] = data
+    img.blobs[ik.digest(mb)] = mb
+    _store(lay, img.blobs)
+    with pytest.raises(DigestMismatch, match="1 diff_ids for 2 layers"):
+        unpack.unpack_image(lay, ik.digest(mb))
+    assert os.listdir(lay.images) == []
