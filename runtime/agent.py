@@ -11,15 +11,15 @@ import shutil
 import time
 from typing import Any, Dict, List, Optional
 
-from runtime import admission, gc, meta, protocol, reconcile, snapshot, store
+from runtime import meta, protocol
 from runtime.errors import BadRequest, NotFound
-from runtime.gc import read_records
 from runtime.hostinfo import agent_digest, host_platform, serve_agent, serve_pid
 from runtime.pid1 import find_init
 from runtime.layout import Layout
 
+# What only the verbs that change the host use (admission, reconcile and the planner, gc, the
+# deploy spec) is imported by those verbs: a read verb starts without it.
 RESTART_RESET_AFTER = 60.0   # as runtime.host: a container up this long is no longer crash-looping
-from runtime.spec import Target
 
 
 def make_host(layout: Layout, log=None):
@@ -69,6 +69,7 @@ def verb_observe(layout: Layout, req: dict) -> dict:
 
 
 def verb_have(layout: Layout, req: dict) -> dict:
+    from runtime import store
     digests = req.get("digests")
     if not isinstance(digests, list):
         raise BadRequest("have: expected {\"digests\": [...]}")
@@ -76,11 +77,15 @@ def verb_have(layout: Layout, req: dict) -> dict:
 
 
 def verb_receive(layout: Layout, stream) -> dict:
+    from runtime import store
     layout.ensure()
     return store.receive(layout, stream)
 
 
 def verb_apply(layout: Layout, req: dict, log=None) -> dict:
+    from runtime import admission, reconcile, snapshot
+    from runtime.gc import read_records
+    from runtime.spec import Target
     services = req.get("services")
     if not isinstance(services, dict) or not services:
         raise BadRequest("apply: expected {\"services\": {NAME: {...}}, \"who\": ...}")
@@ -122,6 +127,8 @@ def verb_apply(layout: Layout, req: dict, log=None) -> dict:
 
 def verb_rollback(layout: Layout, service: str, to: Optional[str], who: str, log=None,
                   lock: Optional[str] = None) -> dict:
+    from runtime import reconcile, snapshot
+    from runtime.gc import read_records
     _check_lock(layout, lock, "rollback")
     h = make_host(layout, log)
     with h.state.flock("converge.lock"):
@@ -151,6 +158,7 @@ def verb_rollback(layout: Layout, service: str, to: Optional[str], who: str, log
 def verb_remove(layout: Layout, service: str, who: str, log=None,
                 lock: Optional[str] = None) -> dict:
     """Stop a service's containers, drop its published ports and forget its target."""
+    from runtime import reconcile, snapshot
     _check_lock(layout, lock, "remove")
     h = make_host(layout, log)
     with h.state.flock("converge.lock"):
@@ -324,6 +332,7 @@ def verb_audit(layout: Layout, req: dict) -> dict:
 
 def _collect(h) -> None:
     """Garbage after a change (the converge lock is held): never fails the change itself."""
+    from runtime import gc
     try:
         gc.collect(h)
     except Exception as exc:  # noqa: BLE001 - reported, the next apply collects again
@@ -331,5 +340,6 @@ def _collect(h) -> None:
 
 
 def verb_gc(layout: Layout, req: dict) -> dict:
+    from runtime import gc
     _check_lock(layout, req.get("lock"), "gc")
     return gc.run_gc(make_host(layout))

@@ -9,7 +9,6 @@ reads frames from stdin, ``logs`` writes raw text.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -83,7 +82,7 @@ VERBS: Dict[str, Verb] = {v.name: v for v in (
                ("--follow", {"action": "store_true"}))),
     Verb("exec", _exec, stdin="none", reads_only=False,
          args=(_SERVICE, ("--tty", {"action": "store_true"}),
-               ("command", {"nargs": argparse.REMAINDER}))),
+               ("command", {"nargs": "..."}))),         # argparse.REMAINDER
     Verb("receive", lambda l, r, io: _agent().verb_receive(
         l, io.stdin.buffer if hasattr(io.stdin, "buffer") else io.stdin),
         stdin="stream", reads_only=False),
@@ -156,32 +155,45 @@ def _read_request(stdin) -> dict:
     return req
 
 
+def _split_top(argv: List[str]) -> Tuple[str, str, Optional[str], List[str]]:
+    """``[--root R] [--run R] VERB REST...`` -> (root, run, verb, rest), without argparse (it
+    costs a start more than the rest of a read verb's imports)."""
+    opts = {"--root": protocol.DEFAULT_ROOT, "--run": protocol.DEFAULT_RUN}
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        name, eq, value = argv[i].partition("=")
+        if name not in opts or (not eq and i + 1 >= len(argv)):
+            raise Usage("usage: orch-agent [--root DIR] [--run DIR] VERB [ARGS]")
+        if not eq:
+            i += 1
+            value = argv[i]
+        opts[name] = value
+        i += 1
+    verb = argv[i] if i < len(argv) else None
+    return opts["--root"], opts["--run"], verb, argv[i + 1:]
+
+
 def parse_argv(argv: List[str], stdin) -> Tuple[Layout, str, Dict[str, Any]]:
     """``[--root R] [--run R] VERB [ARGS]`` -> (layout, verb, request). Arguments and a JSON
     request on stdin are two spellings of the same request (stdin wins where both say)."""
-    top = argparse.ArgumentParser(prog="orch-agent", add_help=False)
-    top.add_argument("--root", default=protocol.DEFAULT_ROOT)
-    top.add_argument("--run", default=protocol.DEFAULT_RUN)
-    top.add_argument("verb", nargs="?")
-    top.add_argument("rest", nargs=argparse.REMAINDER)
-    try:
-        ns = top.parse_args(argv)
-    except SystemExit:
-        raise Usage("usage: orch-agent [--root DIR] [--run DIR] VERB [ARGS]") from None
-    layout = Layout(ns.root, ns.run)
-    if not ns.verb:
+    root, run, verb, rest = _split_top(argv)
+    layout = Layout(root, run)
+    if not verb:
         raise Usage("usage: orch-agent [--root DIR] [--run DIR] VERB [ARGS]; verbs: "
                          + ", ".join(sorted(VERBS)))
-    v = VERBS.get(ns.verb)
+    v = VERBS.get(verb)
     if v is None:
-        return layout, ns.verb, {}
-    sub = argparse.ArgumentParser(prog=f"orch-agent {v.name}", add_help=False)
-    for name, kw in v.args:
-        sub.add_argument(name, **kw)
-    try:
-        req = {k: x for k, x in vars(sub.parse_args(ns.rest)).items()}
-    except SystemExit:
-        raise Usage(f"bad arguments for {v.name}: {' '.join(ns.rest)}") from None
+        return layout, verb, {}
+    req: Dict[str, Any] = {}
+    if v.args or rest:
+        import argparse
+        sub = argparse.ArgumentParser(prog=f"orch-agent {v.name}", add_help=False)
+        for name, kw in v.args:
+            sub.add_argument(name, **kw)
+        try:
+            req = {k: x for k, x in vars(sub.parse_args(rest)).items()}
+        except SystemExit:
+            raise Usage(f"bad arguments for {v.name}: {' '.join(rest)}") from None
     if v.stdin == "json":
         req.update(_read_request(stdin))
     return layout, v.name, req

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import platform as _platform
 import sys
-import zipfile
 from typing import Optional
 
 from runtime import platforms
@@ -25,7 +25,7 @@ def host_platform(etc: str = "/etc/orch/platform") -> str:
 
 def agent_digest() -> str:
     path = sys.argv[0]
-    if path and zipfile.is_zipfile(path):
+    if path.endswith(".pyz") and os.path.isfile(path):   # the zipapp (not zipfile: a start's import)
         h = hashlib.sha256()
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):

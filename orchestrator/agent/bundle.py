@@ -18,8 +18,10 @@ import runtime
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 # Entry point. A zipapp cannot cache bytecode, so every verb would compile the agent's sources
 # again (~40 ms). On first use the sources are extracted next to the pyz, into a directory
-# named after the pyz (itself named by its digest) and its size, and imported from there with
-# the usual __pycache__; anything unusual (read-only disk, not a zip) falls back to the zip.
+# named after the pyz (itself named by its digest) and its size, compiled there at once, and
+# imported from there with the usual __pycache__ (the launcher, orchestrator/agent/client.py,
+# imports from that directory directly); anything unusual (read-only disk, not a zip) falls
+# back to the zip.
 MAIN = b"""import os
 import sys
 
@@ -36,6 +38,9 @@ def _cached_sources():
             tmp = "%s.tmp%d" % (cache, os.getpid())
             with zipfile.ZipFile(pyz) as zf:
                 zf.extractall(tmp, [n for n in zf.namelist() if n.startswith("runtime/")])
+            import compileall   # every module now, not on the first verb that needs it
+            compileall.compile_dir(os.path.join(tmp, "runtime"), quiet=2,
+                                   ddir=os.path.join(cache, "runtime"))
             try:
                 os.rename(tmp, cache)
             except OSError:

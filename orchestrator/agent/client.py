@@ -23,12 +23,28 @@ REMOTE_ROOT = protocol.DEFAULT_ROOT
 AGENT_DIR = posixpath.join(REMOTE_ROOT, "agent")
 MIN_PYTHON = (3, 9)
 
-# python3 -c LAUNCH AGENT VERB ARGS...: run AGENT as `python3 AGENT VERB ARGS...` would, or say
-# what is there instead (exit EXIT_NO_AGENT). Python 2 and 3 syntax alike, so an old python3 is
-# told by its version, not by a syntax error.
-LAUNCH = """import json, os, platform, sys
+# python3 -I -S -c LAUNCH AGENT VERB ARGS...: run AGENT as `python3 AGENT VERB ARGS...` would, or
+# say what is there instead (exit EXIT_NO_AGENT). Python 2 and 3 syntax alike, so an old python3
+# is told by its version, not by a syntax error. Where the agent's sources were extracted beside
+# it (orchestrator/agent/bundle.py) they are imported from there directly, bytecode and all: no
+# runpy, no zipimport. -I: no PYTHON* variables, no user site, no current directory on the path
+# (the agent is stdlib only); -S: no site-packages either (site alone costs 10-40 ms a start).
+LAUNCH = """import os, sys
 path = sys.argv[1]
+try:
+    cache = os.path.join(os.path.dirname(path), ".cache",
+                         "%%s-%%d" %% (os.path.basename(path), os.stat(path).st_size))
+    cached = os.path.isfile(os.path.join(cache, "runtime", "cli.py"))
+except (OSError, ValueError):
+    cached = False
+if cached and not os.environ.get("ORCH_AGENT_NO_CACHE"):
+    sys.argv = sys.argv[1:]
+    sys.path.insert(0, cache)
+    sys.dont_write_bytecode = False
+    from runtime.cli import main
+    sys.exit(main())
 if not os.path.isfile(path):
+    import json, platform
     d = os.path.dirname(path)
     try:
         agents = [[os.path.join(d, n), os.stat(os.path.join(d, n)).st_mtime]
@@ -56,6 +72,11 @@ import runpy
 runpy.run_path(path, run_name="__main__")
 """ % {"pidfile": posixpath.join(protocol.DEFAULT_RUN, protocol.PIDFILE), "code": protocol.E_NO_AGENT,
        "exit": protocol.EXIT_NO_AGENT}
+
+
+def launch_argv(path: str, *args: str) -> List[str]:
+    """argv of the agent at ``path`` run through the launcher (an SSH exec request's command)."""
+    return ["python3", "-I", "-S", "-c", LAUNCH, path, *args]
 
 
 def check_versions(host: str, info: Mapping[str, Any], *, allow_newer: bool = False) -> None:
@@ -130,7 +151,7 @@ class AgentClient:
         return self.conn.target.name
 
     def argv(self, verb: str, *args: str) -> List[str]:
-        return ["python3", "-c", LAUNCH, self.path, verb, *args]
+        return launch_argv(self.path, verb, *args)
 
     def check(self, info: Mapping[str, Any]) -> None:
         check_versions(self.host, info, allow_newer=self.allow_newer)

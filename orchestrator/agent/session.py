@@ -28,8 +28,8 @@ class AgentSession:
 
     @classmethod
     def open(cls, conn: SSHConnection, agent_path: str) -> "AgentSession":
-        from orchestrator.agent.client import LAUNCH     # a missing agent exits EXIT_NO_AGENT
-        return cls(conn.open_process(["python3", "-c", LAUNCH, agent_path, "session"]))
+        from orchestrator.agent.client import launch_argv   # a missing agent exits EXIT_NO_AGENT
+        return cls(conn.open_process(launch_argv(agent_path, "session")))
 
     def call(self, verb: str, request: Optional[Dict[str, Any]] = None, *, data: Iterable[bytes] = (),
              nbytes: int = 0, on_bytes: Optional[Callable[[int], None]] = None,

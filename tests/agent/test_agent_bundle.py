@@ -99,3 +99,33 @@ def test_a_blue_green_swap_runs_on_python39(tmp_path, bullseye_lab, static_busyb
     rc, st = agent.call("status")
     assert st["services"]["w39"]["slot"] == "b" and len(st["services"]["w39"]["slots"]) == 1
     assert agent.call("remove", "w39")[0] == 0
+
+
+def _launch(path, tmp_path, verb, *python_flags, env=None, input=b""):
+    from orchestrator.agent.client import launch_argv
+    argv = launch_argv(str(path), "--root", str(tmp_path / "r"), "--run", str(tmp_path / "run"), verb)
+    assert argv[0] == "python3"
+    return subprocess.run(["/usr/bin/python3", *python_flags, *argv[1:]], input=input,
+                          capture_output=True, env=env, timeout=60)
+
+
+def test_a_launched_agent_reuses_its_bytecode_and_imports_only_what_the_verb_needs(tmp_path):
+    """Started the way the orchestrator starts it (through the launcher, over SSH, where the
+    environment may say PYTHONDONTWRITEBYTECODE), the second start of an agent compiles none of
+    its modules, and a read verb loads neither runpy/zipimport, argparse, nor the planner."""
+    path, digest = build_agent_pyz(tmp_path / "a")
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    first = _launch(path, tmp_path, "info", env=env)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["agent_digest"] == digest
+    again = _launch(path, tmp_path, "observe", "-v", env=env, input=b'{"digests": []}')
+    assert again.returncode == 0, again.stderr
+    loaded = [line for line in again.stderr.decode().splitlines() if "code object from" in line
+              and "/runtime/" in line]
+    assert loaded and all(".pyc'" in line for line in loaded), "\n".join(loaded)
+    timed = _launch(path, tmp_path, "observe", "-X", "importtime", env=env, input=b'{"digests": []}')
+    modules = {line.split("|")[-1].strip() for line in timed.stderr.decode().splitlines()
+               if line.startswith("import time:")}
+    assert "runtime.agent" in modules
+    assert not modules & {"runpy", "zipfile", "argparse", "runtime.planner",
+                          "runtime.reconcile", "runtime.admission", "site"}, sorted(modules)
