@@ -45,8 +45,10 @@ def check_service(layout: Layout, name: str, s: dict, plat: str) -> dict:
         manifest = unpack.select_manifest(idx, plat)
     missing = [d for d in [manifest] if not os.path.exists(layout.blob(protocol.split_digest(d)))]
     if not missing:
+        from runtime import layers
+        stored = layers.by_blob(layout)       # a layer in the layer store needs no blob
         missing = [d for d in blobs_of(layout, manifest)
-                   if not os.path.exists(layout.blob(protocol.split_digest(d)))]
+                   if d not in stored and not os.path.exists(layout.blob(protocol.split_digest(d)))]
     if missing:
         raise MissingBlob(f"services/{name}: blobs not on this host: {', '.join(missing)}",
                           missing=missing)

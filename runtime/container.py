@@ -13,7 +13,7 @@ import subprocess
 import time
 from typing import Dict, List
 
-from runtime import bundle, names, network, oci, pid1, unpack, userns, volumes
+from runtime import bundle, layers, names, network, oci, pid1, unpack, userns, volumes
 from runtime.errors import BadRequest, RuntimeFailure
 from runtime.layout import Layout
 from runtime.meta import Meta, cdir, container_id, list_metas, log_path, rt_of, veth_key
@@ -84,13 +84,14 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
     meta_path = os.path.join(d, "meta.json")
     meta.save(meta_path)
     try:
-        img = unpack.image_dir(layout, target.manifest)
         rootfs = os.path.join(d, "rootfs")
         for sub in ("rootfs", "upper", "work"):
             os.makedirs(os.path.join(d, sub), mode=0o755, exist_ok=True)
+        # the image's layers (each unpacked once on the host) as read-only lower directories;
         # nosuid, nodev: the image's setuid files and capabilities serve no host process
         sys_mount("overlay", rootfs, "overlay",
-                  f"lowerdir={img}/rootfs,upperdir={d}/upper,workdir={d}/work",
+                  layers.overlay_options(unpack.lowerdirs(layout, target.manifest),
+                                         f"{d}/upper", f"{d}/work"),
                   MS_NOSUID | MS_NODEV)
         vols = []
         for v in deploy.volumes:
@@ -99,7 +100,7 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
         image_config = unpack.image_config(layout, target.manifest)
         meta.stop_signal = oci.stop_signal((image_config.get("config") or {}).get("StopSignal"))
         try:
-            uid, gid = bundle.resolve_user(os.path.join(img, "rootfs"),
+            uid, gid = bundle.resolve_user(rootfs,
                                            (image_config.get("config") or {}).get("User") or "")
         except ValueError as exc:
             raise BadRequest(str(exc)) from None

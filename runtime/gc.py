@@ -1,5 +1,5 @@
 """Garbage collection on a host: what to keep (target, serving, rollback history, running
-containers), and removing every image, blob and record beyond that."""
+containers), and removing every image, unpacked layer, blob and record beyond that."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,7 @@ import time
 import zipfile
 from typing import Dict, List
 
-from runtime import admission, meta, protocol, snapshot
+from runtime import admission, layers, meta, protocol, snapshot, unpack
 from runtime.errors import AgentFailure
 from runtime.layout import Layout
 
@@ -86,6 +86,9 @@ def collect(h) -> dict:
             p = os.path.join(layout.images, d)
             shutil.rmtree(p, ignore_errors=True)
             removed_images.append(d)
+    keep_layers = {d for img in keep_images
+                   for d in unpack.layer_ids(layout, "sha256:" + img)}
+    removed_layers = layers.collect(layout, sorted(keep_layers))
     keep_hex = {protocol.split_digest(d) for d in keep_blobs}
     now = time.time()
     for d in sorted(os.listdir(layout.blobs)):
@@ -101,7 +104,8 @@ def collect(h) -> dict:
             freed += os.stat(p).st_size
             os.unlink(p)
     gc_source_caches()
-    return {"removed_images": removed_images, "removed_blobs": removed_blobs, "freed": freed}
+    return {"removed_images": removed_images, "removed_blobs": removed_blobs,
+            "removed_layers": removed_layers, "freed": freed}
 
 
 def gc_source_caches() -> None:

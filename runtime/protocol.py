@@ -31,7 +31,7 @@ deliberate downgrade is asked for; an older one is upgraded by ``apply``.
   logs NAME [--tail N] [--follow]   raw text of the serving slot's stdout+stderr (not JSON)
   rollback NAME [--to RELEASE] [--who W]  {lock}  -> like apply
   remove NAME [--who W] {lock} -> {services: {NAME: {ok, removed}}}
-  gc {lock}             -> {removed_images, removed_blobs, freed}
+  gc {lock}             -> {removed_images, removed_blobs, removed_layers, freed}
   lock {holder, ttl, token?, force?} -> {ok, lock: {holder, since, expires}}
                            | error "locked" (+holder, since, expires)
   unlock {token|holder, force} -> {ok, released}

@@ -82,11 +82,15 @@ def check_blob(layout: Layout, digest: str) -> bool:
 
 
 def have(layout: Layout, digests: Iterable[str]) -> Dict[str, object]:
+    """Which blobs are here (a layer unpacked in the layer store counts as its blob), and how
+    much of each partly received one."""
+    from runtime import layers
     present: List[str] = []
     partial: Dict[str, int] = {}
+    stored = layers.by_blob(layout)
     for d in digests:
         h = _hex(d)
-        if check_blob(layout, d):
+        if d in stored or check_blob(layout, d):
             present.append(d)
             continue
         try:

@@ -171,7 +171,32 @@ def image_dir(layout: Layout, manifest_digest: str) -> str:
 
 
 def is_unpacked(layout: Layout, manifest_digest: str) -> bool:
-    return os.path.isdir(os.path.join(image_dir(layout, manifest_digest), "rootfs"))
+    """Whether the image's root can be mounted now: flattened, or every layer in the store."""
+    d = image_dir(layout, manifest_digest)
+    if os.path.isdir(os.path.join(d, "rootfs")):
+        return True
+    from runtime import layers
+    ids = read_json(os.path.join(d, "layers.json"))
+    return isinstance(ids, list) and layers.lowers_of(layout, ids) is not None
+
+
+def lowerdirs(layout: Layout, manifest_digest: str) -> List[str]:
+    """The overlay lower directories of an unpacked image, top first."""
+    d = image_dir(layout, manifest_digest)
+    if os.path.isdir(os.path.join(d, "rootfs")):
+        return [os.path.join(d, "rootfs")]
+    from runtime import layers
+    ids = read_json(os.path.join(d, "layers.json"))
+    lowers = layers.lowers_of(layout, ids) if isinstance(ids, list) else None
+    if lowers is None:
+        raise BadRequest(f"image {manifest_digest} is not unpacked on this host")
+    return lowers
+
+
+def layer_ids(layout: Layout, manifest_digest: str) -> List[str]:
+    """The diff_ids an unpacked image stacks (empty for a flattened one)."""
+    ids = read_json(os.path.join(image_dir(layout, manifest_digest), "layers.json"))
+    return list(ids) if isinstance(ids, list) else []
 
 
 def select_manifest(index: dict, platform: str) -> str:
@@ -343,11 +368,116 @@ def entries(fileobj, out: Optional[dict] = None
             yield tf, m
 
 
+def is_whiteout(path: str) -> bool:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+class Stack:
+    """How one layer is unpacked into a directory of its own, in overlay's form (for the
+    layer store): ``lowers`` are the unpacked layers beneath it, top first, read only to
+    resolve a parent directory through a symlink (a merged-/usr base's ``lib -> usr/lib``),
+    to give a directory this layer only implies the owner and mode it has below, and to copy
+    a file that a hardlink names from a lower layer. A whiteout becomes a 0/0 character
+    device, an opaque marker the ``trusted.overlay.opaque`` xattr; nothing is ever written
+    outside ``root``."""
+
+    def __init__(self, root: str, lowers: Sequence[str]):
+        self.root, self.lowers = root, list(lowers)
+
+    def _find(self, rel: List[str]) -> Optional[str]:
+        """The top-most existing path ``rel`` in root or a lower (a whiteout hides it)."""
+        for base in [self.root] + self.lowers:
+            p = os.path.join(base, *rel)
+            if os.path.lexists(p):
+                return None if is_whiteout(p) else p
+        return None
+
+    def resolve(self, parts: List[str]) -> List[str]:
+        """``parts`` with symlinks followed through the merged view, clamped to the root."""
+        cur: List[str] = []
+        todo = list(parts)
+        hops = 0
+        while todo:
+            name = todo.pop(0)
+            if name in ("", "."):
+                continue
+            if name == "..":
+                if cur:
+                    cur.pop()
+                continue
+            found = self._find(cur + [name])
+            if found is not None and os.path.islink(found):
+                hops += 1
+                if hops > 40:
+                    raise UnsafeImage(f"too many levels of symlinks under {'/'.join(parts)!r}")
+                target = os.readlink(found)
+                if target.startswith("/"):
+                    cur = []
+                todo = target.split("/") + todo
+                continue
+            cur.append(name)
+        return cur
+
+    def make_dirs(self, rel: List[str], meter: Meter) -> str:
+        """Create the directories of ``rel`` this layer lacks, each with the owner, mode and
+        mtime it has in the lower layers (a layer that adds /tmp/x keeps /tmp 1777)."""
+        for i in range(1, len(rel) + 1):
+            p = os.path.join(self.root, *rel[:i])
+            if os.path.isdir(p) and not os.path.islink(p):
+                continue
+            hid = is_whiteout(p)
+            if os.path.lexists(p):
+                _remove(p)
+            meter.entry("/".join(rel[:i]))
+            os.mkdir(p, 0o755)
+            if hid:                 # removed above it in this layer: nothing below shows
+                self.opaque(p)
+            below = next((os.path.join(b, *rel[:i]) for b in self.lowers
+                          if os.path.isdir(os.path.join(b, *rel[:i]))), None)
+            if below is not None:
+                st = os.lstat(below)
+                os.lchown(p, st.st_uid, st.st_gid)
+                os.chmod(p, stat.S_IMODE(st.st_mode))
+                os.utime(p, ns=(st.st_mtime_ns, st.st_mtime_ns))
+        return os.path.join(self.root, *rel)
+
+    def whiteout(self, path: str) -> None:
+        _remove(path)
+        os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(0, 0))
+
+    @staticmethod
+    def opaque(path: str) -> None:
+        os.setxattr(path, "trusted.overlay.opaque", b"y")
+
+    def link(self, m: "tarfile.TarInfo", path: str, meter: Meter) -> None:
+        lparts = [p for p in m.linkname.split("/") if p not in ("", ".")]
+        rel = self.resolve(lparts[:-1]) + lparts[-1:]
+        src = self._find(rel)
+        if src is None:
+            raise UnsafeImage(f"hardlink target missing: {m.name!r} -> {m.linkname!r}")
+        if src.startswith(self.root + os.sep):
+            os.link(src, path, follow_symlinks=False)
+            return
+        st = os.lstat(src)                 # in a lower layer: this layer gets its own copy
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeImage(f"hardlink to a non-file in a lower layer: {m.name!r}")
+        meter.data(m.name, st.st_size)
+        shutil.copyfile(src, path, follow_symlinks=False)
+        os.lchown(path, st.st_uid, st.st_gid)
+        os.chmod(path, stat.S_IMODE(st.st_mode))
+
+
 def apply_layer(root: str, fileobj, created: Optional[Set[str]] = None,
-                meter: Optional[Meter] = None) -> str:
+                meter: Optional[Meter] = None, stack: Optional[Stack] = None) -> str:
     """Extract one layer (tar or tar+gzip stream) on top of ``root``, charging ``meter``
-    (a fresh default budget when none is given). Returns the layer's diff_id (the digest of
-    its uncompressed tar stream) for the caller to check against the image config."""
+    (a fresh default budget when none is given). With ``stack``, ``root`` is the layer's
+    own empty directory, written in overlay's form (see ``Stack``). Returns the layer's
+    diff_id (the digest of its uncompressed tar stream) for the caller to check against the
+    image config."""
     import gzip
     import tarfile
     import zlib
@@ -360,14 +490,20 @@ def apply_layer(root: str, fileobj, created: Optional[Set[str]] = None,
             if not parts:
                 continue
             base = parts[-1]
-            parent = _resolve(root, parts[:-1])
-            if not os.path.isdir(parent):
-                meter.entry("/".join(parts[:-1]))
-                os.makedirs(parent, mode=0o755)
+            if stack is not None:
+                parent = stack.make_dirs(stack.resolve(parts[:-1]), meter)
+            else:
+                parent = _resolve(root, parts[:-1])
+                if not os.path.isdir(parent):
+                    meter.entry("/".join(parts[:-1]))
+                    os.makedirs(parent, mode=0o755)
             rel = "/".join(parts)
             if base.startswith(WHITEOUT) and m.size:
                 raise UnsafeImage(f"whiteout with content: {m.name!r}")
             if base == OPAQUE:
+                if stack is not None:
+                    stack.opaque(parent)
+                    continue
                 for child in os.listdir(parent):
                     cp = os.path.join(parent, child)
                     crel = "/".join(parts[:-1] + [child])
@@ -375,17 +511,24 @@ def apply_layer(root: str, fileobj, created: Optional[Set[str]] = None,
                         _remove(cp)
                 continue
             if base.startswith(WHITEOUT):
+                if stack is not None:
+                    meter.entry(m.name)
+                    stack.whiteout(os.path.join(parent, base[len(WHITEOUT):]))
+                    continue
                 _remove(os.path.join(parent, base[len(WHITEOUT):]))
                 continue
             path = os.path.join(parent, base)
             created.add(rel)
             if m.isdir():
+                hid = stack is not None and is_whiteout(path)
                 if os.path.lexists(path) and not (os.path.isdir(path)
                                                   and not os.path.islink(path)):
                     _remove(path)
                 if not os.path.lexists(path):
                     meter.entry(m.name)
                     os.mkdir(path, 0o755)
+                    if hid:
+                        stack.opaque(path)
                 # metadata now, never deferred: a later entry may turn a parent of this
                 # path into a link, and a deferred chmod would then land outside the root
                 _apply_meta(path, m)
@@ -398,6 +541,9 @@ def apply_layer(root: str, fileobj, created: Optional[Set[str]] = None,
             elif m.issym():
                 os.symlink(m.linkname, path)
             elif m.islnk():
+                if stack is not None:
+                    stack.link(m, path, meter)
+                    continue
                 lparts = [p for p in m.linkname.split("/") if p not in ("", ".")]
                 src = os.path.join(_resolve(root, lparts[:-1]), lparts[-1])
                 if not os.path.lexists(src):
@@ -468,28 +614,40 @@ def read_manifest(layout: Layout, manifest_digest: str) -> dict:
 
 
 def unpack_image(layout: Layout, manifest_digest: str, budget: Optional[Budget] = None) -> str:
-    """Unpack once into images/<hex>/rootfs (+ config.json); returns the image dir (0700:
-    nothing in an image, setuid files included, is reachable by other users of the host)."""
+    """Make the image mountable: each layer this host lacks unpacked once into the layer
+    store (``runtime.layers``), and images/<hex>/ holding config.json, manifest.json and
+    layers.json (its diff_ids, bottom first). An image too deep for one overlay mount is
+    flattened from the layer store into images/<hex>/rootfs instead (so a layer never needs
+    its blob once it is in the store). Returns the image dir (0700: nothing in an
+    image, setuid files included, is reachable by other users of the host)."""
+    from runtime import layers as layer_store
     dest = image_dir(layout, manifest_digest)
-    if os.path.isdir(os.path.join(dest, "rootfs")):
+    if is_unpacked(layout, manifest_digest):
         return dest
     budget = budget or load_budget(layout.config)
     manifest = read_manifest(layout, manifest_digest)
     config = json.loads(store.read_verified(layout, manifest["config"]["digest"]))
+    layers = manifest.get("layers", [])
+    for layer in layers:
+        mt = layer.get("mediaType", LAYER_TYPES[1])
+        if mt not in LAYER_TYPES:
+            raise BadRequest(f"image {manifest_digest}: unsupported layer media type {mt!r}")
+    diff_ids = diff_ids_of(config)
+    check_diff_ids(manifest_digest, layers, diff_ids)
+    flat = not layer_store.fits_overlay(layout, diff_ids)
+    layer_store.unpack_layers(layout, manifest_digest, layers, diff_ids, budget)
+    shutil.rmtree(dest, ignore_errors=True)        # a record whose layers were collected
     tmp = f"{dest}.tmp-{os.getpid()}"
     if os.path.exists(tmp):
         shutil.rmtree(tmp)
-    rootfs = os.path.join(tmp, "rootfs")
     os.makedirs(tmp, mode=0o700)
-    os.mkdir(rootfs, 0o755)
     try:
-        layers = manifest.get("layers", [])
-        for layer in layers:
-            mt = layer.get("mediaType", LAYER_TYPES[1])
-            if mt not in LAYER_TYPES:
-                raise BadRequest(f"image {manifest_digest}: unsupported layer media type {mt!r}")
-        apply_layers(rootfs, layers, lambda d: store.open_blob(layout, d), budget,
-                     manifest_digest, diff_ids_of(config))
+        if flat:
+            rootfs = os.path.join(tmp, "rootfs")
+            os.mkdir(rootfs, 0o755)
+            layer_store.flatten(layout, diff_ids, rootfs, Meter(layout.root, budget))
+        else:
+            write_json(os.path.join(tmp, "layers.json"), diff_ids)
         write_json(os.path.join(tmp, "config.json"), config)
         write_json(os.path.join(tmp, "manifest.json"), manifest)
         os.rename(tmp, dest)

@@ -61,7 +61,8 @@ def link_entry(name: str, target: str, hard: bool = False):
     return ti, None
 
 
-def busybox_layer(busybox_path: str = "/bin/busybox", page: bytes = b"hello\n") -> bytes:
+def busybox_layer(busybox_path: str = "/bin/busybox", page: bytes = b"hello\n",
+                  extra: Sequence[Tuple[tarfile.TarInfo, Optional[bytes]]] = ()) -> bytes:
     with open(busybox_path, "rb") as f:
         bb = f.read()
     return tar_bytes([dir_entry("bin"), file_entry("bin/busybox", bb, 0o755),
@@ -69,7 +70,8 @@ def busybox_layer(busybox_path: str = "/bin/busybox", page: bytes = b"hello\n") 
                       file_entry("www/index.html", page), dir_entry("etc"),
                       file_entry("etc/passwd", b"root:x:0:0:root:/:/bin/sh\n"
                                  b"nobody:x:65534:65534:nobody:/:/bin/sh\n"),
-                      file_entry("etc/group", b"root:x:0:\nnogroup:x:65534:\n")])
+                      file_entry("etc/group", b"root:x:0:\nnogroup:x:65534:\n"),
+                      *extra])
 
 
 @dataclass

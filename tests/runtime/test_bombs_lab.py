@@ -111,8 +111,8 @@ def test_a_sparse_file_costs_no_disk(bomb_lab, base_layer, tmp_path):
     rc, body = deploy(agent, "web", img)
     assert rc == 0 and body["services"]["web"]["ok"], body
     assert ik.hammer_get(host.address, 8080) == b"sparse\n"
-    hexd = protocol.split_digest(img.manifests["linux/amd64"])
-    size, blocks = sh(lab, host, f"stat -c '%s %b' /var/lib/orch/images/{hexd}/rootfs/big").split()
+    hexd = protocol.split_digest(ik.diff_id(layer))          # the layer, unpacked once
+    size, blocks = sh(lab, host, f"stat -c '%s %b' /var/lib/orch/layers/{hexd}/fs/big").split()
     assert int(size) == 10 << 30 and int(blocks) * 512 < 1 << 20
     assert usage(lab, host)["bytes"] < before["bytes"] + (8 << 20)
 

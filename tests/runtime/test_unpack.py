@@ -97,8 +97,10 @@ def test_unpack_image_verifies_layers_and_leaves_nothing_on_failure(tmp_path):
         unpack.unpack_image(lay, m)
     assert os.listdir(lay.images) == []
     open(path, "wb").write(good)
-    d = unpack.unpack_image(lay, m)
-    assert open(os.path.join(d, "rootfs", "hello"), "rb").read() == b"hi"
+    assert not os.listdir(os.path.join(lay.root, "layers"))      # no half-unpacked layer
+    unpack.unpack_image(lay, m)
+    [top] = unpack.lowerdirs(lay, m)
+    assert open(os.path.join(top, "hello"), "rb").read() == b"hi"
     assert unpack.is_unpacked(lay, m)
 
 
@@ -144,6 +146,8 @@ def test_a_layer_whose_diff_id_lies_is_refused_named(tmp_path):
     assert f"image {m} layer 2/2 {ik.digest(liar)}" in msg
     assert claimed in msg and ik.diff_id(liar) in msg and "diff_id" in msg
     assert os.listdir(lay.images) == []
+    # the honest layer below it is whole in the store; the liar left nothing
+    assert os.listdir(os.path.join(lay.root, "layers")) == [ik.diff_id(good)[7:]]
 
 
 def test_a_config_with_the_wrong_number_of_diff_ids_is_refused(tmp_path):

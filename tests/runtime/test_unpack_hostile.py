@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import protocol, store, unpack
+from runtime import layers, protocol, store, unpack
 from runtime.errors import NoRoom, UnsafeImage
 from runtime.layout import Layout
 from tests.runtime import hostile
@@ -205,10 +205,11 @@ def test_state_and_images_are_root_only_and_setuid_files_unreachable(open_dir):
     img = ik.make_image({"linux/amd64": [suid]})
     lay = _host(tmp_path, img.blobs)
     d = unpack.unpack_image(lay, img.manifests["linux/amd64"])
+    [top] = unpack.lowerdirs(lay, img.manifests["linux/amd64"])
     for path in (lay.root, lay.images, lay.containers, lay.blobs, lay.volumes, lay.logs,
-                 lay.state, lay.run, d):
+                 lay.state, lay.run, d, layers.root_of(lay), os.path.dirname(top)):
         assert unpack.mode_of(path) == 0o700, path
-    exe = os.path.join(d, "rootfs", "bin", "suid")
+    exe = os.path.join(top, "bin", "suid")
     assert unpack.mode_of(exe) == 0o4755                  # the image keeps what it holds
     # through a shell: setpriv itself looks the program up while it still holds root's caps
     p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
