@@ -139,11 +139,12 @@ def test_setuid_files_of_an_image_give_nothing_to_other_users(bomb_lab, static_b
     rc, body = agent.apply({"suid": (img, spec)})
     assert rc == 0 and body["services"]["suid"]["ok"], body
     assert ik.hammer_get(host.address, 8086) == b"suid\n"          # the container works
-    hexd = protocol.split_digest(img.manifests["linux/amd64"])
+    hexd = protocol.split_digest(ik.diff_id(layer))                # its layer, unpacked once
+    assert sh(lab, host, f"stat -c %a /var/lib/orch/layers/{hexd}/fs/bin/id").strip() == "4755"
     pid = sh(lab, host, "for d in /var/lib/orch/containers/*suid*; do "
                         "python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[\"pid\"])'"
                         " $d/meta.json; done").split()[0]
-    paths = {"image": f"/var/lib/orch/images/{hexd}/rootfs/bin/id",
+    paths = {"image": f"/var/lib/orch/layers/{hexd}/fs/bin/id",
              "container": sh(lab, host, "ls -d /var/lib/orch/containers/*suid*").split()[0]
              + "/rootfs/bin/id",
              "proc root": f"/proc/{pid}/root/bin/id"}
