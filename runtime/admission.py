@@ -64,12 +64,16 @@ def check_service(layout: Layout, name: str, s: dict, plat: str) -> dict:
     return out
 
 
-def check_ports(existing: Mapping[str, Deploy], new: Mapping[str, Deploy]) -> None:
+def check_ports(existing: Mapping[str, Deploy], new: Mapping[str, Deploy],
+                previous: Mapping[str, Deploy] = {}) -> None:
     """Refuse a target where two services publish the same host port (names the new one), or
-    where a new port is one a host process listens on (publishing 22 would hijack sshd)."""
+    where a new port is one a host process listens on (publishing 22 would hijack sshd).
+    ``previous``: the current target of the services in ``new``; a ``network: host`` one
+    listens on its ports itself, which is no reason to refuse its next release."""
     from runtime import network
     seen: Dict[tuple, str] = {}
     ours = {(p.protocol, p.host) for d in existing.values() for p in d.ports}
+    ours |= {(p.protocol, p.host) for d in previous.values() if d.host_network for p in d.ports}
     listening = {proto: network.host_listening(proto) for proto in ("tcp", "udp")}
     for name in sorted(new):
         for p in new[name].ports:

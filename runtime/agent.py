@@ -100,7 +100,9 @@ def verb_apply(layout: Layout, req: dict, log=None) -> dict:
         target = h.state.target()
         admission.check_ports({n: Target.from_json(n, t).deploy for n, t in target.items()
                                if n not in checked},
-                              {n: Target.from_json(n, t).deploy for n, t in checked.items()})
+                              {n: Target.from_json(n, t).deploy for n, t in checked.items()},
+                              {n: Target.from_json(n, t).deploy for n, t in target.items()
+                               if n in checked})
         admission.check_names(set(target) | set(checked))
         records = read_records(layout)
         st = h.state.status()

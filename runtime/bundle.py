@@ -121,7 +121,9 @@ def render_config(image_config: Mapping, deploy: Deploy, b: BundleInput) -> dict
         "linux": {
             "cgroupsPath": b.cgroups_path,
             "resources": resources,
-            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+            # network: host joins the host's network namespace (no "network" entry)
+            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")
+                           if t != "network" or not deploy.host_network],
             "maskedPaths": list(MASKED),
             "readonlyPaths": list(READONLY),
             "seccomp": seccomp.render_profile(b.machine),

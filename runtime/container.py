@@ -78,6 +78,8 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
     if oci.known(rt, cid):  # an orphan from an interrupted create: it holds the id
         oci.run_stop(rt, cid, 0, "", 0.0)
     deploy = target.deploy
+    if deploy.host_network:     # the host's own stack: no address, veth or DNAT of its own
+        ip = ""
     meta = Meta(id=cid, service=service, slot=slot, release=target.release,
                 instance=_secrets.token_hex(6), runtime=rt.name, ip=ip, created=time.time())
     os.makedirs(d, mode=0o700)
@@ -122,7 +124,7 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
         extra = []
         hosts = os.path.join(d, "hosts")
         with open(hosts, "w") as f:
-            f.write(names.render_hosts_file(service, ip, deploy.needs))
+            f.write(names.render_hosts_file(service, ip or "127.0.0.1", deploy.needs))
         extra.append((hosts, "/etc/hosts"))
         if os.path.exists("/etc/resolv.conf"):
             shutil.copyfile("/etc/resolv.conf", os.path.join(d, "resolv.conf"))
@@ -151,8 +153,9 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
         meta.pid = oci.run_create(rt, cid, d, os.path.join(d, "init.pid"), log)
         meta.starttime = oci.proc_starttime(meta.pid)
         meta.save(meta_path)
-        network.run_wire_container(veth_key(meta), meta.pid, ip)
-        _set_peers(layout)
+        if ip:
+            network.run_wire_container(veth_key(meta), meta.pid, ip)
+            _set_peers(layout)
         oci.run_start(rt, cid)
         meta.started = True
         meta.save(meta_path)

@@ -51,8 +51,14 @@ def check_tcp(ip: str, port: int, timeout: float) -> Tuple[bool, str]:
         return False, f"tcp {port}: {exc}"
 
 
+LOOPBACK = "127.0.0.1"
+
+
 def probe(spec: HealthSpec, ip: str, run_exec: Callable[[Sequence[str], float], int]
           ) -> Tuple[bool, str]:
+    """One check of the container at ``ip``; a container without an address of its own
+    (``network: host``) shares the agent's network namespace and is probed on loopback."""
+    ip = ip or LOOPBACK
     if spec.kind == "http":
         return check_http(ip, int(spec.port or 0), spec.path or "/", spec.timeout)
     if spec.kind == "tcp":

@@ -28,7 +28,7 @@ def want_of(name: str, t: Target) -> Want:
     return Want(service=name, release=t.release, manifest=t.manifest, ports=ports,
                 drain=d.drain, monitor=d.monitor, stop_first=d.stop_first,
                 keep_releases=d.keep_releases, memory=d.resources.memory or 0,
-                exclusive=d.stateful)
+                exclusive=bool(d.one_slot), exclusive_why=d.one_slot)
 
 
 class Host:

@@ -36,6 +36,7 @@ class Want:
     keep_releases: int = 3
     memory: int = 0                 # the container's memory limit (0: none)
     exclusive: bool = False       # stateful: never two slots at once, the old stops first
+    exclusive_why: str = ""       # why (spec.Deploy.one_slot): stateful, or network: host
 
 
 @dataclass(frozen=True)
@@ -275,7 +276,8 @@ def _plan_service(w: Want, o: Observed, cur: Optional[Current],
         if stale is not None:
             return [Stop(w.service, slot, "stale slot")]
         if stops_first(w, o, cur, boxes):
-            why = "stateful, one slot at a time" if w.exclusive else "blue/green does not fit"
+            why = (w.exclusive_why or "stateful, one slot at a time") if w.exclusive \
+                else "blue/green does not fit"
             return [Stop(w.service, cur.slot, f"stop-first: {why}")]
         if not fits(w, o) and not ((w.stop_first or w.exclusive) and cur is not None):
             return [Fail(w.service, w.release, "not enough free disk or memory for a "

@@ -20,6 +20,7 @@ SERVICE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")   # container ids, cg
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")    # volumes and secrets
 HEALTH_KINDS = ("http", "tcp", "exec", "none")
 PROTOCOLS = ("tcp", "udp")
+NETWORKS = ("bridge", "host")    # bridge: own namespace, veth, DNAT; host: the host's own stack
 MAX_SECONDS = 3600.0
 MIN_MEMORY = 6 << 20          # below this the kernel (and runc) refuse the cgroup limit
 MAX_CPUS = 1024.0
@@ -111,6 +112,7 @@ class Deploy:
     stateful: bool = False                # one slot at a time: the old one stops before the new starts
     pre_stop: Tuple[str, ...] = ()        # run in the container before it is stopped
     userns: bool = False                  # root in the container is an unprivileged uid outside
+    network: str = "bridge"               # or "host": the host's network namespace (NETWORKS)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -118,6 +120,21 @@ class Deploy:
     @property
     def env_map(self) -> Dict[str, str]:
         return dict(self.env)
+
+    @property
+    def host_network(self) -> bool:
+        return self.network == "host"
+
+    @property
+    def one_slot(self) -> str:
+        """Why a release replaces this service stop-first (its old slot stops before the new
+        one starts), or "" when it is blue/green. ``stop_first`` alone is not a reason: it
+        only allows stop-first where a second slot does not fit."""
+        if self.host_network:
+            return "network: host, two slots cannot share the host's ports"
+        if self.stateful:
+            return "stateful, one slot at a time"
+        return ""
 
     def to_json(self) -> Dict[str, Any]:
         h, r = self.health, self.resources
@@ -148,6 +165,8 @@ class Deploy:
             out["pre_stop"] = list(self.pre_stop)
         if self.userns:           # likewise, only when on
             out["userns"] = True
+        if self.network != "bridge":   # likewise, only when not the default
+            out["network"] = self.network
         return out
 
     @classmethod
@@ -176,6 +195,8 @@ class Deploy:
             kw["pre_stop"] = _strs(m["pre_stop"], ("pre_stop",))
         if m.get("userns") is not None:
             kw["userns"] = _bool(m["userns"], ("userns",))
+        if m.get("network") is not None:
+            kw["network"] = _str(m["network"], ("network",))
         health = Health(
             kind=_str(h.get("kind", "none") or "none", ("health", "kind")),
             path=None if h.get("path") is None else _str(h["path"], ("health", "path")),
@@ -233,6 +254,8 @@ class Target:
 
 def validate(d: Deploy) -> None:
     """Everything the agent refuses, in one place (``Deploy`` runs it on construction)."""
+    if d.network not in NETWORKS:
+        raise SpecError(("network",), f"expected one of {', '.join(NETWORKS)}, got {d.network!r}")
     seen = set()
     for i, p in enumerate(d.ports):
         for k in ("host", "container"):
@@ -244,7 +267,19 @@ def validate(d: Deploy) -> None:
         if (p.protocol, p.host) in seen:
             raise SpecError(("ports", i), f"host port {p.host}/{p.protocol} published twice")
         seen.add((p.protocol, p.host))
+        if d.host_network and p.host != p.container:
+            raise SpecError(("ports", i), f"with network: host the service listens on the "
+                            f"host's own ports, and no DNAT maps {p.host} to {p.container}: "
+                            f"write \"{p.container}:{p.container}\" (or make it listen on "
+                            f"{p.host} and write \"{p.host}:{p.host}\")")
     _validate_health(d.health)
+    if d.host_network and d.needs:
+        raise SpecError(("needs",), "a service with network: host has no container address "
+                        "that a name could admit: reach other services at their published "
+                        "ports (127.0.0.1:PORT)")
+    if d.host_network and d.userns:
+        raise SpecError(("userns",), "network: host shares the host's network namespace, "
+                        "which a user namespace's root may not configure: drop one of them")
     for i, n in enumerate(d.needs):
         if not isinstance(n, str) or not SERVICE_NAME_RE.match(n):
             raise SpecError(("needs", i), f"expected a service name, got {n!r}")
@@ -327,7 +362,7 @@ def _finite(v: Any) -> bool:
 
 _DEPLOY_KEYS = ("ports", "health", "env", "volumes", "secrets", "resources", "drain", "monitor",
                 "stop_timeout", "stop_first", "keep_releases", "command", "init", "needs",
-                "stateful", "pre_stop", "userns")
+                "stateful", "pre_stop", "userns", "network")
 _HEALTH_KEYS = ("kind", "path", "port", "command", "interval", "timeout", "retries",
                 "start_period")
 

@@ -40,6 +40,7 @@ class Change:
     old_release: Optional[str]
     new_release: str
     manifest: str
+    stop_first: str = ""                           # why the replace stops the old slot first
 
 
 @dataclass(frozen=True)
@@ -148,12 +149,22 @@ def _plan_host(name: str, facts: HostFacts, releases: Sequence[DesiredRelease],
         current = facts.releases.get(rel.service)
         if current == rel.release:
             continue
-        changes.append(Change(rel.service, current, rel.release, manifest))
+        changes.append(Change(rel.service, current, rel.release, manifest,
+                              one_slot(rel.deploy) if current else ""))
         for digest, size in blobs_of[manifest]:
             if digest not in facts.present:
                 needed.setdefault(digest, size)
     resume = {d: facts.partial[d] for d in needed if 0 < facts.partial.get(d, 0) <= needed[d]}
     return HostPlan(name, facts.platform, tuple(changes), tuple(needed.items()), resume, agent=facts.agent)
+
+
+def one_slot(deploy: Mapping) -> str:
+    """Why a replace of this deploy spec stops the old container first ("" for blue/green)."""
+    from runtime.spec import SpecError, Deploy
+    try:
+        return Deploy.from_json(deploy).one_slot
+    except SpecError:
+        return ""
 
 
 def plan_removals(host: str, facts: HostFacts, releases: Sequence[DesiredRelease],

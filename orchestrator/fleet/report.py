@@ -19,7 +19,8 @@ def plan_to_json(plan: FleetPlan) -> Dict:
         "up_to_date": plan.up_to_date,
         "hosts": [{
             "host": hp.host, "platform": hp.platform, "error": hp.error, "agent": hp.agent,
-            "changes": [{"service": c.service, "from": c.old_release, "to": c.new_release, "manifest": c.manifest}
+            "changes": [{"service": c.service, "from": c.old_release, "to": c.new_release, "manifest": c.manifest,
+                         "stop_first": c.stop_first or None}
                         for c in hp.changes],
             "blobs": [{"digest": d, "size": s, "have": hp.resume.get(d, 0)} for d, s in hp.blobs],
             "bytes_to_send": hp.bytes_to_send,
@@ -47,7 +48,8 @@ def render_plan(plan: FleetPlan) -> str:
         lines.append(f"{hp.host} ({hp.platform}): {len(hp.blobs)} blob(s) to ship, {human_bytes(hp.bytes_to_send)}")
         for c in hp.changes:
             if c.old_release:
-                lines.append(f"  ~ {c.service}: {c.old_release} -> {c.new_release} (replace container)")
+                how = f", stop-first: {c.stop_first}" if c.stop_first else ""
+                lines.append(f"  ~ {c.service}: {c.old_release} -> {c.new_release} (replace container{how})")
             else:
                 lines.append(f"  + {c.service}: install {c.new_release}")
         for r in hp.removals:

@@ -141,6 +141,10 @@ def _check_needs(services: Mapping[str, Service]) -> None:
                 guess = S.did_you_mean(n, list(services))
                 raise ctx.error(f'no service "{n}" in the manifests',
                                 hint=f'did you mean "{guess}"?' if guess else None)
+            if services[n].deploy.network == "host":
+                raise ctx.error(f'service "{n}" runs with network: host, which is the host '
+                                "itself to a container: nothing on the bridge reaches the host, "
+                                "so no name can lead there")
     try:
         needs_order(services)
     except ValueError as exc:
@@ -527,7 +531,7 @@ def _check_tree(top: str, root: str, src: str, ctx: Ctx) -> None:
 
 _DEPLOY_KEYS = ("hosts", "ports", "health", "env", "volumes", "secrets", "resources", "drain",
                 "stop_timeout", "stop_first", "keep_releases", "strategy", "init", "needs",
-                "stateful", "pre_stop", "userns")
+                "stateful", "pre_stop", "userns", "network")
 
 
 STATEFUL_STOP_TIMEOUT = 30.0
@@ -547,6 +551,8 @@ def _deploy(raw: Any, ctx: Ctx, fleet: Fleet, directory: str) -> DeploySpec:
         kw["init"] = S.boolean(m["init"], ctx.key(m, "init"))
     if "userns" in m:
         kw["userns"] = S.boolean(m["userns"], ctx.key(m, "userns"))
+    if "network" in m:
+        kw["network"] = _network(m["network"], ctx.key(m, "network"))
     if "keep_releases" in m:
         kw["keep_releases"] = S.integer(m["keep_releases"], ctx.key(m, "keep_releases"), minimum=1)
     if "stateful" in m:
@@ -578,6 +584,14 @@ def _deploy(raw: Any, ctx: Ctx, fleet: Fleet, directory: str) -> DeploySpec:
     except spec.SpecError as exc:
         raise _locate(ctx, m, exc.path).error(exc.reason) from None
     return deploy
+
+
+def _network(raw: Any, ctx: Ctx) -> str:
+    if raw not in spec.NETWORKS:
+        guess = S.did_you_mean(str(raw), spec.NETWORKS) if isinstance(raw, str) else None
+        raise ctx.error(f"expected {' or '.join(spec.NETWORKS)}, got {S.describe(raw)}",
+                        hint=f'did you mean "{guess}"?' if guess else None)
+    return raw
 
 
 def _locate(ctx: Ctx, raw: Any, path: Tuple[Any, ...]) -> Ctx:

@@ -291,6 +291,7 @@ class DeploySpec:
     stateful: bool = False                # databases and the like: stop-first, longer stop timeout
     pre_stop: Tuple[str, ...] = ()        # run in the container before it is stopped
     userns: bool = spec.Deploy.userns
+    network: str = spec.Deploy.network    # bridge | host (the host's own network stack)
 
     def agent_spec(self) -> spec.Deploy:
         """The agent's deploy spec, validated as the agent validates it (``SpecError`` names
@@ -304,7 +305,7 @@ class DeploySpec:
             stop_timeout=self.stop_timeout, stop_first=self.stop_first,
             keep_releases=self.keep_releases, init=self.init, needs=self.needs,
             stateful=self.stateful, pre_stop=self.pre_stop,
-            userns=self.userns)
+            userns=self.userns, network=self.network)
 
     def to_agent_json(self) -> Dict[str, Any]:
         """The JSON the release id is computed over and the agent receives."""
