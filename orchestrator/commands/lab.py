@@ -31,6 +31,10 @@ def add_arguments(parser) -> None:
                     help="amd64 hosts that boot Debian bookworm with systemd as PID 1 (default 0)")
     up.add_argument("--bullseye", type=int, default=0,
                     help="booted hosts running Debian bullseye, python3 3.9 (default 0)")
+    up.add_argument("--booted-arm64", type=int, default=0,
+                    help="arm64 hosts that boot Debian bookworm with systemd, all under qemu-user (default 0)")
+    up.add_argument("--booted-armv7", type=int, default=0,
+                    help="the same for 32-bit armv7 (Debian armhf) (default 0)")
     up.add_argument("--link-rate", default=None, help="throttle each host's link, e.g. 10mbit (tc tbf)")
     up.add_argument("--json", action="store_true", help="print the hosts as JSON")
     st = sub.add_parser("status", parents=[named], help="list the lab's hosts")
@@ -64,7 +68,8 @@ def run(args) -> int:
         args.name = lab_name(args.name, os.environ)
     if action == "up":
         spec = LabSpec(args.name, args.hosts, args.arm64, args.armv7, args.link_rate,
-                       booted=args.booted, bullseye=args.bullseye).validate()
+                       booted=args.booted, bullseye=args.bullseye, booted_arm64=args.booted_arm64,
+                       booted_armv7=args.booted_armv7).validate()
         hosts = LabMachine(LabLayout(spec)).up()
         _print_hosts(hosts, args.json)
         return 0

@@ -9,15 +9,21 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 from orchestrator.errors import LabError
+from runtime import platforms
 
-PLATFORMS = {"amd64": "linux/amd64", "arm64": "linux/arm64", "armv7": "linux/arm/v7",
-             "booted": "linux/amd64", "bullseye": "linux/amd64"}
-# Host kinds that boot a Debian root with systemd as PID 1 (systemd-nspawn), and their release
-BOOTED_OS = {"booted": "bookworm", "bullseye": "bullseye"}
-HOST_KINDS = ("amd64", "arm64", "armv7", "booted", "bullseye")
+# Plain host kinds: one per platform of the one platform table, by its lab word (amd64, arm64, armv7)
+PLAIN_KINDS: Dict[str, str] = {p.lab: p.name for p in platforms.TABLE}
+# Host kinds that boot a Debian root with systemd as PID 1 (systemd-nspawn): (lab word, release)
+BOOTED_KINDS: Dict[str, Tuple[str, str]] = {
+    "booted": ("amd64", "bookworm"), "bullseye": ("amd64", "bullseye"),
+    "booted_arm64": ("arm64", "bookworm"), "booted_armv7": ("armv7", "bookworm")}
+PLATFORMS: Dict[str, str] = dict(PLAIN_KINDS, **{k: PLAIN_KINDS[w] for k, (w, _) in BOOTED_KINDS.items()})
+BOOTED_OS: Dict[str, str] = {k: release for k, (_, release) in BOOTED_KINDS.items()}
+# LabSpec field names, in the order hosts get their addresses (new kinds go last: addresses stay)
+HOST_KINDS: Tuple[str, ...] = tuple(PLAIN_KINDS) + tuple(BOOTED_KINDS)
 # qemu-user binfmt entries needed per foreign platform (Debian's qemu-user-static names)
 QEMU_FOR_PLATFORM = {"linux/arm64": "aarch64", "linux/arm/v7": "arm"}
 
@@ -44,6 +50,8 @@ class LabSpec:
     link_rate: Optional[str] = None
     booted: int = 0      # amd64 hosts booting Debian bookworm with systemd (PID 1) in their namespaces
     bullseye: int = 0    # the same with Debian bullseye (python3 3.9)
+    booted_arm64: int = 0   # arm64 hosts booting bookworm (systemd and everything under qemu-user)
+    booted_armv7: int = 0   # the same for 32-bit armv7 (Debian armhf)
 
     def validate(self) -> "LabSpec":
         if not _NAME_RE.match(self.name):
@@ -51,7 +59,7 @@ class LabSpec:
         for kind in HOST_KINDS:
             count = getattr(self, kind)
             if count < 0 or count > 200:
-                raise LabError(f"--{'hosts' if kind == 'amd64' else kind} {count}: expected 0..200")
+                raise LabError(f"{kind_flag(kind)} {count}: expected 0..200")
         total = sum(getattr(self, kind) for kind in HOST_KINDS)
         if total == 0:
             raise LabError("a lab needs at least one host")
@@ -60,6 +68,22 @@ class LabSpec:
         if self.link_rate is not None and not _RATE_RE.match(self.link_rate):
             raise LabError(f"--link-rate {self.link_rate!r}: expected a tc rate such as 10mbit or 500kbit")
         return self
+
+
+    def platforms(self) -> Tuple[str, ...]:
+        """The platforms of this lab's hosts, in the platform table's order."""
+        have = {PLATFORMS[kind] for kind in HOST_KINDS if getattr(self, kind)}
+        return tuple(p.name for p in platforms.TABLE if p.name in have)
+
+
+def kind_flag(kind: str) -> str:
+    """`orch lab up`'s option for a host kind: --hosts (amd64), --arm64, --booted-arm64, ..."""
+    return "--hosts" if kind == "amd64" else "--" + kind.replace("_", "-")
+
+
+def kind_prefix(kind: str) -> str:
+    """How a kind's hosts are named: amd64-1, booted-1, booted-arm64-1, ..."""
+    return kind.replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -80,6 +104,16 @@ class HostLayout:
     @property
     def booted(self) -> bool:
         return self.os is not None
+
+    @property
+    def debian_arch(self) -> str:
+        """Debian's name for the host's architecture (its booted root is made for it)."""
+        return platforms.BY_NAME[self.platform].debian
+
+    @property
+    def emulated(self) -> bool:
+        """Its binaries run through qemu-user on this machine."""
+        return self.platform in QEMU_FOR_PLATFORM
 
     @property
     def ssh_port(self) -> int:
@@ -205,7 +239,7 @@ class LabLayout:
         index = 0
         for kind, count in kinds:
             for n in range(1, count + 1):
-                name = f"{kind}-{n}"
+                name = f"{kind_prefix(kind)}-{n}"
                 out.append(HostLayout(
                     lab=self.spec.name,
                     name=name,

@@ -114,7 +114,7 @@ class LabMachine:
         self._write_known_hosts()
         self._write_record(registered)
         for host in started:        # a host that was already up may be unreachable on purpose (link down)
-            self._wait_ssh(host, timeout=power.BOOT_TIMEOUT if host.booted else 10.0)
+            self._wait_ssh(host, timeout=power.boot_timeout(host) if host.booted else 10.0)
         return self.status() if report else []
 
     def need_tools(self) -> None:
@@ -129,7 +129,7 @@ class LabMachine:
         """Boot a host that is off (True), or leave a running one alone (False); waits for sshd."""
         started = self._ensure_host(host)
         if started:
-            self._wait_ssh(host, timeout=power.BOOT_TIMEOUT if host.booted else 10.0)
+            self._wait_ssh(host, timeout=power.boot_timeout(host) if host.booted else 10.0)
         return started
 
     def stop_host(self, host: HostLayout) -> None:

@@ -227,6 +227,11 @@ def run_shutdown(nspawn_pid: int, timeout: float) -> bool:
 
 
 BOOT_TIMEOUT = 60.0      # from nspawn's start to sshd answering, on a busy 2-core machine
+BOOT_TIMEOUT_EMULATED = 300.0   # an arm host: systemd and every unit it starts run under qemu-user
+
+
+def boot_timeout(host: HostLayout) -> float:
+    return BOOT_TIMEOUT_EMULATED if host.emulated else BOOT_TIMEOUT
 
 
 def run_boot(layout: LabLayout, host: HostLayout) -> int:
@@ -236,7 +241,7 @@ def run_boot(layout: LabLayout, host: HostLayout) -> int:
     nspawn = shutil.which("systemd-nspawn")
     if not nspawn:
         raise LabError("booted lab hosts need systemd-nspawn", hint="apt-get install systemd-container")
-    lower = roots.ensure_root(layout.roots_dir, host.os)
+    lower = roots.ensure_root(layout.roots_dir, host.os, host.debian_arch)
     run_mount_disk(host, lower)
     files = host_files(host, host.host_key.read_text(), host.host_key.with_suffix(".pub").read_text(),
                        layout.authorized_keys.read_text())

@@ -1,9 +1,12 @@
 """Debian root filesystems that booted lab hosts share, made once with mmdebstrap.
 
-A root is named by its release and a digest of what goes into it (packages and the files the
-lab adds), kept under the lab state root's `.roots/`, and only ever read by hosts: each host
-mounts its own overlay (its "disk") over it. Making one takes tens of seconds; every later lab
-and test reuses it.
+A root is named by its release, its Debian architecture (arm64 and armhf roots are made through
+qemu-user in binfmt_misc, which the lab registers with the F flag) and a digest of what goes into
+it (packages and the files the lab adds), kept under the lab state root's `.roots/`, and only
+ever read by hosts: each host mounts its own overlay (its "disk") over it. mmdebstrap's output is
+kept as a tar (`base-ARCH-RELEASE-DIGEST.tar`, keyed by the packages only), so a change to the
+lab's own files costs an unpack, not another mmdebstrap: about a minute for amd64, many minutes
+for an arm root, whose package scripts run under emulation.
 """
 from __future__ import annotations
 
@@ -80,16 +83,31 @@ def render_root_links() -> Dict[str, str]:
     return links
 
 
-def root_key(release: str) -> str:
-    """`bookworm-<12 hex>`: changes whenever what goes into the root changes."""
+NATIVE_ARCH = "amd64"
+
+
+def base_key(release: str, arch: str = NATIVE_ARCH) -> str:
+    """`base-arm64-bookworm-<12 hex>`: what mmdebstrap makes (release, architecture, packages)."""
+    h = hashlib.sha256(f"{arch}/{release}".encode())
+    for pkg in PACKAGES:
+        h.update(b"\0pkg " + pkg.encode())
+    return f"base-{arch}-{release}-{h.hexdigest()[:12]}"
+
+
+def root_key(release: str, arch: str = NATIVE_ARCH) -> str:
+    """`bookworm-<12 hex>` (amd64) or `arm64-bookworm-<12 hex>`: changes whenever what goes into
+    the root changes. A foreign root's name starts with its architecture, so it never matches
+    another release's `bookworm-*` when old roots are pruned."""
     h = hashlib.sha256(release.encode())
+    if arch != NATIVE_ARCH:
+        h.update(b"\0arch " + arch.encode())
     for pkg in PACKAGES:
         h.update(b"\0pkg " + pkg.encode())
     for path, (text, mode) in sorted(render_root_files().items()):
         h.update(f"\0file {path} {mode:o}\0".encode() + text.encode())
     for path, target in sorted(render_root_links().items()):
         h.update(f"\0link {path} {target}".encode())
-    return f"{release}-{h.hexdigest()[:12]}"
+    return f"{release}-{h.hexdigest()[:12]}" if arch == NATIVE_ARCH else f"{arch}-{release}-{h.hexdigest()[:12]}"
 
 
 def debian_mirror(sources_dir: Path = Path("/etc/apt/sources.list.d"),
@@ -107,47 +125,85 @@ def debian_mirror(sources_dir: Path = Path("/etc/apt/sources.list.d"),
     return "http://deb.debian.org/debian"
 
 
-def render_mmdebstrap_argv(mmdebstrap: str, release: str, target: Path, mirror: str) -> List[str]:
-    return [mmdebstrap, "--quiet", "--variant=minbase", "--include=" + ",".join(PACKAGES),
+def render_mmdebstrap_argv(mmdebstrap: str, release: str, target: Path, mirror: str,
+                           arch: str = NATIVE_ARCH) -> List[str]:
+    return [mmdebstrap, "--quiet", "--variant=minbase", f"--arch={arch}", "--include=" + ",".join(PACKAGES),
             release, str(target), f"deb {mirror} {release} main"]
 
 
-def ensure_root(roots_dir: Path, release: str) -> Path:
-    """The shared root for `release`, made now if it is not there yet (one maker at a time)."""
+def render_unpack_argv(tar: str, base: Path, target: Path) -> List[str]:
+    return [tar, "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", str(base), "-C", str(target)]
+
+
+# Making a root: amd64 about a minute; arm64/armhf run every package script under qemu-user
+MMDEBSTRAP_TIMEOUT = {NATIVE_ARCH: 900}
+FOREIGN_TIMEOUT = 3600
+
+
+def _lock_name(arch: str, release: str) -> str:
+    # amd64 keeps the lock every version of the lab has used, so two versions never make one root
+    # at once; a slow arm root does not hold up an amd64 one
+    return ".lock" if arch == NATIVE_ARCH else f".lock-{arch}-{release}"
+
+
+def ensure_root(roots_dir: Path, release: str, arch: str = NATIVE_ARCH) -> Path:
+    """The shared root for `release` on Debian architecture `arch`, made now if it is not there yet
+    (one maker at a time). A foreign `arch` needs its qemu-user binfmt entry registered."""
     if release not in RELEASES:
         raise LabError(f"no lab root for Debian {release!r} (known: {', '.join(RELEASES)})")
     roots_dir.mkdir(parents=True, exist_ok=True)
-    final = roots_dir / root_key(release)
+    final = roots_dir / root_key(release, arch)
     if (final / "etc" / "os-release").exists():
         return final
-    mmdebstrap = shutil.which("mmdebstrap")
-    if not mmdebstrap:
-        raise LabError("booted lab hosts need mmdebstrap", hint="apt-get install mmdebstrap")
-    with open(roots_dir / ".lock", "w") as lock:
+    with open(roots_dir / _lock_name(arch, release), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (final / "etc" / "os-release").exists():
             return final
+        base = ensure_base(roots_dir, release, arch)
         tmp = roots_dir / (final.name + ".tmp")
         if tmp.exists():
             shutil.rmtree(tmp)
-        proc = subprocess.run(render_mmdebstrap_argv(mmdebstrap, release, tmp, debian_mirror()),
-                              capture_output=True, timeout=900)
+        tmp.mkdir()
+        proc = subprocess.run(render_unpack_argv(shutil.which("tar") or "tar", base, tmp), capture_output=True)
         if proc.returncode != 0:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise LabError(f"mmdebstrap {release} failed: {proc.stderr.decode(errors='replace').strip()[-400:]}")
+            raise LabError(f"cannot unpack {base.name}: {proc.stderr.decode(errors='replace').strip()[-400:]}")
         _customise(tmp)
         os.replace(tmp, final)
-        run_prune_roots(roots_dir, release, keep=final)
+        run_prune_roots(roots_dir, release, keep=final, arch=arch)
     return final
 
 
-def run_prune_roots(roots_dir: Path, release: str, keep: Path) -> List[Path]:
-    """Older roots of `release` that no host's disk is mounted over any more (they changed)."""
+def ensure_base(roots_dir: Path, release: str, arch: str = NATIVE_ARCH) -> Path:
+    """mmdebstrap's root for (release, arch) as a tar, made now if it is not there (the caller
+    holds the root's lock)."""
+    base = roots_dir / (base_key(release, arch) + ".tar")
+    if base.exists():
+        return base
+    mmdebstrap = shutil.which("mmdebstrap")
+    if not mmdebstrap:
+        raise LabError("booted lab hosts need mmdebstrap", hint="apt-get install mmdebstrap")
+    tmp = base.with_name(base.name + ".tmp.tar")
+    proc = subprocess.run(render_mmdebstrap_argv(mmdebstrap, release, tmp, debian_mirror(), arch),
+                          capture_output=True, timeout=MMDEBSTRAP_TIMEOUT.get(arch, FOREIGN_TIMEOUT))
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise LabError(f"mmdebstrap {release}/{arch} failed: {proc.stderr.decode(errors='replace').strip()[-400:]}")
+    os.replace(tmp, base)
+    for old in roots_dir.glob(f"base-{arch}-{release}-*.tar"):
+        if old != base:
+            old.unlink(missing_ok=True)
+    return base
+
+
+def run_prune_roots(roots_dir: Path, release: str, keep: Path, arch: str = NATIVE_ARCH) -> List[Path]:
+    """Older roots of (`release`, `arch`) that no host's disk is mounted over any more (they changed)."""
     with open("/proc/self/mountinfo") as f:
         in_use = f.read()
     removed = []
-    for old in roots_dir.glob(f"{release}-*"):
-        if old != keep and old.is_dir() and f"lowerdir={old}," not in in_use:
+    pattern = re.compile(rf"^{re.escape(root_key(release, arch).rsplit('-', 1)[0])}-[0-9a-f]{{12}}$")
+    for old in roots_dir.iterdir():
+        if old != keep and pattern.match(old.name) and old.is_dir() and f"lowerdir={old}," not in in_use:
             shutil.rmtree(old, ignore_errors=True)
             removed.append(old)
     return removed

@@ -13,6 +13,7 @@ import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from orchestrator.errors import LabError, ManifestError
+from orchestrator.lab.layout import HOST_KINDS
 from orchestrator.manifest import schema as S
 from orchestrator.manifest.model import (
     DEFAULT_FLEET, CopyStep, DebianBase, DeploySpec, Desired, Fleet, FleetHost, HealthCheck,
@@ -217,17 +218,14 @@ def _fleet(body: LMap, doc: Doc) -> Fleet:
     which = S.one_of_keys(body, ctx, ("lab", "hosts"))
     if which == "lab":
         lctx = ctx.key(body, "lab")
-        lab = S.mapping(body["lab"] if body["lab"] is not None else LMap(), lctx,
-                        ("hosts", "arm64", "armv7", "link_rate", "booted", "bullseye"))
+        keys = {("hosts" if kind == "amd64" else kind): kind for kind in HOST_KINDS}   # the lab's own kinds
+        lab = S.mapping(body["lab"] if body["lab"] is not None else LMap(), lctx, tuple(keys) + ("link_rate",))
         spec = LabSpec(
             name=name,
-            amd64=S.integer(lab.get("hosts", 2), lctx.key(lab, "hosts"), minimum=0),
-            arm64=S.integer(lab.get("arm64", 1), lctx.key(lab, "arm64"), minimum=0),
-            armv7=S.integer(lab.get("armv7", 0), lctx.key(lab, "armv7"), minimum=0),
             link_rate=S.string(lab["link_rate"], lctx.key(lab, "link_rate"))
             if lab.get("link_rate") is not None else None,
-            booted=S.integer(lab.get("booted", 0), lctx.key(lab, "booted"), minimum=0),
-            bullseye=S.integer(lab.get("bullseye", 0), lctx.key(lab, "bullseye"), minimum=0))
+            **{kind: S.integer(lab.get(key, getattr(LabSpec, kind)), lctx.key(lab, key), minimum=0)
+               for key, kind in keys.items()})
         try:
             spec.validate()        # the lab's own limits, the one place they live
         except LabError as exc:
@@ -271,10 +269,7 @@ def _platform(value: Any, ctx: Ctx) -> str:
 def fleet_platforms(fleet: Fleet) -> Tuple[str, ...]:
     """Platforms a fleet runs (the default for a service's ``image.platforms``)."""
     if fleet.lab is not None:
-        lab = fleet.lab
-        wanted = {"linux/amd64": lab.amd64 + lab.booted + lab.bullseye, "linux/arm64": lab.arm64,
-                  "linux/arm/v7": lab.armv7}
-        return tuple(p for p in PLATFORMS if wanted[p])
+        return fleet.lab.platforms()
     declared = {h.platform for h in fleet.hosts}
     if None in declared:
         return PLATFORMS

@@ -61,3 +61,29 @@ def test_sshd_config_is_key_only_and_listens_on_the_host_address(tmp_path):
 @pytest.mark.parametrize("port, expected", [(22, "10.1.2.3 ssh-ed25519 AAAA"), (2222, "[10.1.2.3]:2222 ssh-ed25519 AAAA")])
 def test_known_hosts_line(port, expected):
     assert render_known_hosts_line("10.1.2.3", port, "ssh-ed25519 AAAA comment\n") == expected
+
+
+def test_host_kinds_come_from_the_platform_table_and_booted_arm_hosts_are_emulated():
+    from orchestrator.lab import layout
+    from runtime import platforms
+    assert {layout.PLATFORMS[p.lab] for p in platforms.TABLE} == set(platforms.NAMES)
+    assert all(layout.PLATFORMS[k] in platforms.NAMES for k in layout.HOST_KINDS)
+    lay = LabLayout(LabSpec("pi", amd64=1, arm64=0, booted_arm64=1, booted_armv7=1))
+    hosts = {h.name: h for h in lay.hosts()}
+    assert [(n, h.platform, h.os, h.debian_arch, h.emulated) for n, h in hosts.items()] == [
+        ("amd64-1", "linux/amd64", None, "amd64", False),
+        ("booted-arm64-1", "linux/arm64", "bookworm", "arm64", True),
+        ("booted-armv7-1", "linux/arm/v7", "bookworm", "armhf", True)]
+    assert lay.foreign_qemu() == ("aarch64", "arm")
+    assert lay.spec.platforms() == ("linux/amd64", "linux/arm64", "linux/arm/v7")
+
+
+def test_a_new_kind_does_not_move_the_addresses_of_the_old_ones():
+    old = LabLayout(LabSpec("mv", amd64=1, arm64=1, armv7=1, booted=1, bullseye=1)).hosts()
+    new = LabLayout(LabSpec("mv", amd64=1, arm64=1, armv7=1, booted=1, bullseye=1, booted_armv7=1)).hosts()
+    assert [(h.name, h.address) for h in new[:5]] == [(h.name, h.address) for h in old]
+
+
+def test_a_negative_booted_arm_count_names_its_option():
+    with pytest.raises(LabError, match="--booted-armv7 -1"):
+        LabSpec("x", booted_armv7=-1).validate()

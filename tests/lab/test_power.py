@@ -67,10 +67,28 @@ def test_mmdebstrap_argv_and_mirror(tmp_path):
         "Types: deb\nURIs: http://security.example/debian-security\n")
     mirror = roots.debian_mirror(tmp_path, tmp_path / "none")
     assert mirror == "http://mirror.example/debian"
-    argv = roots.render_mmdebstrap_argv("mmdebstrap", "bullseye", Path("/t"), mirror)
-    assert argv[:3] == ["mmdebstrap", "--quiet", "--variant=minbase"]
-    assert "systemd" in argv[3] and "python3" in argv[3] and "openssh-server" in argv[3]
-    assert argv[4:] == ["bullseye", "/t", "deb http://mirror.example/debian bullseye main"]
+    argv = roots.render_mmdebstrap_argv("mmdebstrap", "bullseye", Path("/t.tar"), mirror)
+    assert argv[:4] == ["mmdebstrap", "--quiet", "--variant=minbase", "--arch=amd64"]
+    assert "systemd" in argv[4] and "python3" in argv[4] and "openssh-server" in argv[4]
+    assert argv[5:] == ["bullseye", "/t.tar", "deb http://mirror.example/debian bullseye main"]
+    assert "--arch=armhf" in roots.render_mmdebstrap_argv("mmdebstrap", "bookworm", Path("/t.tar"), mirror, "armhf")
+
+
+def test_an_arm_root_is_named_by_its_arch_and_never_matches_another_releases_prune(tmp_path):
+    amd, arm64, armhf = (roots.root_key("bookworm", a) for a in ("amd64", "arm64", "armhf"))
+    assert amd == roots.root_key("bookworm")            # the amd64 name is what it always was
+    assert arm64.startswith("arm64-bookworm-") and armhf.startswith("armhf-bookworm-")
+    assert len({amd[-12:], arm64[-12:], armhf[-12:]}) == 3
+    assert roots.base_key("bookworm", "arm64") != roots.base_key("bookworm", "armhf")
+    for name in ("bookworm-000000000000", "arm64-bookworm-000000000000", "armhf-bookworm-000000000000",
+                 amd, arm64, "bookworm-000000000000.tmp"):
+        (tmp_path / name).mkdir()
+    removed = roots.run_prune_roots(tmp_path, "bookworm", keep=tmp_path / arm64, arch="arm64")
+    assert removed == [tmp_path / "arm64-bookworm-000000000000"]
+    removed = roots.run_prune_roots(tmp_path, "bookworm", keep=tmp_path / amd)
+    assert removed == [tmp_path / "bookworm-000000000000"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [amd, arm64, "armhf-bookworm-000000000000", "bookworm-000000000000.tmp"])
 
 
 def test_the_root_enables_writable_cgroups_and_masks_timers():
