@@ -100,22 +100,40 @@ class LabMachine:
         """Make the lab exist and run (idempotent); returns `status()` unless `report` is False."""
         self.need_tools()
         lay = self.layout
-        lay.state_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(lay.state_dir, 0o700)
-        self._ensure_key(lay.user_key, f"orch-lab-{lay.name}")
-        _write_atomic(lay.authorized_keys, lay.user_key.with_suffix(".pub").read_text(), 0o600)
-        self._ensure_bridge()
-        registered = self._ensure_binfmt()
-        wanted = {h.name: h for h in lay.hosts()}
-        for stale in self._recorded_hosts():
-            if wanted.get(stale.name) != stale:     # gone, or moved (address, veth) by a new shape
-                self._teardown_host(stale)
-        started = [host for host in lay.hosts() if self._ensure_host(host)]
-        self._write_known_hosts()
-        self._write_record(registered)
-        for host in started:        # a host that was already up may be unreachable on purpose (link down)
-            self._wait_ssh(host, timeout=power.boot_timeout(host) if host.booted else 10.0)
+        fresh = not lay.record.exists()
+        started: List[HostLayout] = []
+        try:
+            lay.state_dir.mkdir(parents=True, exist_ok=True)
+            os.chmod(lay.state_dir, 0o700)
+            self._ensure_key(lay.user_key, f"orch-lab-{lay.name}")
+            _write_atomic(lay.authorized_keys, lay.user_key.with_suffix(".pub").read_text(), 0o600)
+            self._ensure_bridge()
+            registered = self._ensure_binfmt()
+            wanted = {h.name: h for h in lay.hosts()}
+            for stale in self._recorded_hosts():
+                if wanted.get(stale.name) != stale:     # gone, or moved (address, veth) by a new shape
+                    self._teardown_host(stale)
+            # the new shape is recorded before any host starts: `down` then finds every host
+            self._write_record(registered)
+            for host in lay.hosts():
+                if self._ensure_host(host):
+                    started.append(host)
+            self._write_known_hosts()
+            for host in started:    # a host that was already up may be unreachable on purpose (link down)
+                self._wait_ssh(host, timeout=power.boot_timeout(host) if host.booted else 10.0)
+        except BaseException:
+            self._undo_up(started, fresh)
+            raise
         return self.status() if report else []
+
+    def _undo_up(self, started: List[HostLayout], fresh: bool) -> None:
+        """A failed (or interrupted) `up` takes down what it started: every host it started, and
+        the whole lab when there was none before; hosts that were up before it stay up."""
+        if fresh:
+            self.down()
+            return
+        for host in started:
+            self._teardown_host(host)
 
     def need_tools(self) -> None:
         if os.geteuid() != 0:
@@ -211,6 +229,13 @@ class LabMachine:
                 self._apply_link_rate(host)
             return False
         self._teardown_host(host)
+        try:
+            return self._start_host(host)
+        except BaseException:
+            self._teardown_host(host)        # half started (namespace, veth, disk): not left behind
+            raise
+
+    def _start_host(self, host: HostLayout) -> bool:
         for d in (host.state_dir, host.var_lib_orch, host.etc_orch, host.run_dir, host.root_home):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(host.state_dir, 0o700)
