@@ -157,7 +157,7 @@ def check_syntax(cmd: Command, cwd: Path, environ) -> Optional[str]:
     import io
     import subprocess
 
-    from orchestrator.cli import build_parser
+    from orchestrator.cli import build_parser, split_passthrough
     from orchestrator.commands._common import parse_vars
     from orchestrator.errors import OrchError
     from orchestrator.manifest.inputs import load_checked
@@ -169,7 +169,7 @@ def check_syntax(cmd: Command, cwd: Path, environ) -> Optional[str]:
         err = io.StringIO()
         try:
             with contextlib.redirect_stderr(err):
-                args = build_parser().parse_args(argv)
+                args = build_parser().parse_args(split_passthrough(argv)[0])   # as main() does
         except SystemExit:
             return f"orch {' '.join(argv)}: {err.getvalue().strip().splitlines()[-1]}"
         if environ is not None and getattr(args, "directory", None):

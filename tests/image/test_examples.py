@@ -23,10 +23,16 @@ def test_shipped_manifests_load(directory):
         svc.deploy.to_agent_json()
 
 
-def test_pi_fleet_selects_by_label():
+def test_pi_fleet_runs_on_arm_lab_hosts_and_its_readme_fleet_on_real_pis(tmp_path):
     d = load_desired(os.path.join(REPO, "examples/pi-fleet"), {})
-    sel = d.services["status-page"].deploy.hosts
-    assert [h.name for h in d.fleet.hosts if sel.matches(h.name, h.labels)] == ["pi-kitchen", "pi-garage"]
+    assert (d.fleet.lab.arm64, d.fleet.lab.armv7, d.fleet.lab.amd64, d.fleet.lab.link_rate) == (1, 2, 0, "2mbit")
+    readme = open(os.path.join(REPO, "examples/pi-fleet/README.md")).read()
+    shutil.copytree(os.path.join(REPO, "examples/pi-fleet"), tmp_path / "pis")
+    (tmp_path / "pis" / "fleet.yaml").write_text(readme.split("```yaml\n", 1)[1].split("```", 1)[0])
+    real = load_desired(str(tmp_path / "pis"), {})
+    sel = real.services["status-page"].deploy.hosts
+    assert [(h.name, h.platform) for h in real.fleet.hosts if sel.matches(h.name, h.labels)] == [
+        ("pi-kitchen", "linux/arm64"), ("pi-garage", "linux/arm/v7"), ("pi-attic", "linux/arm/v7")]
 
 
 def test_python_example_builds_for_armv7_with_python_run_under_qemu(debian_home, tmp_path):
