@@ -13,7 +13,7 @@ from runtime.executors import EXECUTORS, exec_in
 from runtime.resources import free_disk, free_memory
 from runtime.errors import AgentFailure
 from runtime.layout import Layout
-from runtime.meta import Meta, list_metas, list_orphans, log_path, status_of
+from runtime.meta import Meta, list_metas, list_orphans, log_path, log_tail, status_of
 from runtime.planner import CheckHealth, Observed, Start, Switch, Unpack, Want
 from runtime.spec import Target
 from runtime.state import State
@@ -171,6 +171,7 @@ class Host:
                 owners = [w for w in wants if w.manifest == step.manifest]
             elif isinstance(step, RELEASE_STEPS):
                 owners = [w for w in wants if w.service == step.service]
+                msg += log_tail(self.layout, step.service, step.slot)   # the failed slot's own
             else:
                 raise
             for w in owners:

@@ -53,6 +53,23 @@ def log_path(layout: Layout, service: str, slot: str) -> str:
     return os.path.join(layout.logs, f"{service}.{slot}.log")
 
 
+LOG_TAIL = 10         # lines of a failed container's log in apply's answer
+
+
+def log_tail(layout: Layout, service: str, slot: str, lines: int = LOG_TAIL) -> str:
+    """"; last lines of its log:" and the slot's last lines, or "" when it wrote nothing."""
+    try:
+        with open(log_path(layout, service, slot), "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 8192))
+            tail = f.read().decode(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    if not tail:
+        return ""
+    return "; last lines of its log:\n" + "\n".join("  | " + line[:300] for line in tail)
+
+
 def list_metas(layout: Layout) -> List[Meta]:
     out = []
     try:

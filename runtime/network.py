@@ -252,8 +252,15 @@ def run_ensure_host_network() -> None:
         run_nft(render_base_ruleset() + render_port_switch(entries))
 
 
+def render_forget_neighbour(ip: str, bridge: str = BRIDGE) -> List[str]:
+    # The address may have been a stopped container's moments ago: the host's neighbour entry
+    # still names that veth's MAC, and until it expires (seconds) the host sends the new
+    # container frames it drops, so health checks and published ports time out.
+    return [f"neigh flush to {ip} dev {bridge}"]
+
+
 def run_wire_container(container_id: str, pid: int, ip: str) -> None:
-    _ip_batch(render_host_link(container_id, pid))
+    _ip_batch(render_host_link(container_id, pid) + render_forget_neighbour(ip))
     _ip_batch(render_container_link(ip), prefix=("nsenter", "-t", str(pid), "-n"))
 
 

@@ -66,7 +66,6 @@ def next_steps(h, only: Optional[Set[str]] = None):
 
 
 MIN_SETTLE = 3.0      # seconds a container must have run before apply calls it serving
-LOG_TAIL = 10         # lines of a failed container's log in apply's answer
 
 
 def owner(step) -> str:
@@ -151,7 +150,7 @@ def result_of(h: Host, service: str) -> Dict:
     lock, so ``serve`` does not restart a dying container while it is watched."""
     from runtime import health, oci
     from runtime.executors import exec_in
-    from runtime.meta import list_metas, status_of
+    from runtime.meta import list_metas, log_tail, status_of
 
     t = h.targets().get(service)
     st = h.state.status()
@@ -182,23 +181,10 @@ def result_of(h: Host, service: str) -> Dict:
             if not ok:
                 why = f"unhealthy: {msg}"
     if why:
-        out["error"] = why + _log_tail(h, service, meta)
+        # a failed release's own log was added when it failed (host.attempt); the serving
+        # slot's log belongs to another release and would mislead
+        own = meta is not None and not (st["failed"].get(service) or {}).get(release)
+        out["error"] = why + (log_tail(h.layout, service, meta.slot) if own else "")
     else:
         out["ok"] = True
     return out
-
-
-def _log_tail(h, service: str, meta) -> str:
-    from runtime.meta import log_path
-    if meta is None:
-        return ""
-    try:
-        with open(log_path(h.layout, service, meta.slot), "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - 8192))
-            lines = f.read().decode(errors="replace").splitlines()[-LOG_TAIL:]
-    except OSError:
-        return ""
-    if not lines:
-        return ""
-    return "; last lines of its log:\n" + "\n".join("  | " + line[:300] for line in lines)

@@ -515,3 +515,38 @@ def test_remove_honours_the_services_stop_timeout(amd2, base_layer):
     assert rc == 0, body
     assert took < 6.0, f"remove took {took:.1f} s with stop_timeout 1 s"
     assert "stub" not in status(agent)
+
+
+def test_a_container_on_a_recently_used_address_is_reachable_at_once(amd, base_layer):
+    """A new container may get the address of one stopped moments ago (the allocation cursor
+    is lost with status.json, and wraps on a busy host): the host's neighbour entry still
+    names the old veth's MAC, so without a fix its health checks time out for seconds while
+    the container answers nothing (found in the apply lab tests after "lost state files")."""
+    host, agent = amd
+    imgs = [image(base_layer, f"reuse{i}") for i in range(3)]
+    for img in imgs:
+        agent.ship(img)
+    spec = ik.deploy_spec(port=8098)            # 3 checks 0.5 s apart, 0.5 s timeout each
+
+    def serving_ip() -> str:
+        slots = status(agent)["reuse"]["slots"]
+        assert len(slots) == 1, slots
+        return next(iter(slots.values()))["ip"]
+
+    rc, body = agent.apply({"reuse": (imgs[0], spec)})
+    assert rc == 0 and body["services"]["reuse"]["ok"], body
+    first = serving_ip()
+    assert ik.hammer_get(host.address, 8098) == b"reuse0\n"     # the host now knows its MAC
+    rc, body = agent.apply({"reuse": (imgs[1], spec)})
+    assert rc == 0 and body["services"]["reuse"]["ok"], body
+    assert serving_ip() != first
+    # the next container gets the first one's address, as after a lost cursor
+    n = int(first.rsplit(".", 1)[1]) + 256 * int(first.split(".")[2])
+    rc, out, err = agent.runner(["python3", "-c", (
+        "import json,sys; p='/var/lib/orch/state/status.json'; s=json.load(open(p)); "
+        "s['ipam']=int(sys.argv[1]); json.dump(s, open(p, 'w'))"), str(n - 1)], b"", 30)
+    assert rc == 0, err
+    rc, body = agent.apply({"reuse": (imgs[2], spec)})
+    assert rc == 0 and body["services"]["reuse"]["ok"], body
+    assert serving_ip() == first
+    assert ik.hammer_get(host.address, 8098) == b"reuse2\n"

@@ -51,3 +51,17 @@ def test_stop_signal_from_the_image():
     from runtime.oci import stop_signal
     assert [stop_signal(x) for x in ("SIGQUIT", "quit", "3", "", None, "SIGNOPE", "99")] == [
         "QUIT", "QUIT", "QUIT", "TERM", "TERM", "TERM", "TERM"]
+
+
+def test_a_failed_slots_log_tail_is_its_own(tmp_path):
+    from runtime.layout import Layout
+    lay = Layout(str(tmp_path / "root"), str(tmp_path / "run"))
+    os.makedirs(lay.logs)
+    with open(meta.log_path(lay, "web", "a"), "w") as f:
+        f.write("".join(f"old {i}\n" for i in range(30)))
+    with open(meta.log_path(lay, "web", "b"), "w") as f:
+        f.write("new: cannot bind\n")
+    assert meta.log_tail(lay, "web", "b") == "; last lines of its log:\n  | new: cannot bind"
+    tail = meta.log_tail(lay, "web", "a")
+    assert tail.count("\n") == meta.LOG_TAIL and tail.endswith("  | old 29")
+    assert meta.log_tail(lay, "web", "missing") == ""

@@ -145,3 +145,8 @@ def test_an_older_table_is_upgraded_keeping_its_published_ports(netns):
                          capture_output=True, text=True, check=True).stdout.splitlines()
     assert out == ["(False, (('tcp', 8080, '10.88.0.7', 80),))",
                    "(True, (('tcp', 8080, '10.88.0.7', 80),))"]
+
+
+def test_wiring_a_container_forgets_the_hosts_neighbour_entry_for_its_address():
+    # the address may have been another container's moments ago (its MAC is still cached)
+    assert network.render_forget_neighbour("10.88.0.7") == ["neigh flush to 10.88.0.7 dev orch0"]
