@@ -124,7 +124,37 @@ def verb_apply(layout: Layout, req: dict, log=None) -> dict:
         given_up = reconcile.converge(h, services=list(checked))
         results = {n: _given_up(n, given_up) or reconcile.result_of(h, n) for n in checked}
         _collect(h)
+        pending = reconcile.old_slots(h, checked)
+    if pending:
+        start_finisher(layout, pending)
     return {"services": results}
+
+
+def start_finisher(layout: Layout, services: List[str]) -> None:
+    """The old slots' drain and stop after the answer: a detached `finish` of this agent file
+    (its own session, no stdio), so neither this process nor its caller waits for them."""
+    import subprocess
+    import sys
+    argv0 = sys.argv[0]
+    flags = ["-I", "-S"] if argv0.endswith(".pyz") else []
+    try:
+        subprocess.Popen([sys.executable, *flags, argv0, "--root", layout.root, "--run", layout.run,
+                          "finish", *services], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    except OSError:
+        pass        # serve finishes them within a tick, or the next change of the service
+
+
+def verb_finish(layout: Layout, services: List[str], log=None) -> dict:
+    """Drain and stop what `apply` left to do for ``services`` (see ``start_finisher``)."""
+    from runtime import reconcile
+    from runtime.spec import Target
+    h = make_host(layout, log)
+    targets = h.state.target()
+    wait = max([Target.from_json(n, targets[n]).deploy.drain + Target.from_json(n, targets[n]).deploy.stop_timeout
+                for n in services if n in targets] + [0.0])
+    reconcile.finish_background(h, services, h.clock() + wait + 30.0)
+    return {"services": {n: {"ok": True} for n in services}}
 
 
 def verb_rollback(layout: Layout, service: str, to: Optional[str], who: str, log=None,

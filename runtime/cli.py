@@ -94,6 +94,8 @@ VERBS: Dict[str, Verb] = {v.name: v for v in (
         l, _service(r), str(r.get("who") or "unknown"), io.log, r.get("lock")),
         reads_only=False, args=(_SERVICE, _WHO)),
     Verb("gc", lambda l, r, io: _agent().verb_gc(l, r), reads_only=False),
+    Verb("finish", lambda l, r, io: _agent().verb_finish(l, list(r.get("services") or []), io.log),
+         reads_only=False, args=(("services", {"nargs": "*"}),)),
     Verb("lock", lambda l, r, io: _agent().verb_lock(l, r), reads_only=False),
     Verb("unlock", lambda l, r, io: _agent().verb_unlock(l, r), reads_only=False),
     Verb("serve", _serve, stdin="none", reads_only=False,

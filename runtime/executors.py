@@ -81,7 +81,6 @@ def ex_revert(h: Host, step: Revert, obs: Observed) -> None:
 def ex_settle(h: Host, step: Settle, obs: Observed) -> None:
     meta = h.metas[(step.service, step.slot)]
     spec = h.target_of(step.service).deploy.health
-    started = h.clock()
     ok, why = True, None
     if step.monitor > 0:
         ok, why = health.watch(spec, meta.ip,
@@ -91,9 +90,6 @@ def ex_settle(h: Host, step: Settle, obs: Observed) -> None:
     if not ok:      # the planner reverts to the fallback slot (Revert) on its next pass
         h.mark_failed(step.service, meta.release, f"reverted: {why}")
         return
-    rest = step.drain - (h.clock() - started)
-    if rest > 0:
-        h.sleep(rest)
     st = h.state.status()
     st["settled"].append(step.instance)
     h.state.save_status(st)

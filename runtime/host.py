@@ -114,7 +114,7 @@ class Host:
         else:
             table, port_map = True, self._port_map
         ready = table and network.bridge_exists()
-        current = tuple(planner.Current(s, c["release"], c["slot"])
+        current = tuple(planner.Current(s, c["release"], c["slot"], float(c.get("since") or 0.0))
                         for s, c in sorted(st["current"].items()))
         restarts = []
         running_since = {(m.service, m.slot): m.created for m in metas}

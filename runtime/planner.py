@@ -7,7 +7,8 @@ Executors only carry steps out.
 
 Every service has two slots, ``a`` and ``b``. ``current`` names the slot that serves (the one
 the port map points at). A replacement starts the other slot, checks its health, switches,
-settles (drain + monitor window) and stops the old slot. Each step is emitted only when its
+settles (the monitor window, the old slot still there to revert to) and, once the drain since
+the switch is over, stops the old slot (in the background: see ``Stop``). Each step is emitted only when its
 precondition holds in ``observed``; the caller runs one step and observes again, so an
 interrupted swap simply resumes from what is there (or unwinds once a release is marked failed).
 """
@@ -55,6 +56,7 @@ class Current:
     service: str
     release: str
     slot: str
+    since: float = 0.0     # when it was switched to (the clock of ``Observed.now``)
 
 
 @dataclass(frozen=True)
@@ -129,22 +131,24 @@ class Revert:
 
 @dataclass(frozen=True)
 class Settle:
-    """Keep the old slot for the drain while watching the new one for the monitor window;
-    the executor marks the release failed when the window fails (the planner then reverts to
-    ``fallback``)."""
+    """Watch the new slot for the monitor window while the old one still runs; the executor
+    marks the release failed when the window fails (the planner then reverts to ``fallback``)."""
     service: str
     slot: str
     instance: str
     fallback: str
-    drain: float
     monitor: float
 
 
 @dataclass(frozen=True)
 class Stop:
+    """Stop a slot. ``background``: the old slot after a switch that served and settled;
+    `apply` answers without it (``serve`` stops it once its drain is over, and the next change
+    of the service on this host waits for that first), so no rollout waits for a drain."""
     service: str
     slot: str
     why: str
+    background: bool = False
 
 
 @dataclass(frozen=True)
@@ -175,8 +179,12 @@ class Forget:
 
 @dataclass(frozen=True)
 class Wait:
+    """Nothing to do for ``seconds``. ``blocks``: the service whose change cannot go on before
+    (a next release waiting for the old slot's drain); `apply` sleeps on such a wait, and
+    returns on any other (restart backoff, a drain after the switch)."""
     seconds: float
     why: str = field(default="", compare=False)
+    blocks: str = ""
 
 
 STEP_TYPES = (EnsureNetwork, Unpack, Start, CheckHealth, Switch, Revert, Settle, Stop, Restart,
@@ -244,12 +252,13 @@ def _plan_service(w: Want, o: Observed, cur: Optional[Current],
         other = boxes.get(_other(c.slot))
         if other is not None:
             if (other.release != c.release and box is not None and box.status == "running"
-                    and box.instance not in o.settled and (w.drain > 0 or w.monitor > 0)
+                    and box.instance not in o.settled and w.monitor > 0
                     and not failed and c.release == w.release and other.status == "running"):
-                out.append(Settle(w.service, c.slot, box.instance, other.slot, w.drain,
-                                  w.monitor))
+                out.append(Settle(w.service, c.slot, box.instance, other.slot, w.monitor))
+            elif draining(w, o, c, other):
+                out.append(Wait(round(c.since + w.drain - o.now, 3), f"{w.service}: drain"))
             else:
-                out.append(Stop(w.service, other.slot, "old slot"))
+                out.append(Stop(w.service, other.slot, "old slot", background=True))
         return out
 
     if cur is not None and cur.slot in boxes and boxes[cur.slot].release != cur.release:
@@ -273,6 +282,9 @@ def _plan_service(w: Want, o: Observed, cur: Optional[Current],
     if new is None:
         slot = "a" if cur is None or cur.slot == "b" else "b"
         stale = boxes.get(slot)
+        if stale is not None and cur is not None and draining(w, o, cur, stale):
+            return [Wait(round(cur.since + w.drain - o.now, 3), f"{w.service}: drain of the "
+                         "old slot before the next release", blocks=w.service)]
         if stale is not None:
             return [Stop(w.service, slot, "stale slot")]
         if stops_first(w, o, cur, boxes):
@@ -294,6 +306,13 @@ def _plan_service(w: Want, o: Observed, cur: Optional[Current],
                                  w.keep_releases))]
 
 
+def draining(w: Want, o: Observed, cur: Current, old: Box) -> bool:
+    """The old slot still finishes the connections it had when ``cur`` was switched to: it
+    runs another release and the drain window since the switch is not over."""
+    return (old.status == "running" and old.release != cur.release and w.drain > 0
+            and o.now < cur.since + w.drain)
+
+
 def stops_first(w: Want, o: Observed, cur: Optional[Current], boxes: Dict[str, Box]) -> bool:
     """A replacement that stops the serving slot before it starts the new one: a stateful
     service (one slot at a time on its volumes), or one that does not fit and may stop first.
@@ -306,7 +325,7 @@ def stops_first(w: Want, o: Observed, cur: Optional[Current], boxes: Dict[str, B
 
 def plan(desired: Tuple[Want, ...], observed: Observed) -> List[Step]:
     """Steps whose preconditions hold now: work first (network, then per service), waits
-    last (only the shortest one)."""
+    last (the shortest one, and each that blocks a service's change)."""
     o = observed
     if not o.network_ready and (desired or o.boxes):
         return [EnsureNetwork()]
@@ -337,5 +356,7 @@ def plan(desired: Tuple[Want, ...], observed: Observed) -> List[Step]:
     if ports != tuple(sorted(o.port_map)):
         work.insert(0, SyncPorts(ports))
     if waits:
-        work.append(min(waits, key=lambda w: w.seconds))
+        first = min(waits, key=lambda w: w.seconds)
+        work.append(first)
+        work.extend(w for w in waits if w.blocks and w is not first)   # each blocked change
     return work

@@ -43,6 +43,9 @@ The MUTATING verbs run only for the session holding the deploy lock: their reque
                         the exit code is CMD's (not_found when nothing serves)
   serve [--daemon]      the supervisor loop; pidfile <run>/serve.pid (/run/orch/serve.pid);
                         --daemon starts it detached and answers {pid, pidfile, started}
+  finish NAME...        the old slots' drain and stop that apply left (apply answers once the
+                        new release serves and starts this detached; like serve, it only
+                        converges towards the target set under the lock)
 """
 from __future__ import annotations
 

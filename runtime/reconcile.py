@@ -60,12 +60,13 @@ def next_steps(h, only: Optional[Set[str]] = None):
     if only is not None:
         steps = [s for s in steps if getattr(s, "service", None) in only
                  or isinstance(s, (SyncPorts, EnsureNetwork))
+                 or (isinstance(s, Wait) and s.blocks in only)
                  or (isinstance(s, Unpack) and any(
                      w.manifest == s.manifest for w in wants if w.service in only))]
     return steps, wants, obs
 
 
-MIN_SETTLE = 3.0      # seconds a container must have run before apply calls it serving
+MIN_SETTLE = 3.0      # seconds a container without a health check must have run before apply calls it serving
 
 
 def owner(step) -> str:
@@ -74,18 +75,28 @@ def owner(step) -> str:
     return getattr(step, "service", "") or ""
 
 
-def converge(h, services: Optional[Iterable[str]] = None, max_errors: int = 3) -> Dict[str, str]:
+def converge(h, services: Optional[Iterable[str]] = None, max_errors: int = 3,
+             background: bool = True) -> Dict[str, str]:
     """Run steps until nothing is left to do for ``services`` (all when None). Restart
-    backoff is not slept: what serves is judged afterwards by ``result_of``. A service whose
-    step fails ``max_errors`` times is given up (returned with its error) while the others go
-    on; a host-wide step failing that often raises."""
+    backoff is not slept: what serves is judged afterwards by ``result_of``. With
+    ``background``, the old slot's stop after a switch (``Stop.background``) and its drain are
+    left to ``serve``: the caller answers once the new release serves. A wait that blocks a
+    service's change (a next release waiting for the previous old slot's drain) is slept. A
+    service whose step fails ``max_errors`` times is given up (returned with its error) while
+    the others go on; a host-wide step failing that often raises."""
     only: Optional[Set[str]] = set(services) if services is not None else None
     errors: Dict[str, int] = {}
     given_up: Dict[str, str] = {}
     while True:
         steps, wants, obs = next_steps(h, only)
-        work = [s for s in steps if not isinstance(s, Wait) and owner(s) not in given_up]
+        work = [s for s in steps if not isinstance(s, Wait) and owner(s) not in given_up
+                and not (background and getattr(s, "background", False))]
         if not work:
+            blocking = [s.seconds for s in steps if isinstance(s, Wait) and s.blocks
+                        and s.blocks not in given_up and (only is None or s.blocks in only)]
+            if blocking:                  # a next release waits for the old slot's drain
+                h.sleep(max(0.01, min(blocking)))
+                continue
             h.maintain()
             return given_up
         step = work[0]
@@ -104,6 +115,35 @@ def converge(h, services: Optional[Iterable[str]] = None, max_errors: int = 3) -
                     only.discard(owner(step))
                 continue
             h.sleep(0.2 * errors[key])
+
+
+def old_slots(h, services: Iterable[str]) -> List[str]:
+    """The services among ``services`` that run a slot besides the serving one (its drain and
+    stop, left by ``converge``, still to come)."""
+    names = set(services)
+    current = h.state.status()["current"]
+    return sorted({b.service for b in h.fresh_boxes() if b.service in names
+                   and b.slot != (current.get(b.service) or {}).get("slot")})
+
+
+def finish_background(h, services: Iterable[str], deadline: float) -> None:
+    """What `apply` left to do for ``services`` after it answered (``Stop.background`` once the
+    drain is over), step by step under the converge lock, never holding it while a drain
+    runs; until none is left or ``deadline`` (the host clock) passes. ``serve`` would do the
+    same within a tick; whichever comes first does it, the other finds nothing to do."""
+    names = set(services)
+    while h.clock() < deadline:
+        with h.state.flock("converge.lock"):
+            steps, wants, obs = next_steps(h)
+            mine = [s for s in steps if getattr(s, "background", False) and s.service in names]
+            if mine:
+                h.attempt(mine[0], wants, obs)
+                continue
+            pending = old_slots(h, names)
+        if not pending:
+            return
+        waits = [s.seconds for s in steps if isinstance(s, Wait) and s.seconds > 0]
+        h.sleep(max(0.01, min(waits + [0.5])))
 
 
 def tick(h, probes: Optional[dict] = None, failures: Optional[dict] = None) -> float:
@@ -145,8 +185,9 @@ def tick(h, probes: Optional[dict] = None, failures: Optional[dict] = None) -> f
 
 def result_of(h: Host, service: str) -> Dict:
     """What apply reports for one service, from observation, never from a record: the wanted
-    release is current, its container has run for the settle window (the deploy's monitor,
-    at least MIN_SETTLE seconds) and is running and healthy now. Call it under the converge
+    release is current, its container has run for the settle window (the deploy's monitor;
+    at least MIN_SETTLE seconds for a service without a health check) and is running and
+    healthy now. Call it under the converge
     lock, so ``serve`` does not restart a dying container while it is watched."""
     from runtime import health, oci
     from runtime.executors import exec_in
@@ -166,7 +207,10 @@ def result_of(h: Host, service: str) -> Dict:
     if not why and meta is None:
         why = "no container for the serving slot"
     if not why:
-        settle = max(t.deploy.monitor, MIN_SETTLE)
+        # With a health check, the check that passed before the switch and passes again below
+        # is the observation; without one, only a few seconds of running tell a service that
+        # dies at once from one that serves.
+        settle = t.deploy.monitor if t.deploy.health.kind != "none" else max(t.deploy.monitor, MIN_SETTLE)
         age = h.clock() - meta.created
         if age < settle:
             h.sleep(settle - age)

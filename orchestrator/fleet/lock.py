@@ -10,6 +10,17 @@ same fleet meet there; exactly one gets it, the other is refused and names the h
 having touched any other host. Whoever holds the leader takes the rest at once; a lock left on
 one of them by a session that no longer holds the leader (it died, or lost a host mid-rollout)
 is stale and is taken over. Any refusal releases everything taken so far.
+
+What the lock covers is the change of what hosts should run (their targets), and the work of
+a command up to the point where what it changed serves. The old slot's drain and stop after a
+switch are not part of that: a host's apply answers once the new release serves, and a
+detached ``finish`` of the agent that the apply started (or the host's supervisor, ``serve``,
+whichever comes first) stops the old slot when its drain is over, under the host's converge
+lock, as ``serve`` restarts a crashed container. That work only ever moves a host towards a
+target set under the fleet lock, and the next change of that service on that host (under the
+lock) first waits for the rest of the drain and stops the old slot itself, so it never meets a
+half-done stop. A released lock thus does not mean "no container is stopping", only "nobody is
+changing what should run".
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 import zipfile
 
 import pytest
@@ -96,7 +97,12 @@ def test_a_blue_green_swap_runs_on_python39(tmp_path, bullseye_lab, static_busyb
         rc, body = agent.apply({"w39": (img, spec)})
         assert rc == 0 and body["services"]["w39"]["ok"], body
         assert ik.hammer_get(host.address, 8080) == b"v%d" % i
-    rc, st = agent.call("status")
+    deadline = time.monotonic() + 10          # the old slot stops after the answer
+    while True:
+        rc, st = agent.call("status")
+        if len(st["services"]["w39"]["slots"]) == 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert st["services"]["w39"]["slot"] == "b" and len(st["services"]["w39"]["slots"]) == 1
     assert agent.call("remove", "w39")[0] == 0
 

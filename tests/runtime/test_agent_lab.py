@@ -69,6 +69,13 @@ def status(agent) -> dict:
     return body["services"]
 
 
+def one_slot(agent, service, timeout=10.0):
+    """The service's status once its old slot is gone (apply answers before that slot's
+    drain and stop, which follow within the drain plus a moment)."""
+    wait_for(lambda: len(status(agent)[service]["slots"]) == 1, timeout, 0.05)
+    return status(agent)[service]
+
+
 def wait_for(fn, timeout=30.0, every=0.1):
     end = time.monotonic() + timeout
     while True:
@@ -137,7 +144,7 @@ def test_twenty_replacements_under_load_fail_no_request(amd, base_layer):
     assert h.ok > 100
     assert len([b for b in h.bodies if b.startswith(b"v")]) >= 10, h.bodies
     assert ik.hammer_get(host.address, 8080) == b"v20\n"
-    st = status(agent)["web"]
+    st = one_slot(agent, "web")          # the old slot stops after the answer, in the background
     assert st["release"] == protocol.release_id(images[20].index, spec)
     assert list(st["slots"]) == [st["slot"]]
     assert len(st["previous"]) == 2                      # keep_releases 3: serving + 2
@@ -175,7 +182,7 @@ def test_failing_health_leaves_the_old_release_serving(amd, base_layer):
     assert res["ok"] is False and "HTTP 404" in res["error"]
     assert res["release"] == protocol.release_id(good.index, spec)
     assert h.failed == [] and set(h.bodies) == {b"good\n"}
-    st = status(agent)["hc"]
+    st = one_slot(agent, "hc")
     assert list(st["slots"]) == [st["slot"]] and "HTTP 404" in st["error"]
 
 
@@ -199,7 +206,7 @@ def test_no_room_fails_clearly_and_port_clash_is_refused(amd, base_layer):
     rc, body = agent.apply({"hc": (img, spec_sf)})
     assert rc == 0 and body["services"]["hc"]["ok"], body
     assert ik.hammer_get(host.address, 8081) == b"huge\n"
-    st = status(agent)["hc"]
+    st = one_slot(agent, "hc")
     assert list(st["slots"]) == [st["slot"]]
 
 
@@ -220,7 +227,7 @@ def test_monitor_window_reverts_a_release_that_dies(amd, base_layer):
     res = body["services"]["mon"]
     assert rc == protocol.EXIT_PARTIAL and not res["ok"] and "reverted" in res["error"]
     assert ik.hammer_get(host.address, 8082) == b"stable\n"
-    st = status(agent)["mon"]
+    st = one_slot(agent, "mon")
     assert list(st["slots"]) == [st["slot"]]
     assert st["release"] not in st["previous"]
 
@@ -471,7 +478,7 @@ def test_outbound_nat_tcp_and_exec_health_and_a_portless_service(lab, amd, amd2,
     for img in (w1, w2):
         rc, body = a1.apply({"worker": (img, ik.deploy_spec(port=0, ports=[], health=none))})
         assert rc == 0 and body["services"]["worker"]["ok"], body
-    st = status(a1)["worker"]
+    st = one_slot(a1, "worker")
     assert st["state"] == "running" and list(st["slots"]) == [st["slot"]] == ["b"]
 
 

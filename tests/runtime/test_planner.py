@@ -9,6 +9,8 @@ M = "sha256:" + "1" * 64
 W1 = Want("web", "r1", M, ports=(("tcp", 8080, 80),))
 W2 = Want("web", "r2", M, ports=(("tcp", 8080, 80),))
 W2_MON = Want("web", "r2", M, ports=(("tcp", 8080, 80),), drain=1.0, monitor=2.0)
+W2_DRAIN = Want("web", "r2", M, ports=(("tcp", 8080, 80),), drain=1.0)
+W3_DRAIN = Want("web", "r3", M, ports=(("tcp", 8080, 80),), drain=1.0)
 W2_SF = Want("web", "r2", M, ports=(("tcp", 8080, 80),), stop_first=True)
 W2_EX = Want("web", "r2", M, ports=(("tcp", 8080, 80),), exclusive=True)
 A1 = Box("web", "a", "r1", "i-a1", "running", "10.88.0.2")
@@ -52,15 +54,27 @@ CASES = [
      obs(boxes=(A1, B2), current=CUR_A1, healthy=frozenset({"i-b2"}), port_map=PM_A,
          history=(("web", ("r0", "r2", "r9")),)),
      [Switch("web", "b", "r2", ("r9", "r1"))]),
-    ("after switch, no drain: stop blue", (W2,), obs(boxes=(A1, B2), current=CUR_B2, port_map=PM_B,
-                                                     healthy=frozenset({"i-b2"})),
-     [Stop("web", "a", "old slot")]),
-    ("after switch with drain/monitor: settle", (W2_MON,),
+    ("after switch, no drain: stop blue, in the background", (W2,),
      obs(boxes=(A1, B2), current=CUR_B2, port_map=PM_B, healthy=frozenset({"i-b2"})),
-     [Settle("web", "b", "i-b2", "a", 1.0, 2.0)]),
-    ("settled: stop blue", (W2_MON,),
-     obs(boxes=(A1, B2), current=CUR_B2, port_map=PM_B, settled=frozenset({"i-b2"})),
-     [Stop("web", "a", "old slot")]),
+     [Stop("web", "a", "old slot", background=True)]),
+    ("after switch with monitor: settle (the monitor window only)", (W2_MON,),
+     obs(boxes=(A1, B2), current=CUR_B2, port_map=PM_B, healthy=frozenset({"i-b2"})),
+     [Settle("web", "b", "i-b2", "a", 2.0)]),
+    ("settled, drain not over: blue keeps finishing its connections", (W2_MON,),
+     obs(boxes=(A1, B2), current=(Current("web", "r2", "b", since=100.0),), port_map=PM_B,
+         settled=frozenset({"i-b2"}), now=100.25), [Wait(0.75)]),
+    ("settled, drain over: stop blue in the background", (W2_MON,),
+     obs(boxes=(A1, B2), current=(Current("web", "r2", "b", since=100.0),), port_map=PM_B,
+         settled=frozenset({"i-b2"}), now=101.0), [Stop("web", "a", "old slot", background=True)]),
+    ("drain without monitor: no settle step, a wait", (W2_DRAIN,),
+     obs(boxes=(A1, B2), current=(Current("web", "r2", "b", since=100.0),), port_map=PM_B,
+         healthy=frozenset({"i-b2"}), now=100.5), [Wait(0.5)]),
+    ("a next release while blue still drains: it waits for the drain (blocking)", (W3_DRAIN,),
+     obs(boxes=(A1, B2), current=(Current("web", "r2", "b", since=100.0),), port_map=PM_B,
+         now=100.5), [Wait(0.5, blocks="web")]),
+    ("a next release once blue drained: the stale slot goes first", (W3_DRAIN,),
+     obs(boxes=(A1, B2), current=(Current("web", "r2", "b", since=100.0),), port_map=PM_B,
+         now=101.5), [Stop("web", "a", "stale slot")]),
     ("settle window failed: revert to blue, the failed release out of the history", (W2_MON,),
      obs(boxes=(A1, B2), current=CUR_B2, port_map=PM_B, healthy=frozenset({"i-b2"}),
          failed=frozenset({("web", "r2")}), history=(("web", ("r0", "r1")),)),
@@ -72,7 +86,7 @@ CASES = [
          port_map=PM_A), [SyncPorts(()), Restart("web", "a", "r1")]),
     ("failed health: remove green, keep blue", (W2,),
      obs(boxes=(A1, B2), current=CUR_A1, port_map=PM_A, failed=frozenset({("web", "r2")})),
-     [Stop("web", "b", "old slot")]),
+     [Stop("web", "b", "old slot", background=True)]),
     ("failed release: hold blue", (W2,),
      obs(boxes=(A1,), current=CUR_A1, port_map=PM_A, failed=frozenset({("web", "r2")})), []),
     ("green exited before healthy: fail", (W2,),

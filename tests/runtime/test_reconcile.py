@@ -89,3 +89,52 @@ def test_a_host_wide_failure_still_raises():
     h.attempt = lambda *a: (_ for _ in ()).throw(RuntimeError("no bridge"))
     with pytest.raises(RuntimeError, match="no bridge"):
         reconcile.converge(h)
+
+
+class Swapped(Host):
+    """``web`` serves r2 from slot b since t=1000 (drain 1 s); slot a still runs r1."""
+
+    def __init__(self, wanted="r2"):
+        super().__init__()
+        self.wanted = wanted
+        self.boxes = {"a": "r1", "b": "r2"}
+        self.current = Current("web", "r2", "b", since=1000.0)
+
+    def wants(self):
+        return (Want("web", self.wanted, "m", drain=1.0),)
+
+    def observe(self, wants):
+        boxes = tuple(Box("web", slot, rel, f"i-{slot}-{rel}", "running", "10.0.0.1")
+                      for slot, rel in sorted(self.boxes.items()))
+        return Observed(boxes=boxes, current=(self.current,),
+                        images=frozenset({"m"}), now=self.now,
+                        healthy=frozenset(f"i-{s}-{r}" for s, r in self.boxes.items()))
+
+    def attempt(self, step, wants, obs):
+        self.ran.append((type(step).__name__, round(self.now, 3)))
+        if type(step).__name__ == "Stop":
+            del self.boxes[step.slot]
+        elif type(step).__name__ == "Start":
+            self.boxes[step.slot] = step.release
+        elif type(step).__name__ == "Switch":
+            self.current = Current("web", step.release, step.slot, since=self.now)
+
+
+def test_apply_answers_without_waiting_for_the_old_slot_s_drain_and_stop():
+    h = Swapped()
+    h.now = 1000.1
+    assert reconcile.converge(h, ["web"]) == {}
+    assert h.ran == [] and h.now == 1000.1 and "a" in h.boxes       # left to serve
+    reconcile.tick(h)                                                # serve: still draining
+    assert h.ran == []
+    h.now = 1001.2
+    reconcile.tick(h)
+    assert h.ran == [("Stop", 1001.2)]
+
+
+def test_a_next_release_waits_for_the_rest_of_the_old_slot_s_drain_first():
+    h = Swapped(wanted="r3")
+    h.now = 1000.4
+    assert reconcile.converge(h, ["web"]) == {}
+    assert [r[0] for r in h.ran] == ["Stop", "Start", "Switch"] and h.ran[0][1] >= 1001.0, h.ran
+    assert h.boxes == {"a": "r3", "b": "r2"}      # r2's slot now drains in its turn
