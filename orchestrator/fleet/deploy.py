@@ -14,11 +14,11 @@ from orchestrator.agent.client import AgentClient
 from orchestrator.agent.install import HostView, install_agent_and_serve, install_and_observe, read_host
 from orchestrator.transport.fanout import fan_out
 from orchestrator.fleet.inventory import InventoryHost, fleet_hosts, select_hosts
-from orchestrator.errors import ManifestError
+from orchestrator.errors import ManifestError, OrchError
 from orchestrator.manifest.inputs import load_checked
 from orchestrator.manifest.loader import load_desired, needs_order
 from orchestrator.manifest.model import Desired
-from orchestrator.fleet.lock import MAX_PARALLEL_HOSTS, FleetLock, mutating, operator
+from orchestrator.fleet.lock import MAX_PARALLEL_HOSTS, REFRESH_EVERY, FleetLock, mutating, operator
 from orchestrator.fleet.planner import DesiredRelease, FleetPlan, HostFacts, plan_fleet
 from orchestrator.fleet.rollout import HOST_TIMEOUT, RolloutResult, ServicePolicy, apply_deadline, run_rollout
 from orchestrator.transport.shipper import ShipResult, reconnecting_client, ship_blobs
@@ -273,7 +273,16 @@ def _apply_locked(prep: Prepared, obs: Observed, pool: ConnectionPool, lock: Fle
     secrets = {name: {k: base64.b64encode(v).decode() for k, v in
                       prep.desired.services[name].deploy.read_secrets(environ).items()}
                for name in prep.desired.services}
-    _ship(prep, obs, pool, report, on_bytes)
+    shipping = Shipping(prep, obs, pool, report, on_bytes)
+    try:
+        _roll_out(prep, obs, lock, report, who, on_event, host_timeout, secrets, shipping)
+    finally:
+        shipping.finish()
+
+
+def _roll_out(prep: Prepared, obs: Observed, lock: FleetLock, report: ApplyReport, who: str,
+              on_event, host_timeout: float, secrets, shipping: "Shipping") -> None:
+    plan = obs.plan
     releases = {r.service: r for r in prep.releases}
     manifests = {(c.service, hp.host): c.manifest for hp in plan.hosts for c in hp.changes}
 
@@ -295,12 +304,12 @@ def _apply_locked(prep: Prepared, obs: Observed, pool: ConnectionPool, lock: Fle
     dropped = list(plan.failed_hosts) + list(report.ship_failed) + list(report.lost)
 
     def on_wave(w) -> None:
-        lock.refresh()                            # a long rollout keeps its lease
+        lock.refresh(REFRESH_EVERY)               # a long rollout keeps its lease
         if on_event:
             on_event(f"{w.service}: {'canary' if w.canary else 'wave ' + str(w.number)} -> {', '.join(w.hosts)}")
 
     report.rollout = run_rollout(
-        plan, policies, apply_one, revert_one, dropped=dropped, on_wave=on_wave,
+        plan, policies, apply_one, revert_one, dropped=dropped, on_wave=on_wave, ready=shipping.ready,
         on_outcome=(lambda o: on_event(f"{o.host}: {o.service} {'ok ' + (o.release or '') if o.ok else 'FAILED: ' + str(o.error)}"))
         if on_event else None)
     if not report.rollout.halted:
@@ -326,17 +335,53 @@ def _remove_dropped(plan, obs: Observed, lock: FleetLock, report: ApplyReport, w
     report.remove_failed.update({k: str(e) for k, e in fan.failed.items()})
 
 
-def _ship(prep: Prepared, obs: Observed, pool: ConnectionPool, report: ApplyReport, on_bytes) -> None:
-    todo = [hp for hp in obs.plan.hosts if hp.blobs and not hp.error]
+class Shipping:
+    """Blobs go to every host of the rollout while it runs (pipelined): the first wave's hosts
+    (the canary) first, then all the others at once while the canary is applied and settles.
+    A wave waits only for its own hosts (``ready``); shipping changes nothing that serves, so
+    a failing canary still leaves every other host's release untouched."""
 
-    def one(hp):
-        connect = reconnecting_client(pool, hp.host, obs.clients[hp.host].path, first=obs.clients[hp.host])
-        return ship_blobs(connect, hp.blobs, prep.store.open_blob, partial=dict(hp.resume),
-                          on_bytes=(lambda n: on_bytes(hp.host, n)) if on_bytes else None)
+    def __init__(self, prep: Prepared, obs: Observed, pool: ConnectionPool, report: ApplyReport,
+                 on_bytes) -> None:
+        from concurrent.futures import ThreadPoolExecutor, wait
 
-    fan = fan_out(todo, one, name=lambda hp: hp.host, max_parallel=MAX_PARALLEL_HOSTS)
-    report.shipped.update(fan.ok)
-    report.ship_failed.update({h: str(e) for h, e in fan.failed.items()})
+        todo = {hp.host: hp for hp in obs.plan.hosts if hp.blobs and not hp.error}
+        first = [h for h in (obs.plan.waves[0].hosts if obs.plan.waves else ()) if h in todo]
+        self.report = report
+        self.futures: Dict[str, object] = {}
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(MAX_PARALLEL_HOSTS, len(todo))))
+
+        def one(hp, after=()):
+            wait(after)
+            connect = reconnecting_client(pool, hp.host, obs.clients[hp.host].path, first=obs.clients[hp.host])
+            return ship_blobs(connect, hp.blobs, prep.store.open_blob, partial=dict(hp.resume),
+                              on_bytes=(lambda n: on_bytes(hp.host, n)) if on_bytes else None)
+
+        for h in first:
+            self.futures[h] = self._pool.submit(one, todo[h])
+        canary = list(self.futures.values())
+        for h, hp in todo.items():
+            if h not in self.futures:
+                self.futures[h] = self._pool.submit(one, hp, canary)
+
+    def ready(self, host: str) -> bool:
+        """Wait for the host's blobs: True once they are there (or none were needed)."""
+        future = self.futures.get(host)
+        if future is None:
+            return host not in self.report.ship_failed
+        try:
+            self.report.shipped[host] = future.result()
+            return True
+        except Exception as exc:  # noqa: BLE001 - reported per host, as fan_out does
+            self.report.ship_failed[host] = str(exc) if isinstance(exc, OrchError) else \
+                f"{host}: {type(exc).__name__}: {exc}"
+            return False
+
+    def finish(self) -> None:
+        """Every shipment ended (and reported), also those of waves that never ran."""
+        for host in list(self.futures):
+            self.ready(host)
+        self._pool.shutdown()
 
 
 def final_releases(prep: Prepared, clients: Mapping[str, AgentClient], *, unreachable: Sequence[str] = (),

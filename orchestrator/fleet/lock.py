@@ -29,6 +29,7 @@ import getpass
 import os
 import secrets
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, Mapping
 
@@ -39,6 +40,7 @@ from runtime import protocol
 
 LOCK_TTL = 900.0               # a session that dies leaves a lock that expires after this
 MAX_PARALLEL_HOSTS = 32
+REFRESH_EVERY = 60.0           # a rollout extends its lease before a wave at most this often
 
 
 def operator() -> str:
@@ -59,9 +61,15 @@ class FleetLock:
     lost: Dict[str, OrchError] = field(default_factory=dict)   # hosts that did not answer
 
     timeout: float = 60.0                          # deadline of each lock call
+    refreshed: float = field(default_factory=time.monotonic)   # when the lease was last extended
 
-    def refresh(self) -> None:
-        """Extend the lease; a host that does not answer in time moves to ``lost``."""
+    def refresh(self, every: float = 0.0) -> None:
+        """Extend the lease (unless it was extended less than ``every`` seconds ago: a wave
+        need not wait for hosts that are busy receiving blobs, the lease is 15 minutes); a host
+        that does not answer in time moves to ``lost``."""
+        if time.monotonic() - self.refreshed < every:
+            return
+        self.refreshed = time.monotonic()
         fan = _each(self.clients, lambda c: c.lock(self.holder, LOCK_TTL, self.token, timeout=self.timeout))
         lost = {h: e for h, e in fan.failed.items() if not _refused(e)}
         self.forget(lost)

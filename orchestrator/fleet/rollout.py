@@ -71,10 +71,15 @@ RevertFn = Callable[[str, str, Optional[str]], None]   # (host, service, old rel
 def run_rollout(plan: FleetPlan, policies: Mapping[str, ServicePolicy], apply_one: ApplyFn,
                 revert_one: RevertFn, *, dropped: Sequence[str] = (),
                 on_wave: Optional[Callable[[Wave], None]] = None,
-                on_outcome: Optional[Callable[[HostOutcome], None]] = None) -> RolloutResult:
+                on_outcome: Optional[Callable[[HostOutcome], None]] = None,
+                ready: Optional[Callable[[str], bool]] = None) -> RolloutResult:
     """Services roll out independently: one service's failure halts (or reverts) that service
     only. A host that failed to answer (an exception: unreachable, timed out) is dropped for
-    every service; a host whose agent answered that one service failed stays in the others."""
+    every service; a host whose agent answered that one service failed stays in the others.
+    ``ready(host)`` (pipelined shipping) waits until the host's blobs are there, False when its
+    shipment failed: asked for a wave's hosts only when that wave starts, so the canary goes
+    while the rest still receive; a host that is not ready is dropped like one that failed
+    before the rollout (reported by whoever shipped), not counted as a failed wave."""
     result = RolloutResult()
     dropped_hosts = set(dropped)
     switched: Dict[str, List[str]] = {}      # service -> hosts that switched in this rollout
@@ -85,6 +90,11 @@ def run_rollout(plan: FleetPlan, policies: Mapping[str, ServicePolicy], apply_on
             result.skipped.setdefault(wave.service, []).extend(wave.hosts)
             continue
         hosts = [h for h in wave.hosts if h not in dropped_hosts]
+        if ready is not None:
+            late = [h for h in hosts if not ready(h)]
+            dropped_hosts.update(late)
+            dropped = list(dropped) + late
+            hosts = [h for h in hosts if h not in late]
         gone = [h for h in wave.hosts if h in dropped_hosts and h not in dropped]
         if gone:
             result.skipped.setdefault(wave.service, []).extend(gone)

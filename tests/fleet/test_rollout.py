@@ -123,3 +123,23 @@ def test_a_killed_canary_is_reverted_with_rollback_and_a_silent_one_is_not(why, 
     assert not res.ok and res.failed[0].host == "a"
     assert done == ([("a", "r-old")] if reverted else [])        # it may have switched before it died
     assert res.failed[0].unreachable is (not reverted)
+
+
+def test_a_wave_waits_only_for_its_own_hosts_blobs_and_a_failed_shipment_drops_its_host():
+    """Pipelined: the canary starts once the canary's blobs arrived (the others still ship); a
+    host whose shipment failed is left out (reported by the shipper), not a failed wave."""
+    asked, applied = [], []
+
+    def ready(host):
+        asked.append((host, list(applied)))
+        return host != "c"
+
+    def apply_one(host, service):
+        applied.append(host)
+        return {"services": {service: {"ok": True, "release": "r-new"}}}
+
+    res = run_rollout(make_plan(["a", "b", "c", "d"], canary=1, size=3), {"web": ServicePolicy()},
+                      apply_one, lambda *a: None, ready=ready)
+    assert res.ok and applied == ["a", "b", "d"]
+    assert asked[0] == ("a", []) and all(before == ["a"] for h, before in asked[1:]), asked
+    assert res.skipped == {}
