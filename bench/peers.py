@@ -27,7 +27,8 @@ ansible-core are installed from PyPI into their own venv under ~/.cache/orch-ben
 Each dockerd runs inside a lab host's network and mount namespaces with its own data root and
 socket (`--iptables=false --ip-masq=false`, so nothing changes in the machine's own netfilter)
 and is stopped by its pid at the end. Only lab addresses are contacted. Labs are named
-bpeer-* and removed at the end (unless --keep).
+bpeer-* (``$ORCH_BENCH_PREFIX``-*, so that two people can bench side by side) and removed at the
+end (unless --keep).
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache"))) /
 VENV = CACHE / "peers-venv"
 DOCKER_SOCK = "/var/lib/orch/bench-docker.sock"     # inside the lab host (its private /var/lib/orch)
 MEASURES = ("one", "cold", "noop", "py", "defaults", "rss")
+PREFIX = os.environ.get("ORCH_BENCH_PREFIX", "bpeer")    # lab names: PREFIX-one, PREFIX-20, ...
 
 
 # ---- setting up the peers -----------------------------------------------------------------
@@ -265,8 +267,8 @@ def report(what: str, orch: List[float], peer_name: Optional[str] = None, peer: 
 # ---- the measures -----------------------------------------------------------------------------
 def measure_one_and_cold(tmp: Path, orch: Orch, rounds: int, do_one: bool, do_cold: bool, do_rss: bool,
                          labs: List[Lab]) -> None:
-    lab = Lab("bpeer-one", 1)
-    builder = Lab("bpeer-build", 1)
+    lab = Lab(PREFIX + "-one", 1)
+    builder = Lab(PREFIX + "-build", 1)
     labs += [lab, builder]
     lab.up()
     builder.up()
@@ -367,7 +369,7 @@ def measure_rss(lab: Lab) -> None:
 
 
 def measure_noop(tmp: Path, orch: Orch, rounds: int, labs: List[Lab]) -> None:
-    lab = Lab("bpeer-20", 20)
+    lab = Lab(PREFIX + "-20", 20)
     labs.append(lab)
     lab.up()
     d = copy_project(REPO / "manifests", tmp / "noop", lab.fleet_yaml())
@@ -403,7 +405,7 @@ def measure_noop(tmp: Path, orch: Orch, rounds: int, labs: List[Lab]) -> None:
 
 
 def measure_py(tmp: Path, orch: Orch, rounds: int, labs: List[Lab]) -> None:
-    lab = Lab("bpeer-py", 5)
+    lab = Lab(PREFIX + "-py", 5)
     labs.append(lab)
     lab.up()
     d = copy_project(REPO / "examples" / "python-app", tmp / "py", "")
@@ -446,7 +448,7 @@ def measure_py(tmp: Path, orch: Orch, rounds: int, labs: List[Lab]) -> None:
 
 
 def measure_defaults(tmp: Path, orch: Orch, rounds: int, labs: List[Lab]) -> None:
-    lab = Lab("bpeer-def", 2, 1)
+    lab = Lab(PREFIX + "-def", 2, 1)
     labs.append(lab)
     lab.up()
     d = copy_project(REPO / "manifests", tmp / "def", lab.fleet_yaml())

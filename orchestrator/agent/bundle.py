@@ -109,9 +109,11 @@ def build_agent_pyz(out_dir: Union[str, os.PathLike]) -> Tuple[Path, str]:
     hexd = hashlib.sha256(data).hexdigest()
     path = out / f"orch-agent-{hexd[:12]}.pyz"
     if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != hexd:
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".tmp{os.getpid()}")     # two commands sharing one ORCH_HOME
         tmp.write_bytes(data)
         os.chmod(tmp, 0o755)
         os.replace(tmp, path)
-    memo.write_text(hexd + "\n")
+    tmp_memo = memo.with_name(f"{memo.name}.tmp{os.getpid()}")
+    tmp_memo.write_text(hexd + "\n")
+    os.replace(tmp_memo, memo)
     return path, "sha256:" + hexd

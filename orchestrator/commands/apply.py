@@ -35,7 +35,8 @@ def run(args) -> int:
     from orchestrator.transport.ssh import ConnectionPool
 
     console = Console(stderr=True)
-    with ConnectionPool(h.target for h in prep.hosts) as pool:
+    pool = ConnectionPool(h.target for h in prep.hosts)
+    try:
         obs = observe(prep, pool, allow_downgrade=args.allow_downgrade)
         if not args.json:   # flushed: in a pipe the plan comes before the rollout lines (stderr)
             print(render_plan(obs.plan), flush=True)
@@ -51,6 +52,8 @@ def run(args) -> int:
                            allow_downgrade=args.allow_downgrade,
                            on_bytes=lambda h, n: progress.advance(tasks[h], n) if h in tasks else None,
                            on_event=None if args.json else console.print)
+    finally:
+        pool.close(wait=False)      # the agents end on their own; the command need not wait
     summary = {
         "ok": report.ok,
         "plan": plan_to_json(report.plan),

@@ -12,8 +12,6 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 from orchestrator.errors import TransportError
 from orchestrator.transport.fanout import fan_out
 from orchestrator.fleet.planner import FleetPlan, Wave
-from runtime.reconcile import MIN_SETTLE
-from runtime.spec import Deploy
 
 HOST_TIMEOUT = 60.0        # what a host may take beyond its services' own timings (unpack, start)
 
@@ -22,6 +20,8 @@ def apply_deadline(deploy: Mapping, base: float = HOST_TIMEOUT) -> float:
     """How long one host may take to apply (or revert) one service before it is dropped as
     silent: ``base`` plus what the deploy spec itself allows: every health retry, the monitor
     window, the drain, the old slot's stop timeout and the settle window."""
+    from runtime.reconcile import MIN_SETTLE      # the agent's planner: only once a change runs
+    from runtime.spec import Deploy
     d = Deploy.from_json(dict(deploy))
     h = d.health
     health = h.start_period + (h.retries + 1) * (h.interval + h.timeout) if h.kind != "none" else 0.0

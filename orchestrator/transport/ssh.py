@@ -192,11 +192,13 @@ class SSHConnection:
         for p in processes:
             p.end_input()
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Close its sessions and its connection; ``wait=False``: do not wait for the OpenSSH
+        clients of sessions whose input has ended (they end with their agents)."""
         with self._lock:
             processes, self._processes = self._processes, []
         for p in processes:
-            p.close()
+            p.close() if wait else p.let_go()
         with self._lock:
             self._close_locked()
 
@@ -439,6 +441,13 @@ class RemoteProcess:
         except (OSError, ValueError, EOFError, paramiko.SSHException):
             pass
 
+    def let_go(self) -> None:
+        """End its input and leave it: an OpenSSH client ends once the agent has (a command's
+        last moments need not wait for that); a paramiko channel is closed."""
+        self.end_input()
+        if self._proc is None:
+            close_quietly(self._channel)
+
     def close(self, timeout: float = 10.0) -> Optional[int]:
         """End its input, wait for it, and return its exit code (None if unknown)."""
         self.end_input()
@@ -498,13 +507,14 @@ class ConnectionPool:
                 conn = self._conns[name] = SSHConnection(self._targets[name])
         return conn
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """``wait=False`` (the end of a command): sessions are told to end and not waited for."""
         with self._lock:
             conns, self._conns = list(self._conns.values()), {}
         for c in conns:              # every host's sessions wind down at once, then we wait
             c.end_input()
         for c in conns:
-            c.close()
+            c.close(wait)
 
     def __enter__(self) -> "ConnectionPool":
         return self

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import threading
@@ -461,7 +462,7 @@ def test_rollback_policy_reverts_the_first_wave_when_the_second_fails(lab_projec
     def edit(text):
         text = text.replace("health: {http: /, port: 80,", "volumes: [\"flag:/flag:ro\"]\n  health: {exec: "
                             "[/bin/busybox, test, -e, /flag/ok],")
-        return text.replace("monitor: 2s", "monitor: 0s")
+        return re.sub(r"max_parallel: [^,]+,", "max_parallel: 1,", text)      # a wave per host
     variant = _variant(lab_project, tmp_path, "flagged", edit)
     before = run_apply(lab_project)[2].final
     prep = prepare(str(variant), {})
