@@ -214,10 +214,12 @@ class LabMachine:
                                f"already has {fields[3]}", hint="choose another --name")
 
     def _ensure_binfmt(self) -> List[str]:
+        """The lab's own (orch-qemu-*) binfmt entries it relies on, registered now or by another lab
+        before it: recorded, so that another lab going down never removes one this lab uses."""
         registered = list(self._recorded().get("binfmt", []))
         for arch in self.layout.foreign_qemu():
-            name = binfmt.ensure_qemu(arch)
-            if name and name not in registered:
+            name = binfmt.ensure_qemu(arch) or binfmt.registered_with_fix_binary(arch)
+            if name and name.startswith(binfmt.OUR_PREFIX) and name not in registered:
                 registered.append(name)
         return registered
 

@@ -69,3 +69,14 @@ def test_a_first_up_that_fails_leaves_nothing(lab_root):
         assert name not in known_labs()
     finally:
         LabMachine(layout).down()
+
+
+def test_a_lab_records_the_binfmt_entry_another_lab_registered(monkeypatch, tmp_path):
+    """Otherwise the other lab's `down` removes the entry while this lab's arm hosts use it."""
+    from orchestrator.lab import binfmt
+    from orchestrator.lab import machine as machine_mod
+    monkeypatch.setattr(binfmt, "ensure_qemu", lambda arch: None)           # there already
+    there = {"aarch64": "orch-qemu-aarch64", "arm": "qemu-arm"}             # ours, and Debian's own
+    monkeypatch.setattr(binfmt, "registered_with_fix_binary", lambda arch: there[arch])
+    m = machine_mod.LabMachine(LabLayout(LabSpec("bf", amd64=0, arm64=1, armv7=1), tmp_path))
+    assert m._ensure_binfmt() == ["orch-qemu-aarch64"]                     # never Debian's entry
