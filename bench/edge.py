@@ -11,7 +11,12 @@ On a lab of one amd64 host whose link is throttled to `--rate` (tc tbf, both dir
    on the same host over the same link: wall time and bytes sent;
 3. a one-file change (`--var release=2`: the config template), built first: `orch apply` again
    (its time includes the rollout's health checks: start_period, monitor and drain of the
-   example), and rsync of the new root onto the first copy.
+   example), and rsync of the new root onto the first copy;
+4. a change inside the base layer (one more Debian package, `--package`, in the image's
+   `from:`; the base layer is rebuilt): `orch apply`, rsync, and the size of the files that
+   changed, each compressed alone (the target: orch's bytes under 2x that).
+A lab fleet with a `link_rate` sends layers as xz recipes (fleet `wire: auto`); each figure is
+the bytes the host's link carried (tc), and for rsync its own payload count too.
 
 The lab is named bench-edge-* and removed afterwards; traffic stays inside the lab's namespaces.
 """
@@ -64,10 +69,38 @@ def shipped_bytes(layout: LabLayout, host) -> int:
     return sum(q.get("bytes", 0) for q in json.loads(out.stdout or "[]") if q.get("kind") == "tbf")
 
 
-def image_roots(host) -> list:
-    images = host.var_lib_orch / "images"
-    return sorted((p / "rootfs" for p in images.iterdir() if (p / "rootfs").is_dir()),
-                  key=lambda p: p.stat().st_mtime) if images.is_dir() else []
+def merged_root(host, into: Path) -> Path:
+    """The root the host's newest image mounts, copied here from its layer store (the same
+    files a container sees), as the source of the rsync side."""
+    from runtime import layers as layer_store, unpack
+    from runtime.layout import Layout
+    lay = Layout(str(host.var_lib_orch), "/nonexistent")
+    images = [p for p in (host.var_lib_orch / "images").iterdir() if (p / "config.json").exists()]
+    newest = max(images, key=lambda p: p.stat().st_mtime)
+    ids = json.loads((newest / "layers.json").read_text())
+    dest = into / newest.name[:12]
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    layer_store.flatten(lay, ids, str(dest), unpack.Meter(str(into), unpack.Budget()))
+    return dest
+
+
+def changed_files(old: Path, new: Path) -> tuple:
+    """Files of ``new`` that ``old`` lacks or holds with other content: count, bytes, and
+    their size compressed one by one (gzip -6, what rsync -z would send of them)."""
+    import gzip as gz
+    n = size = packed = 0
+    for f in new.rglob("*"):
+        if f.is_symlink() or not f.is_file():
+            continue
+        o = old / f.relative_to(new)
+        data = f.read_bytes()
+        if o.is_file() and not o.is_symlink() and o.read_bytes() == data:
+            continue
+        n += 1
+        size += len(data)
+        packed += len(gz.compress(data, 6))
+    return n, size, packed
 
 
 def rsync(layout: LabLayout, host, src: Path, dest: str) -> tuple:
@@ -83,9 +116,26 @@ def rsync(layout: LabLayout, host, src: Path, dest: str) -> tuple:
     return took, sent
 
 
+def measure(name, layout, host, directory, env, var, src_dir: Path) -> tuple:
+    """`orch apply` then rsync of the same new root onto the copy, both over the link."""
+    argv = ["apply", str(directory)] + (["--var", var] if var else [])
+    b0 = shipped_bytes(layout, host)
+    took = orch(argv, env)
+    b1 = shipped_bytes(layout, host)
+    root = merged_root(host, src_dir)
+    r_took, r_sent = rsync(layout, host, root, "/var/lib/orch/rsync-copy")
+    b2 = shipped_bytes(layout, host)
+    print(f"{name:<22} orch apply  {took:6.1f} s  {(b1 - b0) / 1e6:7.3f} MB on the link   |   "
+          f"rsync -az  {r_took:6.1f} s  {(b2 - b1) / 1e6:7.3f} MB on the link "
+          f"({r_sent / 1e6:.3f} MB payload)   orch/rsync time {took / r_took:.2f}x")
+    return root, b1 - b0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rate", default="2mbit")
+    ap.add_argument("--package", default="media-types",
+                    help="the package added to the base layer for the in-base change")
     args = ap.parse_args()
     lab = f"bench-edge-{secrets.token_hex(2)}"
     tmp = Path(tempfile.mkdtemp(prefix="orch-edge-"))
@@ -97,26 +147,22 @@ def main() -> int:
         LabMachine(layout).up(report=False)
         host = layout.hosts()[0]
         print(f"lab {lab}: 1 amd64 host behind {args.rate} (tc tbf, both directions)")
-
-        b0 = shipped_bytes(layout, host)
-        first = orch(["apply", str(directory)], env)
-        b1 = shipped_bytes(layout, host)
-        root1 = image_roots(host)[-1]
+        root1, _ = measure("first deploy", layout, host, directory, env, None, tmp / "roots")
         size = sum(f.stat().st_size for f in root1.rglob("*") if f.is_file() and not f.is_symlink())
         print(f"root: {size / 1e6:.1f} MB in {sum(1 for _ in root1.rglob('*'))} entries")
-        print(f"first deploy   orch apply   {first:6.1f} s   {(b1 - b0) / 1e6:6.2f} MB on the link")
-        r_first, r_sent = rsync(layout, host, root1, "/var/lib/orch/rsync-copy")
-        print(f"first deploy   rsync -az    {r_first:6.1f} s   {r_sent / 1e6:6.2f} MB sent"
-              f"   orch/rsync {first / r_first:.2f}x")
 
-        orch(["build", str(directory), "--var", "release=2"], env)      # not timed: the deploy is
-        b2 = shipped_bytes(layout, host)
-        change = orch(["apply", str(directory), "--var", "release=2"], env)
-        b3 = shipped_bytes(layout, host)
-        print(f"one-file change orch apply  {change:6.1f} s   {(b3 - b2) / 1e6:6.3f} MB on the link")
-        root2 = image_roots(host)[-1]
-        r_change, r_sent2 = rsync(layout, host, root2, "/var/lib/orch/rsync-copy")
-        print(f"one-file change rsync -az   {r_change:6.1f} s   {r_sent2 / 1e6:6.3f} MB sent")
+        orch(["build", str(directory), "--var", "release=2"], env)      # not timed
+        root2, _ = measure("one-file change", layout, host, directory, env, "release=2", tmp / "roots")
+
+        app = directory / "app.yaml"
+        app.write_text(app.read_text().replace("packages: [python3-minimal]",
+                                               f"packages: [python3-minimal, {args.package}]"))
+        orch(["build", str(directory), "--var", "release=2"], env)      # not timed
+        root3, wire = measure(f"package in the base", layout, host, directory, env, "release=2",
+                              tmp / "roots")
+        n, raw, packed = changed_files(root2, root3)
+        print(f"  the change: {n} files, {raw / 1e6:.3f} MB, {packed / 1e6:.3f} MB compressed one by "
+              f"one (gzip -6); orch's link bytes / that = {wire / packed:.2f}x")
     finally:
         LabMachine(layout).down()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -73,7 +73,7 @@ def verb_have(layout: Layout, req: dict) -> dict:
     digests = req.get("digests")
     if not isinstance(digests, list):
         raise BadRequest("have: expected {\"digests\": [...]}")
-    return store.have(layout, digests)
+    return store.have(layout, digests, with_layers=bool(req.get("layers")))
 
 
 def verb_receive(layout: Layout, stream) -> dict:

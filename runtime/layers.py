@@ -218,3 +218,9 @@ def by_blob(layout: Layout) -> dict:
         except OSError:
             continue
     return out
+
+
+def held(layout: Layout) -> list:
+    """The layers this host holds, [{diff_id, blob}] (what a sender dedups file contents
+    against: ``runtime.wire``)."""
+    return [{"diff_id": d, "blob": b} for b, d in sorted(by_blob(layout).items())]

@@ -17,7 +17,7 @@ deliberate downgrade is asked for; an older one is upgraded by ``apply``.
 
   info                  -> {platform, agent_digest, runtime, runtime_version, python, free_disk,
                             free_memory, nft, protocol, state_schema, host_id, serve_pid}
-  have {digests}        -> {present: [...], partial: {digest: bytes}}
+  have {digests, layers?} -> {present: [...], partial: {digest: bytes}, layers?: [{diff_id, blob}]}
   observe {digests}     -> {info, have, status} in one round trip (what plan/apply ask first)
   receive (frames)      -> {stored: [...], partial: {digest: bytes}}   (see frame_header)
   apply {services: {NAME: {release?, index, manifest?, deploy, secrets: {name: b64}}},

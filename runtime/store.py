@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from typing import BinaryIO, Dict, Iterable, List
 
 from runtime import protocol
-from runtime.errors import BadRequest, DigestMismatch, MissingBlob
+from runtime.errors import BadRequest, DigestMismatch, MissingBlob, NoRoom, UnsafeImage
 from runtime.layout import Layout
 
 CHUNK = 1 << 20
@@ -81,9 +82,9 @@ def check_blob(layout: Layout, digest: str) -> bool:
     return False
 
 
-def have(layout: Layout, digests: Iterable[str]) -> Dict[str, object]:
+def have(layout: Layout, digests: Iterable[str], with_layers: bool = False) -> Dict[str, object]:
     """Which blobs are here (a layer unpacked in the layer store counts as its blob), and how
-    much of each partly received one."""
+    much of each partly received one; ``with_layers``: also every stored layer (``layers``)."""
     from runtime import layers
     present: List[str] = []
     partial: Dict[str, int] = {}
@@ -97,7 +98,10 @@ def have(layout: Layout, digests: Iterable[str]) -> Dict[str, object]:
             partial[d] = os.stat(os.path.join(layout.incoming, h + ".part")).st_size
         except FileNotFoundError:
             pass
-    return {"present": present, "partial": partial}
+    out: Dict[str, object] = {"present": present, "partial": partial}
+    if with_layers:
+        out["layers"] = layers.held(layout)
+    return out
 
 
 F_SETPIPE_SZ = 1031   # fcntl.F_SETPIPE_SZ (named there only from Python 3.10)
@@ -152,6 +156,13 @@ def receive(layout: Layout, stream: BinaryIO) -> Dict[str, object]:
         if not line:
             break
         if not line.strip():
+            continue
+        from runtime import wire
+        if wire.is_layer_frame(line):        # a layer as a recipe, into the layer store
+            try:
+                stored.append(wire.receive_layer(layout, line, stream))
+            except (DigestMismatch, MissingBlob, UnsafeImage, NoRoom) as exc:
+                refused[json.loads(line)["blob"]] = exc.message
             continue
         try:
             digest, size, offset = protocol.parse_frame_header(line)

@@ -346,6 +346,9 @@ class Shipping:
         from concurrent.futures import ThreadPoolExecutor, wait
 
         todo = {hp.host: hp for hp in obs.plan.hosts if hp.blobs and not hp.error}
+        from orchestrator.transport.wire import wire_job    # the fleet's link: recipes, a bandwidth cap
+        wire = wire_job(prep.store, prep.desired.fleet,
+                        {m: p for r in prep.releases for p, m in r.manifests.items()}) if todo else None
         first = [h for h in (obs.plan.waves[0].hosts if obs.plan.waves else ()) if h in todo]
         self.report = report
         self.futures: Dict[str, object] = {}
@@ -355,7 +358,8 @@ class Shipping:
             wait(after)
             connect = reconnecting_client(pool, hp.host, obs.clients[hp.host].path, first=obs.clients[hp.host])
             return ship_blobs(connect, hp.blobs, prep.store.open_blob, partial=dict(hp.resume),
-                              on_bytes=(lambda n: on_bytes(hp.host, n)) if on_bytes else None)
+                              on_bytes=(lambda n: on_bytes(hp.host, n)) if on_bytes else None,
+                              wire=wire)
 
         for h in first:
             self.futures[h] = self._pool.submit(one, todo[h])

@@ -23,7 +23,7 @@ from orchestrator.manifest.schema import Ctx
 from orchestrator.manifest.source import Doc, LMap, display_path, make_jinja, read_documents, \
     render_text, render_tree
 from orchestrator.manifest.units import (
-    PLATFORMS, check_name, normalise_dest, parse_duration, parse_mode, parse_owner,
+    PLATFORMS, check_link_rate, check_name, normalise_dest, parse_duration, parse_mode, parse_owner,
     parse_percent_or_int, parse_port, parse_size, parse_volume)
 from runtime import spec
 
@@ -210,11 +210,16 @@ def _collect_vars(docs: List[Doc]) -> Dict[str, Any]:
 
 def _fleet(body: LMap, doc: Doc) -> Fleet:
     ctx = Ctx(doc.file, ("fleet",) + ((body["name"],) if isinstance(body.get("name"), str) else ()), doc.line)
-    S.mapping(body, ctx, ("kind", "name", "project", "lab", "hosts"), required=("name",))
+    S.mapping(body, ctx, ("kind", "name", "project", "lab", "hosts", "bandwidth", "wire"),
+              required=("name",))
     name = S.convert(check_name, body["name"], Ctx(doc.file, ("fleet",), doc.line).key(body, "name"))
     ctx = Ctx(doc.file, ("fleet", name), doc.line)
     project = S.convert(check_name, body["project"], ctx.key(body, "project")) \
         if body.get("project") is not None else None
+    link = {"bandwidth": S.convert(check_link_rate, body["bandwidth"], ctx.key(body, "bandwidth"))
+            if body.get("bandwidth") is not None else None,
+            "wire": S.convert(_wire_mode, body["wire"], ctx.key(body, "wire"))
+            if body.get("wire") is not None else "auto"}
     which = S.one_of_keys(body, ctx, ("lab", "hosts"))
     if which == "lab":
         lctx = ctx.key(body, "lab")
@@ -230,7 +235,7 @@ def _fleet(body: LMap, doc: Doc) -> Fleet:
             spec.validate()        # the lab's own limits, the one place they live
         except LabError as exc:
             raise lctx.error(str(exc)) from None
-        return Fleet(name=name, lab=spec, file=doc.file, line=doc.line, project=project)
+        return Fleet(name=name, lab=spec, file=doc.file, line=doc.line, project=project, **link)
     hctx = ctx.key(body, "hosts")
     seq = S.items(body["hosts"], hctx)
     if not seq:
@@ -253,7 +258,13 @@ def _fleet(body: LMap, doc: Doc) -> Fleet:
             port=S.integer(h.get("port", 22), ictx.key(h, "port"), minimum=1, maximum=65535),
             labels=frozen_map(S.string_map(h.get("labels", {}), ictx.key(h, "labels"))),
             platform=platform))
-    return Fleet(name=name, hosts=tuple(hosts), file=doc.file, line=doc.line, project=project)
+    return Fleet(name=name, hosts=tuple(hosts), file=doc.file, line=doc.line, project=project, **link)
+
+
+def _wire_mode(value: object) -> str:
+    if value not in ("auto", "xz", "gzip"):
+        raise ValueError(f'expected auto, xz or gzip, got "{value}"')
+    return str(value)
 
 
 def _platform(value: Any, ctx: Ctx) -> str:

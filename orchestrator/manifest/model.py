@@ -48,6 +48,8 @@ class Fleet:
     file: Optional[str] = None
     line: Optional[int] = None
     project: Optional[str] = None       # who owns what it deploys (default: the fleet's name)
+    bandwidth: Optional[str] = None     # a cap on what a deploy sends, all hosts together ("1mbit")
+    wire: str = "auto"                  # layers on the link: auto | xz (recipes) | gzip (blobs)
 
     @property
     def is_lab(self) -> bool:

@@ -144,6 +144,15 @@ def check_link_rate(value: object) -> str:
     return value
 
 
+def rate_bytes(value: str) -> float:
+    """Bytes per second of a rate like "2mbit" (tc's units: bits, powers of 1000)."""
+    m = _LINK_RATE.match(value)
+    if not m:
+        raise ValueError(f'expected a rate like "10mbit" or "512kbit", got "{value}"')
+    scale = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}[m.group(2)]
+    return float(value[:-len(m.group(2))]) * scale / 8
+
+
 def normalise_dest(path: str) -> str:
     """An absolute path inside the image with no ``.``/``..``/double slashes."""
     if not path.startswith("/"):

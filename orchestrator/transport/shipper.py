@@ -1,9 +1,11 @@
 """Ship the blobs a host lacks over one raw SSH channel; resume after a dropped link."""
 from __future__ import annotations
 
+import itertools
 import threading
+import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -39,14 +41,44 @@ def stream_size(sizes: Mapping[str, int], partial: Mapping[str, int]) -> int:
     return total
 
 
+class RateLimit:
+    """A bandwidth cap shared by every host of one deploy (the fleet's `bandwidth`): chunks
+    pass once the bytes before them fit the rate since the first one."""
+
+    PIECE = 16 << 10
+
+    def __init__(self, bytes_per_s: float, clock=time.monotonic, sleep=time.sleep):
+        self.rate, self.clock, self.sleep = float(bytes_per_s), clock, sleep
+        self.lock = threading.Lock()
+        self.start: Optional[float] = None
+        self.sent = 0
+
+    def wrap(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            view = memoryview(chunk)
+            for i in range(0, len(view), self.PIECE):
+                piece = view[i:i + self.PIECE]
+                with self.lock:
+                    now = self.clock()
+                    if self.start is None:
+                        self.start = now
+                    self.sent += len(piece)
+                    wait = self.sent / self.rate - (now - self.start)
+                if wait > 0:
+                    self.sleep(wait)
+                yield bytes(piece)
+
+
 def ship_blobs(connect: Callable[[], AgentClient], blobs: Sequence[Tuple[str, int]], open_blob,
                *, partial: Optional[dict] = None, on_bytes: Optional[Callable[[int], None]] = None,
-               attempts: int = 6, max_wait: float = 5.0) -> ShipResult:
+               attempts: int = 6, max_wait: float = 5.0, wire=None) -> ShipResult:
     """Send `blobs` [(digest, size)] to the agent that `connect()` returns.
 
     After a dropped connection, `connect()` is called again, the agent says how much of each blob
     it already holds (`have` -> partial), and only the rest travels. The agent verifies every blob
-    against its digest before keeping it.
+    against its digest before keeping it. With `wire` (a `transport.wire.WireJob`): its rate
+    limit caps the stream, and with `wire.recipes` each layer goes as an xz recipe that refers
+    to the files of the layers the host holds (the host rebuilds and verifies it).
     """
     sizes = dict(blobs)
     sent = 0
@@ -65,15 +97,31 @@ def ship_blobs(connect: Callable[[], AgentClient], blobs: Sequence[Tuple[str, in
         client = connect()
         state["host"] = client.host
         todo = dict(sizes)
-        if state["attempt"] > 1:
-            have = client.have(list(sizes))
+        recipes = wire is not None and wire.recipes and any(d in wire.layers for d in todo)
+        held: list = []
+        if state["attempt"] > 1 or recipes:
+            have = client.call("have", {"digests": list(sizes), "layers": True}) if recipes \
+                else client.have(list(sizes))
             for d in have.get("present", []):
                 todo.pop(d, None)
             state["partial"] = dict(have.get("partial", {}))
+            held = list(have.get("layers") or [])
         if not todo:
             return
-        frames = protocol.iter_frames(todo, state["partial"], open_blob)
-        answer = client.send_blobs(frames, on_bytes=count, nbytes=stream_size(todo, state["partial"]))
+        layer_todo = sorted((d for d in todo if recipes and d in wire.layers),
+                            key=lambda d: (len(wire.layers[d].lowers), d))
+        blob_todo = {d: n for d, n in todo.items() if d not in layer_todo}
+        frames: Iterable[bytes] = protocol.iter_frames(blob_todo, state["partial"], open_blob)
+        nbytes: Optional[int] = stream_size(blob_todo, state["partial"])
+        if layer_todo:
+            from orchestrator.transport import wire as wire_mod
+            known = wire_mod.known_contents(wire.store, held)
+            frames = itertools.chain(frames, *(wire_mod.iter_layer_frame(wire.store, wire.layers[d], known)
+                                               for d in layer_todo))
+            nbytes = None                 # compressed as it goes: its own `receive` channel
+        if wire is not None and wire.limit is not None:
+            frames = wire.limit.wrap(frames)
+        answer = client.send_blobs(frames, on_bytes=count, nbytes=nbytes)
         missing = [d for d in todo if d not in set(answer.get("stored", [])) | set(answer.get("present", []))]
         if missing:
             raise TransportError(f"agent did not keep {len(missing)} blob(s): {missing[0]}", host=client.host)
