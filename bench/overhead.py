@@ -23,7 +23,9 @@ container), so a figure compares the same program:
 With `--knobs`, bridged-path settings are switched on the lab host and each is measured
 against the unchanged path in the same round (published port, client outside): GRO on the
 veth, txqueuelen, the bridge table's isolation rules, and br_netfilter's ip hooks for bridged
-frames. Prints medians and the median (min-max) of each round's container/host ratio; cpu and disk
+frames. With `--profile` (Debian's linux-perf), `perf record` samples where each request's
+kernel time goes, by part of the path, for the host process, `network: host` and the
+published port. Prints medians and the median (min-max) of each round's container/host ratio; cpu and disk
 work also its cpu time (user + system, from busybox time), which a busy machine's scheduler
 does not distort as it does wall time. Ratios (1.00 = no overhead; for req/s
 higher is better). Figures, not pass/fail.
@@ -135,6 +137,9 @@ def main() -> int:
     ap.add_argument("--knobs", action="store_true", help="also measure bridged-path settings")
     ap.add_argument("--only", default="", help="comma-separated measure groups: cpu,disk,http")
     ap.add_argument("--keep", action="store_true", help="leave the lab up (prints its name)")
+    ap.add_argument("--profile", action="store_true",
+                    help="where the kernel spends each request (perf, client outside): host "
+                         "process, network: host and the published port")
     args = ap.parse_args()
     groups = set((args.only or "cpu,disk,http").split(","))
     name = f"bench-ovh-{secrets.token_hex(2)}"
@@ -216,6 +221,10 @@ def main() -> int:
                     pairs.setdefault(key, []).append((v, b))
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
         report(groups_run, runs, pairs, args)
+        if args.profile:
+            profile({"host process": f"http://{addr}:9080/index.html",
+                     "network: host": f"http://{addr}:8480/index.html",
+                     "published port": f"http://{addr}:8080/index.html"}, args)
         if args.keep:
             print(f"lab left up: {name} (ORCH_HOME={tmp / 'home'})")
     finally:
@@ -254,6 +263,55 @@ def knob_measures(h: Host, veths, measure):
             "sysctl -qw net.bridge.bridge-nf-call-iptables=0",
             "sysctl -qw net.bridge.bridge-nf-call-iptables=1")),
     ]
+
+
+# kernel symbols by the part of the path they belong to (first match wins)
+PARTS = [
+    ("VM: irq-enable points (steal)", r"^_raw_spin_unlock_irq|^finish_task_switch"),
+    ("netfilter: conntrack", r"conntrack|^nf_ct_|^__nf_ct|^nf_confirm|hash_conntrack"),
+    ("netfilter: nat", r"^nf_nat|^nf_xfrm|masq"),
+    ("netfilter: nft rules", r"^nft_|nf_tables"),
+    ("netfilter: hooks, br_netfilter", r"^nf_|^br_nf|^ip_sabotage"),
+    ("bridge", r"^br_|^__br_"),
+    ("veth", r"veth"),
+    ("routing (fib)", r"fib|^ip_route|^rt_|^dst_"),
+    ("ip, devices, softirq", r"^ip_|^__ip|^ipv4|^__dev_|^dev_|netif|napi|^neigh|^eth_|process_backlog|"
+                             r"^net_rx|softirq|^skb|^__skb|^__alloc_skb|^kfree_skb|^consume_skb|^inet_"),
+    ("tcp, sockets", r"tcp|^sk_|^__sk_|^sock_|^__sock|inet_csk|^reqsk|^__inet"),
+    ("fork, exit, memory", r"page|^pte|^__pte|^___pte|fork|exit|vma|folio|rmap|lru|memcg|zap|unmap|"
+                           r"^mm|_mm_|^free_|alloc|kmem|slab|kmalloc|copy_p|tlb|mmap|anon"),
+]
+
+
+def profile(urls, args) -> None:
+    """perf samples (cpu-clock, 4 kHz, all CPUs) per 1000 requests of the processes that serve
+    and fetch (ab, busybox, ksoftirqd), by the part of the kernel they fall in."""
+    n = max(args.requests, 20000)
+    table = {}
+    for label, url in urls.items():
+        data = f"/tmp/orch-bench-perf-{os.getpid()}.data"
+        subprocess.run(["perf", "record", "-q", "-a", "-e", "cpu-clock", "-F", "4000", "-o", data,
+                        "--", "ab", "-q", "-n", str(n), "-c", str(args.concurrency), url],
+                       check=True, capture_output=True, timeout=900)
+        out = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort",
+                              "sym", "--comms", "ab,busybox,ksoftirqd/0,ksoftirqd/1", "-F",
+                              "sample,sym"], capture_output=True, text=True, check=True).stdout
+        os.unlink(data)
+        parts = {}
+        for line in out.splitlines():
+            m = re.match(r"\s+(\d+)\s+\[(.)\]\s+(\S+)", line)
+            if not m:
+                continue
+            part = "user space" if m.group(2) == "." else next(
+                (k for k, rx in PARTS if re.search(rx, m.group(3))), "kernel: other")
+            parts[part] = parts.get(part, 0) + int(m.group(1)) * 1000 / n
+        table[label] = parts
+    names = [k for k, _ in PARTS] + ["kernel: other", "user space"]
+    print(f"  where each request goes (perf samples at 4 kHz per 1000 requests, {n} requests, client outside):")
+    print(f"    {'':<32}" + "".join(f"{label:>16}" for label in table))
+    for part in names + ["total"]:
+        vals = [sum(t.values()) if part == "total" else t.get(part, 0.0) for t in table.values()]
+        print(f"    {part:<32}" + "".join(f"{v:>16.1f}" for v in vals))
 
 
 def report(groups_run, runs, pairs, args) -> None:
