@@ -172,16 +172,31 @@ def parse_dpkg_status(text: str) -> Dict[str, str]:
     return out
 
 
+def render_pin_preferences(pins: Dict[str, str]) -> str:
+    """apt preferences holding every locked package at its locked version (pure). Without
+    them, mmdebstrap installs the essential set at the mirror's newest versions and the locked
+    (older) ones are then a downgrade, which apt refuses: a lock made while the security index
+    was unreachable, or before a point release, could no longer be built."""
+    return "".join(f"Package: {n}\nPin: version {v}\nPin-Priority: 1001\n\n"
+                   for n, v in sorted(pins.items()))
+
+
 def mmdebstrap_argv(suite: str, deb_arch: str, packages, pins: Optional[Dict[str, str]], target: str,
                     listing: str, mirrors: Sequence[str] = (), variant: str = "extract",
-                    slim: bool = False) -> list:
-    """The argv that makes a base (pure; tested as data)."""
+                    slim: bool = False, preferences: str = "") -> list:
+    """The argv that makes a base (pure; tested as data). ``preferences``: a file of
+    ``render_pin_preferences`` on this machine, copied into the root before apt resolves."""
     include = [f"{n}={v}" for n, v in sorted(pins.items())] if pins else sorted(packages)
     if variant == "extract":
         hook = f"--extract-hook=ls \"$1\"/var/cache/apt/archives > {shlex.quote(listing)}"
     else:
         hook = f"--customize-hook=cp \"$1\"/var/lib/dpkg/status {shlex.quote(listing)}"
     argv = ["mmdebstrap", f"--variant={variant}", f"--arch={deb_arch}", "--mode=root", hook]
+    if preferences:   # in the root while apt resolves, gone from the image
+        name = "/etc/apt/preferences.d/" + os.path.basename(preferences)
+        last = "extract" if variant == "extract" else "customize"   # extract runs no customize
+        argv += [f"--setup-hook=copy-in {preferences} /etc/apt/preferences.d",
+                 f"--{last}-hook=rm -f \"$1\"{shlex.quote(name)}"]
     if slim:
         argv += [f"--dpkgopt=path-exclude={p}" for p in SLIM_EXCLUDE]
         argv.append("--dpkgopt=path-include=/usr/share/doc/*/copyright")
@@ -202,10 +217,16 @@ def run_mmdebstrap(suite: str, deb_arch: str, packages, pins: Optional[Dict[str,
     target = os.path.join(workdir, "rootfs")
     listing = os.path.join(workdir, "debs.txt")
     env = dict(os.environ, SOURCE_DATE_EPOCH=os.environ.get("SOURCE_DATE_EPOCH", "0"))
+    preferences = ""
+    if pins:
+        preferences = os.path.join(workdir, "orch-lock.pref")   # workdir: our own mkdtemp
+        with open(preferences, "w") as fh:
+            fh.write(render_pin_preferences(pins))
     proc = None
     for with_security in (True, False):
         argv = mmdebstrap_argv(suite, deb_arch, packages, pins, target, listing,
-                               machine_mirrors(suite, with_security), variant, slim)
+                               machine_mirrors(suite, with_security), variant, slim,
+                               preferences)
         argv[0] = tool
         shutil.rmtree(target, ignore_errors=True)
         proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)

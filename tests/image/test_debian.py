@@ -10,7 +10,8 @@ import tarfile
 import pytest
 
 from orchestrator.image import build_services
-from orchestrator.image.debian import lock_key, mmdebstrap_argv, parse_deb_names, parse_sources
+from orchestrator.image.debian import (lock_key, mmdebstrap_argv, parse_deb_names, parse_sources,
+                                       render_pin_preferences)
 from orchestrator.errors import BuildError
 from orchestrator.manifest import load_desired
 from orchestrator.image.store import Store
@@ -31,6 +32,22 @@ def test_mmdebstrap_argv_requests_locked_versions():
     pinned = mmdebstrap_argv("bookworm", "armhf", ["python3-minimal"], {"python3-minimal": "3.11.2-1+b1", "libc6": "2.36-9"},
                              "/t", "/l")
     assert "--include=libc6=2.36-9,python3-minimal=3.11.2-1+b1" in pinned
+    assert not any(a.startswith("--setup-hook") for a in pinned)
+    prefs = mmdebstrap_argv("bookworm", "armhf", ["libc6"], {"libc6": "2.36-9"}, "/t", "/l",
+                            preferences="/w/orch-lock.pref")
+    assert "--setup-hook=copy-in /w/orch-lock.pref /etc/apt/preferences.d" in prefs
+    assert '--extract-hook=rm -f "$1"/etc/apt/preferences.d/orch-lock.pref' in prefs
+    minbase = mmdebstrap_argv("bookworm", "armhf", ["libc6"], {"libc6": "2.36-9"}, "/t", "/l",
+                              variant="minbase", preferences="/w/orch-lock.pref")
+    assert '--customize-hook=rm -f "$1"/etc/apt/preferences.d/orch-lock.pref' in minbase
+
+
+def test_locked_versions_are_pinned_for_the_essential_set_too():
+    # the essential set is resolved before --include: pinned there, a locked version older
+    # than the mirror's newest is installed as it is, not refused as a downgrade
+    assert render_pin_preferences({"libc6": "2.36-9+deb12u10", "base-files": "12.4+deb12u11"}) == (
+        "Package: base-files\nPin: version 12.4+deb12u11\nPin-Priority: 1001\n\n"
+        "Package: libc6\nPin: version 2.36-9+deb12u10\nPin-Priority: 1001\n\n")
     assert lock_key("bookworm", "armhf", ["b", "a"]) == "bookworm/armhf/a+b"
 
 
