@@ -10,6 +10,7 @@ EXAMPLES = (
     'orch lab up --hosts 2 --arm64 1',
     'orch lab ssh arm64-1 "uname -m; cat /etc/orch/platform"',
     'orch lab up --hosts 0 --arm64 0 --booted 1 --bullseye 1',
+    'orch lab up --hosts 0 --arm64 0 --booted-arm64 1 --booted-armv7 1',
     'orch lab power-cut booted-1',
     'orch lab boot booted-1',
     'orch lab link amd64-1 rate 2mbit',

@@ -26,6 +26,13 @@ from orchestrator.errors import LabError
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "iproute2", "runc",
             "nftables", "procps", "tini")
 RELEASES = ("bookworm", "bullseye")
+# qemu-user does not emulate netfilter netlink (an emulated nft: "Unable to initialize Netlink
+# socket: Protocol not supported"), so a foreign root takes the machine's own nftables, and runc
+# with it (the one other program that drives the kernel's namespaces and cgroups for the agent),
+# as Debian multiarch amd64 packages run natively. Everything else in the root, systemd, sshd,
+# python3 and the agent, iproute2, tini, and every container, is the root's own architecture.
+NATIVE_TOOLS = ("nftables", "runc")
+NATIVE_ARCH = "amd64"        # the lab machine's; other roots run under qemu-user
 
 # The lab machine's cgroups are hybrid and systemd-nspawn mounts the v1 controllers read-only:
 # runc then cannot make a container's cgroup. A real Pi (cgroup v2, systemd) has them writable,
@@ -65,13 +72,29 @@ MaxStartups 200:30:400
 """
 
 
-def render_root_files() -> Dict[str, Tuple[str, int]]:
-    """Files the lab adds to every root: path -> (text, mode)."""
-    return {
+# Under qemu-user, systemd cannot set up a unit's credentials (the new mount API it uses is not
+# emulated): units with LoadCredential= fail with 243/CREDENTIALS and the host boots "degraded".
+# The lab passes no credentials, so a foreign root drops them (an empty assignment resets the list).
+CREDENTIAL_UNITS = ("procps", "systemd-firstboot", "systemd-sysctl", "systemd-sysusers",
+                    "systemd-tmpfiles-clean", "systemd-tmpfiles-setup", "systemd-tmpfiles-setup-dev")
+NO_CREDENTIALS_DROPIN = """# orch lab, emulated root: qemu-user cannot set up credentials; the lab passes none
+[Service]
+LoadCredential=
+"""
+
+
+def render_root_files(arch: str = NATIVE_ARCH) -> Dict[str, Tuple[str, int]]:
+    """Files the lab adds to a root of Debian architecture `arch`: path -> (text, mode)."""
+    files = {
         "usr/local/sbin/orch-lab-cgroups": (CGROUPS_SCRIPT, 0o755),
         "etc/systemd/system/orch-lab-cgroups.service": (CGROUPS_UNIT, 0o644),
         "etc/ssh/sshd_config.d/orch-lab.conf": (SSHD_DROPIN, 0o644),
     }
+    if arch != NATIVE_ARCH:
+        for unit in CREDENTIAL_UNITS:
+            files[f"etc/systemd/system/{unit}.service.d/orch-lab-no-credentials.conf"] = \
+                (NO_CREDENTIALS_DROPIN, 0o644)
+    return files
 
 
 def render_root_links() -> Dict[str, str]:
@@ -83,13 +106,17 @@ def render_root_links() -> Dict[str, str]:
     return links
 
 
-NATIVE_ARCH = "amd64"
+def packages(arch: str = NATIVE_ARCH) -> Tuple[str, ...]:
+    """What mmdebstrap installs in a root of `arch` (`nftables:amd64` in a foreign one)."""
+    if arch == NATIVE_ARCH:
+        return PACKAGES
+    return tuple(f"{p}:{NATIVE_ARCH}" if p in NATIVE_TOOLS else p for p in PACKAGES)
 
 
 def base_key(release: str, arch: str = NATIVE_ARCH) -> str:
     """`base-arm64-bookworm-<12 hex>`: what mmdebstrap makes (release, architecture, packages)."""
     h = hashlib.sha256(f"{arch}/{release}".encode())
-    for pkg in PACKAGES:
+    for pkg in packages(arch):
         h.update(b"\0pkg " + pkg.encode())
     return f"base-{arch}-{release}-{h.hexdigest()[:12]}"
 
@@ -101,9 +128,9 @@ def root_key(release: str, arch: str = NATIVE_ARCH) -> str:
     h = hashlib.sha256(release.encode())
     if arch != NATIVE_ARCH:
         h.update(b"\0arch " + arch.encode())
-    for pkg in PACKAGES:
+    for pkg in packages(arch):
         h.update(b"\0pkg " + pkg.encode())
-    for path, (text, mode) in sorted(render_root_files().items()):
+    for path, (text, mode) in sorted(render_root_files(arch).items()):
         h.update(f"\0file {path} {mode:o}\0".encode() + text.encode())
     for path, target in sorted(render_root_links().items()):
         h.update(f"\0link {path} {target}".encode())
@@ -127,8 +154,9 @@ def debian_mirror(sources_dir: Path = Path("/etc/apt/sources.list.d"),
 
 def render_mmdebstrap_argv(mmdebstrap: str, release: str, target: Path, mirror: str,
                            arch: str = NATIVE_ARCH) -> List[str]:
-    return [mmdebstrap, "--quiet", "--variant=minbase", f"--arch={arch}", "--include=" + ",".join(PACKAGES),
-            release, str(target), f"deb {mirror} {release} main"]
+    arches = arch if arch == NATIVE_ARCH else f"{arch},{NATIVE_ARCH}"
+    return [mmdebstrap, "--quiet", "--variant=minbase", f"--architectures={arches}",
+            "--include=" + ",".join(packages(arch)), release, str(target), f"deb {mirror} {release} main"]
 
 
 def render_unpack_argv(tar: str, base: Path, target: Path) -> List[str]:
@@ -168,7 +196,7 @@ def ensure_root(roots_dir: Path, release: str, arch: str = NATIVE_ARCH) -> Path:
         if proc.returncode != 0:
             shutil.rmtree(tmp, ignore_errors=True)
             raise LabError(f"cannot unpack {base.name}: {proc.stderr.decode(errors='replace').strip()[-400:]}")
-        _customise(tmp)
+        _customise(tmp, arch)
         os.replace(tmp, final)
         run_prune_roots(roots_dir, release, keep=final, arch=arch)
     return final
@@ -209,10 +237,10 @@ def run_prune_roots(roots_dir: Path, release: str, keep: Path, arch: str = NATIV
     return removed
 
 
-def _customise(root: Path) -> None:
+def _customise(root: Path, arch: str) -> None:
     for key in (root / "etc" / "ssh").glob("ssh_host_*"):
         key.unlink()       # made by openssh-server's postinst: each host gets its own from the lab
-    for rel, (text, mode) in render_root_files().items():
+    for rel, (text, mode) in render_root_files(arch).items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)

@@ -68,10 +68,11 @@ def test_mmdebstrap_argv_and_mirror(tmp_path):
     mirror = roots.debian_mirror(tmp_path, tmp_path / "none")
     assert mirror == "http://mirror.example/debian"
     argv = roots.render_mmdebstrap_argv("mmdebstrap", "bullseye", Path("/t.tar"), mirror)
-    assert argv[:4] == ["mmdebstrap", "--quiet", "--variant=minbase", "--arch=amd64"]
+    assert argv[:4] == ["mmdebstrap", "--quiet", "--variant=minbase", "--architectures=amd64"]
     assert "systemd" in argv[4] and "python3" in argv[4] and "openssh-server" in argv[4]
     assert argv[5:] == ["bullseye", "/t.tar", "deb http://mirror.example/debian bullseye main"]
-    assert "--arch=armhf" in roots.render_mmdebstrap_argv("mmdebstrap", "bookworm", Path("/t.tar"), mirror, "armhf")
+    foreign = roots.render_mmdebstrap_argv("mmdebstrap", "bookworm", Path("/t.tar"), mirror, "armhf")
+    assert foreign[3] == "--architectures=armhf,amd64" and "nftables:amd64" in foreign[4] and "runc:amd64" in foreign[4]
 
 
 def test_an_arm_root_is_named_by_its_arch_and_never_matches_another_releases_prune(tmp_path):
