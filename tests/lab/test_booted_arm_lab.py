@@ -105,3 +105,22 @@ def test_after_a_power_cut_and_boot_it_serves_again_by_itself(arm_lab, agent, im
     assert body == b"arm v1"
     arm_lab.pool.get(NAME).close()              # its session died with the host
     one_slot(agent)
+
+
+def test_the_seccomp_filter_holds_for_a_container_on_the_arm64_host(arm_lab, agent, static_busybox):
+    """The agent is an aarch64 program here (qemu-user says so in uname), but the kernel that applies
+    the filter is the machine's x86_64 one: a filter for the wrong architecture would let every
+    call through. The filter is on and refuses a user namespace, as on every other lab host."""
+    from tests.runtime.test_isolation_lab import PROBES, logs, serve
+    host = arm_lab.host(NAME)
+    img = ik.make_image({PLATFORM: [ik.busybox_layer(str(static_busybox[PLATFORM]), b"filtered\n")]},
+                        cmd=serve(PROBES))
+    agent.ship(img)
+    spec = ik.deploy_spec(port=8180)
+    spec["health"] = dict(spec["health"], interval=1.0, retries=30)
+    rc, body = agent.apply({"probe": (img, spec)})
+    assert rc == 0 and body["services"]["probe"]["ok"], body
+    assert ik.hammer_get(host.address, 8180) == b"filtered\n"
+    out = logs(agent, "probe")
+    assert "Seccomp:\t2" in out, out
+    assert "userns=refused" in out and "netns=refused" in out, out
