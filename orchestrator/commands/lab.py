@@ -132,7 +132,7 @@ def _print_hosts(hosts, as_json: bool) -> None:
     if as_json:
         print(json.dumps(hosts, indent=2))
         return
-    print(f"{'HOST':<12} {'ADDRESS':<15} {'PLATFORM':<13} {'UP':<4} LINK")
+    print(f"{'HOST':<15} {'ADDRESS':<15} {'PLATFORM':<13} {'UP':<4} LINK")
     for h in hosts:
-        print(f"{h['name']:<12} {h['address']:<15} {h['platform']:<13} {'yes' if h['up'] else 'NO':<4} "
+        print(f"{h['name']:<15} {h['address']:<15} {h['platform']:<13} {'yes' if h['up'] else 'NO':<4} "
               f"{h['link_rate'] or '-'}")
