@@ -26,12 +26,13 @@ from orchestrator.errors import LabError
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "iproute2", "runc",
             "nftables", "procps", "tini")
 RELEASES = ("bookworm", "bullseye")
-# qemu-user does not emulate netfilter netlink (an emulated nft: "Unable to initialize Netlink
-# socket: Protocol not supported"), so a foreign root takes the machine's own nftables, and runc
-# with it (the one other program that drives the kernel's namespaces and cgroups for the agent),
-# as Debian multiarch amd64 packages run natively. Everything else in the root, systemd, sshd,
-# python3 and the agent, iproute2, tini, and every container, is the root's own architecture.
-NATIVE_TOOLS = ("nftables", "runc")
+# qemu-user translates only part of netlink: no netfilter (an emulated nft: "Unable to initialize
+# Netlink socket: Protocol not supported") and no neighbour dump (an emulated `ip neigh flush`:
+# "Cannot send dump request: Operation not supported"). So a foreign root takes the machine's own
+# nftables, iproute2 and runc (the programs that drive the kernel's network, namespaces and
+# cgroups for the agent), as Debian multiarch amd64 packages run natively. Everything else in the
+# root, systemd, sshd, python3 and the agent, tini, and every container, is the root's own arch.
+NATIVE_TOOLS = ("iproute2", "nftables", "runc")
 NATIVE_ARCH = "amd64"        # the lab machine's; other roots run under qemu-user
 
 # The lab machine's cgroups are hybrid and systemd-nspawn mounts the v1 controllers read-only:
