@@ -109,13 +109,38 @@ def _session(layout: Layout, io: Io) -> None:
     """Answer framed requests until EOF (runtime/session.py), each through ``dispatch``: the
     same table, the same shapes and codes as one verb per process."""
     from runtime import session
+    warm: list = []
 
     def one(verb: str, request: Dict[str, Any], stream) -> Tuple[int, Dict[str, Any]]:
         code, body = dispatch(verb, layout, request, Io(stream, None, io.log, io.argv0))
+        if verb == "lock" and code == protocol.EXIT_OK and not warm:
+            warm.append(_start_warm_up())
         return code, body if body is not None else {}
     stdin = io.stdin.buffer if hasattr(io.stdin, "buffer") else io.stdin
     stdout = io.stdout.buffer if hasattr(io.stdout, "buffer") else io.stdout
     raise _Exit(session.run_session(one, stdin, stdout))
+
+
+CHANGE_MODULES = ("runtime.host", "runtime.executors", "runtime.reconcile", "runtime.admission",
+                  "runtime.gc", "runtime.spec")
+
+
+def _start_warm_up():
+    """A session that took the lock is about to change the host: import what apply needs
+    (about 0.1 s of imports, the planner's and executors' dataclasses most) in a thread while
+    the orchestrator ships and earlier waves run, not when the apply arrives."""
+    import importlib
+    import threading
+
+    def load() -> None:
+        for name in CHANGE_MODULES:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the verb that needs it reports it
+                return
+    t = threading.Thread(target=load, name="warm-up", daemon=True)
+    t.start()
+    return t
 
 
 class _Exit(Exception):

@@ -135,3 +135,22 @@ def test_a_launched_agent_reuses_its_bytecode_and_imports_only_what_the_verb_nee
     assert "runtime.agent" in modules
     assert not modules & {"runpy", "zipfile", "argparse", "runtime.planner",
                           "runtime.reconcile", "runtime.admission", "site"}, sorted(modules)
+
+
+def test_a_session_that_took_the_lock_loads_the_change_machinery_while_it_waits(tmp_path):
+    """A change follows a lock: the session imports what apply needs (host, planner,
+    executors, admission, gc) while the orchestrator ships and waits for earlier waves, so
+    that later apply does not pay for it; a read-only session never loads it."""
+    import sys
+    from runtime.session import encode_request
+    code = ("import sys, threading, time\n"
+            "from runtime.cli import main\n"
+            "rc = main(sys.argv[1:])\n"
+            "[t.join(30) for t in threading.enumerate() if t is not threading.current_thread()]\n"
+            "sys.stderr.write('LOADED=%d\\n' % ('runtime.executors' in sys.modules))\n")
+    root = ["--root", str(tmp_path / "r"), "--run", str(tmp_path / "run"), "session"]
+    for verbs, loaded in ((["info", "status"], 0), (["info", "lock", "unlock"], 1)):
+        stdin = b"".join(encode_request(v, {"holder": "t", "token": "t"}) for v in verbs)
+        res = subprocess.run([sys.executable, "-c", code, *root], input=stdin, capture_output=True,
+                             timeout=60, cwd=str(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))))
+        assert f"LOADED={loaded}".encode() in res.stderr, (verbs, res.stderr[-2000:])
