@@ -161,6 +161,9 @@ def receive(layout: Layout, stream: BinaryIO) -> Dict[str, object]:
         if wire.is_layer_frame(line):        # a layer as a recipe, into the layer store
             try:
                 stored.append(wire.receive_layer(layout, line, stream))
+            except wire.Cut:                    # a dropped link: the sender sends it again
+                partial[json.loads(line)["blob"]] = 0
+                break
             except (DigestMismatch, MissingBlob, UnsafeImage, NoRoom) as exc:
                 refused[json.loads(line)["blob"]] = exc.message
             continue

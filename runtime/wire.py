@@ -67,6 +67,10 @@ def parse_header(line: bytes) -> Tuple[str, str, List[Tuple[str, str]]]:
     return diff_id, blob, lowers
 
 
+class Cut(UnsafeImage):
+    """The stream ended inside a layer frame (a dropped link): the sender tries again."""
+
+
 class Chunks:
     """The frame's chunks from the stream, each decoded as one whole xz stream; ``read``
     gives the decoded recipe. ``drain`` skips the rest of the frame (after a refusal)."""
@@ -80,6 +84,8 @@ class Chunks:
 
     def _next_chunk(self) -> bool:
         line = self.stream.readline(32)
+        if not line:
+            raise Cut(f"{self.where}: the stream ended inside the frame")
         try:
             n = int(line)
         except ValueError:
@@ -106,7 +112,7 @@ class Chunks:
                     raise UnsafeImage(f"{self.where}: an xz chunk ends before its stream does")
                 data = self.stream.read(min(self.left, CHUNK))
                 if not data:
-                    raise UnsafeImage(f"{self.where}: the stream ended inside a chunk")
+                    raise Cut(f"{self.where}: the stream ended inside a chunk")
                 self.left -= len(data)
             else:
                 data = b""

@@ -30,8 +30,9 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 from orchestrator.image.store import Store
 from runtime import wire as host_wire
 
-SEGMENT = 8 << 20               # recipe bytes per xz chunk (each compressed on its own)
-PRESET = 9                      # 64 MiB dictionary at most (a chunk is 8 MiB: ~9 MiB used)
+SEGMENT = 16 << 20              # recipe bytes per xz chunk at most (each compressed on its own)
+FIRST_SEGMENT = 1 << 20
+PRESET = 9                      # 64 MiB dictionary at most (a chunk of 16 MiB uses ~17 MiB)
 THREADS = 2
 
 
@@ -187,15 +188,20 @@ def iter_recipe(store: Store, blob: str, known: Set[str]) -> Iterator[Tuple[byte
         yield host_wire.OP_END, nrefs
 
 
-def _segments(ops: Iterator[Tuple[bytes, int]], size: int = SEGMENT) -> Iterator[bytes]:
+def _segments(ops: Iterator[Tuple[bytes, int]], size: int = SEGMENT,
+              first: int = FIRST_SEGMENT) -> Iterator[bytes]:
+    """Recipe bytes in segments that double from ``first`` up to ``size``: the link gets its
+    first bytes soon, and later segments are long enough for xz to find its matches."""
     buf: List[bytes] = []
     n = 0
+    want = first
     for op, _ in ops:
         buf.append(op)
         n += len(op)
-        if n >= size:
+        if n >= want:
             yield b"".join(buf)
             buf, n = [], 0
+            want = min(size, want * 2)
     if buf:
         yield b"".join(buf)
 

@@ -180,3 +180,15 @@ def test_the_rate_limit_is_shared_and_holds_the_rate():
     out = b"".join(limit.wrap([b"x" * 150_000])) + b"".join(limit.wrap([b"y" * 50_000]))
     assert len(out) == 200_000
     assert now[0] == pytest.approx(2.0, abs=0.2)      # 200 kB at 100 kB/s, both streams together
+
+
+def test_a_stream_cut_inside_a_layer_frame_is_partial_and_leaves_nothing(both):
+    st, lay = both
+    layer = base()
+    _, infos = put_image(st, ik.make_image({"linux/amd64": [layer]}))
+    data = b"".join(wire.iter_layer_frame(st, infos[ik.digest(layer)], set()))
+    for cut in (len(data) // 2, data.index(b"\n") + 1, len(data) - 2):
+        answer = store.receive(lay, io.BytesIO(data[:cut]))     # no refusal: send it again
+        assert answer == {"stored": [], "partial": {ik.digest(layer): 0}}, cut
+        assert not layers.is_present(lay, ik.diff_id(layer)) and nothing_left(lay)
+    assert store.receive(lay, io.BytesIO(data))["stored"] == [ik.digest(layer)]
