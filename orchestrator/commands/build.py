@@ -77,6 +77,9 @@ def run(args) -> int:
     with BuildProgress() as progress:
         built = build_services(desired, store, platforms=args.platform or None, progress=progress,
                                services=args.service or None, update_lock=args.update_lock)
+    from orchestrator.transport.wire import warm      # a slow-link fleet's xz layers, made once
+    warm(store, desired.fleet, {image.manifest_digest: platform for b in built.values()
+                                for platform, image in b.images.items()})
     if args.out:
         store.export_layout(args.out, {name: b.index_digest for name, b in built.items()})
     if args.json:

@@ -192,3 +192,18 @@ def test_a_stream_cut_inside_a_layer_frame_is_partial_and_leaves_nothing(both):
         assert answer == {"stored": [], "partial": {ik.digest(layer): 0}}, cut
         assert not layers.is_present(lay, ik.diff_id(layer)) and nothing_left(lay)
     assert store.receive(lay, io.BytesIO(data))["stored"] == [ik.digest(layer)]
+
+
+def test_a_slow_link_fleets_layers_are_compressed_at_build_time_once(both):
+    st, lay = both
+    layer = base()
+    m, infos = put_image(st, ik.make_image({"linux/amd64": [layer]}))
+
+    class Fleet:
+        wire, bandwidth, lab = "auto", "1mbit", None
+    assert wire.warm(st, Fleet, {m: "linux/amd64"}) == 1
+    assert wire.warm(st, Fleet, {m: "linux/amd64"}) == 0              # cached by diff_id
+    Fleet.bandwidth = None                                            # a LAN fleet: nothing
+    assert wire.warm(st, Fleet, {m: "linux/amd64"}) == 0
+    frames = list(wire.iter_layer_frame(st, infos[ik.digest(layer)], set()))
+    assert send(lay, frames)["stored"] == [ik.digest(layer)]
