@@ -108,15 +108,18 @@ def ship_blobs(connect: Callable[[], AgentClient], blobs: Sequence[Tuple[str, in
             held = list(have.get("layers") or [])
         if not todo:
             return
-        layer_todo = sorted((d for d in todo if recipes and d in wire.layers),
-                            key=lambda d: (len(wire.layers[d].lowers), d))
-        blob_todo = {d: n for d, n in todo.items() if d not in layer_todo}
+        infos = {}
+        if recipes:
+            from orchestrator.transport import wire as wire_mod
+            available = set(sizes) | set(have.get("present", [])) | {x.get("blob") for x in held}
+            infos = {d: wire_mod.pick(wire.layers[d], available) for d in todo if d in wire.layers}
+        layer_todo = sorted(infos, key=lambda d: (len(infos[d].lowers), d))
+        blob_todo = {d: n for d, n in todo.items() if d not in infos}
         frames: Iterable[bytes] = protocol.iter_frames(blob_todo, state["partial"], open_blob)
         nbytes: Optional[int] = stream_size(blob_todo, state["partial"])
         if layer_todo:
-            from orchestrator.transport import wire as wire_mod
             known = wire_mod.known_contents(wire.store, held)
-            frames = itertools.chain(frames, *(wire_mod.iter_layer_frame(wire.store, wire.layers[d], known)
+            frames = itertools.chain(frames, *(wire_mod.iter_layer_frame(wire.store, infos[d], known)
                                                for d in layer_todo))
             nbytes = None                 # compressed as it goes: its own `receive` channel
         if wire is not None and wire.limit is not None:

@@ -49,7 +49,7 @@ class WireJob:
     """How one deploy ships: the local store, the layers of the manifests being shipped (by
     blob digest), whether layers go as recipes, and the bandwidth cap shared by all hosts."""
     store: Store
-    layers: Dict[str, LayerInfo] = field(default_factory=dict)
+    layers: Dict[str, List[LayerInfo]] = field(default_factory=dict)
     recipes: bool = True
     limit: Optional[object] = None            # shipper.RateLimit
 
@@ -70,9 +70,10 @@ def wire_job(store: Store, fleet, manifests: Mapping[str, str]) -> Optional[Wire
     return WireJob(store, layer_infos(store, manifests) if recipes else {}, recipes, limit)
 
 
-def layer_infos(store: Store, manifests: Mapping[str, str]) -> Dict[str, LayerInfo]:
-    """blob digest -> LayerInfo for every layer of these manifests ({digest: platform})."""
-    out: Dict[str, LayerInfo] = {}
+def layer_infos(store: Store, manifests: Mapping[str, str]) -> Dict[str, List[LayerInfo]]:
+    """blob digest -> its LayerInfo in each image of these manifests ({digest: platform}) with
+    other lowers (a layer shared by an arm64 and an armv7 image sits on other bases)."""
+    out: Dict[str, List[LayerInfo]] = {}
     for manifest, platform in manifests.items():
         m = store.read_json(manifest)
         cfg = store.read_json(m["config"]["digest"])
@@ -81,9 +82,18 @@ def layer_infos(store: Store, manifests: Mapping[str, str]) -> Dict[str, LayerIn
         if len(diff_ids) != len(blobs):
             continue                      # the host refuses such an image anyway
         for i, (blob, diff_id) in enumerate(zip(blobs, diff_ids)):
-            out.setdefault(blob, LayerInfo(blob, diff_id, tuple(zip(diff_ids[:i], blobs[:i])),
-                                           platform))
+            info = LayerInfo(blob, diff_id, tuple(zip(diff_ids[:i], blobs[:i])), platform)
+            if all(x.lowers != info.lowers for x in out.get(blob, [])):
+                out.setdefault(blob, []).append(info)
     return out
+
+
+def pick(cands: Sequence[LayerInfo], available: Set[str]) -> LayerInfo:
+    """The layer's context for one host: the image whose lower layers that host holds or gets."""
+    for c in cands:
+        if all(b in available for _, b in c.lowers):
+            return c
+    return cands[0]
 
 
 # --- what the host holds -----------------------------------------------------------------
@@ -221,7 +231,9 @@ def iter_chunks(store: Store, info: LayerInfo, known: Set[str]) -> Iterator[byte
     """The layer frame's chunks (``<len>\\n`` + one xz stream each, then ``0\\n``), compressed
     by THREADS threads ahead of the sender; cached when it refers to nothing."""
     cache = os.path.join(_wire_dir(store, "xz"), info.diff_id.split(":", 1)[1])
-    if os.path.exists(cache):
+    if known and not known & set(file_index(store, info.blob, info.diff_id)):
+        known = set()                       # nothing to refer to: the cached form will do
+    if os.path.exists(cache) and not known:
         with open(cache, "rb") as f:
             for b in iter(lambda: f.read(1 << 20), b""):
                 yield b
@@ -294,7 +306,7 @@ def warm(store: Store, fleet, manifests: Mapping[str, str]) -> int:
     if job is None or not job.recipes:
         return 0
     done = 0
-    for info in job.layers.values():
+    for info in (cands[0] for cands in job.layers.values()):
         if not os.path.exists(os.path.join(_wire_dir(store, "xz"), info.diff_id.split(":", 1)[1])):
             for _ in iter_chunks(store, info, set()):
                 pass

@@ -39,7 +39,7 @@ def put_image(st, img):
     for d, data in img.blobs.items():
         st.put_bytes(data, expected=d)
     m = img.manifests["linux/amd64"]
-    return m, wire.layer_infos(st, {m: "linux/amd64"})
+    return m, {b: c[0] for b, c in wire.layer_infos(st, {m: "linux/amd64"}).items()}
 
 
 def send(lay, frames) -> dict:
@@ -207,3 +207,28 @@ def test_a_slow_link_fleets_layers_are_compressed_at_build_time_once(both):
     assert wire.warm(st, Fleet, {m: "linux/amd64"}) == 0
     frames = list(wire.iter_layer_frame(st, infos[ik.digest(layer)], set()))
     assert send(lay, frames)["stored"] == [ik.digest(layer)]
+
+
+def test_a_layer_shared_by_two_platforms_is_sent_on_the_hosts_own_lowers(both):
+    st, lay = both
+    page = ik.tar_bytes([ik.file_entry("www/index.html", b"p" * 200)])
+    arm = ik.tar_bytes([ik.file_entry("bin/arm", b"a" * 300)])
+    img = ik.make_image({"linux/amd64": [base(), page], "linux/arm/v7": [arm, page]})
+    for d, data in img.blobs.items():
+        st.put_bytes(data, expected=d)
+    infos = wire.layer_infos(st, {m: p for p, m in img.manifests.items()})
+    assert len(infos[ik.digest(page)]) == 2
+    on_arm = wire.pick(infos[ik.digest(page)], {ik.digest(arm), ik.digest(page)})
+    assert on_arm.lowers == ((ik.diff_id(arm), ik.digest(arm)),)
+
+
+def test_a_cached_form_is_not_sent_where_references_would_do(both):
+    st, lay = both
+    old, new = base(), base(os.urandom(30000))
+    _, infos = put_image(st, ik.make_image({"linux/amd64": [old]}))
+    send(lay, wire.iter_layer_frame(st, infos[ik.digest(old)], set()))
+    _, infos2 = put_image(st, ik.make_image({"linux/amd64": [new]}))
+    list(wire.iter_chunks(st, infos2[ik.digest(new)], set()))        # cached, as at build time
+    known = wire.known_contents(st, held(lay))
+    size = sum(map(len, wire.iter_layer_frame(st, infos2[ik.digest(new)], known)))
+    assert size < 30000 + 3000, size
