@@ -259,6 +259,10 @@ def knob_measures(h: Host, veths, measure):
         ("knob no bridge isolation table", with_setting(
             f"nft list table bridge orch > {saved} && nft delete table bridge orch",
             f"nft -f {saved}")),
+        ("knob forward: established first", with_setting(
+            "nft insert rule ip orch forward ct state established,related accept comment bench",
+            "nft delete rule ip orch forward handle $(nft -a list chain ip orch forward "
+            "| awk '/comment \"bench\"/ {print $NF}')")),
         ("knob br_netfilter off", with_setting(
             "sysctl -qw net.bridge.bridge-nf-call-iptables=0",
             "sysctl -qw net.bridge.bridge-nf-call-iptables=1")),
