@@ -20,9 +20,18 @@ from orchestrator.transport.ssh import ConnectionPool
 from tests.conftest import REPO, fleet_lab_home
 from tests.runtime import imagekit as ik
 
+pytestmark = pytest.mark.lab
+
 LAB = f"test-hnet-{secrets.token_hex(2)}"
 EDGE_PORT, WEB_PORT = 8480, 8481
 RUNC = ["runc", "--root", "/run/orch/runc"]
+STOP_SAMPLING = "/tmp/orch-test-stop-sampling"
+# Runs on the host: one line per sample with the container ids runc lists, every 20 ms, until
+# STOP_SAMPLING exists (or 120 s pass). Sampling on the host, not one SSH command per sample,
+# gives hundreds of samples even on a loaded machine.
+SAMPLER = ("end=$(($(date +%s) + 120)); "
+           f"while [ ! -e {STOP_SAMPLING} ] && [ $(date +%s) -lt $end ]; do "
+           f"echo \"sample $({' '.join(RUNC)} list -q | tr '\\n' ' ')\"; sleep 0.02; done")
 
 EDGE = f"""kind: Service
 name: edge
