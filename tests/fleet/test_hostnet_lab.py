@@ -122,21 +122,23 @@ def test_a_host_network_service_serves_on_the_host_and_is_replaced_stop_first(pr
 
         # a change: the plan says stop-first and why; apply never runs two slots of edge
         (project / "edge" / "index.html").write_text("edge v2\n")
-        seen_slots, stop = [], threading.Event()
+        run(pool, name, ["rm", "-f", STOP_SAMPLING])
+        sampled = {}
 
         def sample():
-            while not stop.is_set():
-                code, listing, _ = run(pool, name, RUNC + ["list", "-q"], timeout=10)
-                if code == 0:
-                    seen_slots.append(sorted(c for c in listing.split() if "-edge-" in c))
-                time.sleep(0.05)
+            with ConnectionPool([host.target]) as own:
+                sampled["out"] = run(own, name, ["sh", "-c", SAMPLER], timeout=150)[1]
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
+        time.sleep(1.0)                                       # the sampler is running
         with ik.Hammer(address, WEB_PORT) as web_loop:
             prep, text, report = plan_and_apply(project)
-        stop.set()
-        sampler.join(15)
+        time.sleep(0.5)
+        run(pool, name, ["touch", STOP_SAMPLING])
+        sampler.join(30)
+        seen_slots = [sorted(c for c in line.split()[1:] if "-edge-" in c)
+                      for line in sampled.get("out", "").splitlines() if line.startswith("sample")]
         assert report.ok, [o.error for o in report.rollout.outcomes]
         assert "~ edge:" in text and "stop-first: network: host, two slots cannot share " \
                                      "the host's ports" in text, text
