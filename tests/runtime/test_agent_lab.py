@@ -536,9 +536,10 @@ def test_a_container_on_a_recently_used_address_is_reachable_at_once(amd, base_l
     spec = ik.deploy_spec(port=8098)            # 3 checks 0.5 s apart, 0.5 s timeout each
 
     def serving_ip() -> str:
-        slots = status(agent)["reuse"]["slots"]
-        assert len(slots) == 1, slots
-        return next(iter(slots.values()))["ip"]
+        slots = status(agent)["reuse"]["slots"]       # the old slot may still be listed, stopping
+        running = [s["ip"] for s in slots.values() if s["state"] == "running"]
+        assert len(running) == 1, slots
+        return running[0]
 
     rc, body = agent.apply({"reuse": (imgs[0], spec)})
     assert rc == 0 and body["services"]["reuse"]["ok"], body
