@@ -6,7 +6,9 @@ A release that changes one small layer unpacks only that layer. An image whose l
 fit one overlay mount (more than ``MAX_LOWERS``, or a mount option longer than a page) is
 flattened into ``images/<manifest>/rootfs`` as before. Each layer is verified while it is
 unpacked (its blob digest and its diff_id), into a temporary directory renamed into place
-only when whole: a layer directory that exists is complete. The unpack budget applies to what
+only when whole: a layer directory that exists is complete, and its compressed blob is then
+removed (the layer stands for it: ``have`` and admission count it), so a layer takes the
+host's disk once. The unpack budget applies to what
 one image unpacks now. A layer's directory is keyed by its diff_id alone: it is unpacked on
 the lower layers of the image that first brings it (symlinked parents resolve through them),
 which is the same for every image built on that base.
@@ -98,6 +100,9 @@ def unpack_layer(layout: Layout, layer: dict, diff_id: str, lowers: Sequence[str
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    # the store holds the layer now, verified; it stands for its blob (``have``, admission), so
+    # the compressed copy goes: each layer is on the host's disk once
+    store.drop_blob(layout, digest)
     return os.path.join(dest, "fs")
 
 

@@ -47,6 +47,27 @@ def forget_verified(layout: Layout, digest: str) -> None:
         pass
 
 
+def held_digests(layout: Layout) -> List[str]:
+    """Every blob this host holds: the files under blobs/ and the blobs that stored layers
+    stand for (their files are gone once unpacked)."""
+    from runtime import layers
+    names = os.listdir(layout.blobs) if os.path.isdir(layout.blobs) else []
+    return sorted({"sha256:" + n for n in names if len(n) == 64} | set(layers.by_blob(layout)))
+
+
+def drop_blob(layout: Layout, digest: str) -> int:
+    """Remove a blob and its mark (a layer blob once the layer store holds the layer); returns
+    the bytes freed."""
+    path = layout.blob(_hex(digest))
+    try:
+        size = os.stat(path).st_size
+        os.unlink(path)
+    except FileNotFoundError:
+        size = 0
+    forget_verified(layout, digest)
+    return size
+
+
 def is_marked(layout: Layout, digest: str) -> bool:
     h = _hex(digest)
     try:

@@ -96,9 +96,8 @@ def run_write_snapshot(h) -> None:
         with h.state.flock("converge.lock", blocking=False) as got:
             if not got:
                 return               # an apply is changing things: it removed the snapshot
-            blobs = layout.blobs
-            digests = ["sha256:" + n for n in os.listdir(blobs) if len(n) == 64] if os.path.isdir(blobs) else []
-            snapshot.write(layout.run, agent.verb_observe(layout, {"digests": sorted(digests)}))
+            from runtime import store
+            snapshot.write(layout.run, agent.verb_observe(layout, {"digests": store.held_digests(layout)}))
     except Exception as exc:  # noqa: BLE001 - a reader then asks the agent itself
         snapshot.forget(layout.run)
         _log(f"serve: observe snapshot: {type(exc).__name__}: {exc}")

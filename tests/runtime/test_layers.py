@@ -96,12 +96,15 @@ def test_a_long_mount_option_is_flattened_too(lay):
     assert not layers.fits_overlay(lay, [])
 
 
-def test_an_image_whose_layer_was_collected_is_unpacked_again(lay):
+def test_an_image_whose_layer_was_collected_asks_for_it_and_is_unpacked_again(lay):
     top = layer(ik.file_entry("app", b"1"))
-    m = put(lay, ik.make_image({"linux/amd64": [BASE, top]}))
+    img = ik.make_image({"linux/amd64": [BASE, top]})
+    m = put(lay, img)
     unpack.unpack_image(lay, m)
     assert layers.collect(lay, [ik.diff_id(BASE)]) == [ik.diff_id(top)]
     assert not unpack.is_unpacked(lay, m)
+    assert store.have(lay, [ik.digest(BASE), ik.digest(top)])["present"] == [ik.digest(BASE)]
+    put(lay, img)                                          # the orchestrator sends it again
     unpack.unpack_image(lay, m)
     assert unpack.is_unpacked(lay, m)
 
@@ -120,7 +123,7 @@ def test_a_stored_layer_stands_for_its_blob(lay):
     top1, top2 = layer(ik.file_entry("app", b"1")), layer(ik.file_entry("app", b"2"))
     m1 = put(lay, ik.make_image({"linux/amd64": [BASE, top1]}))
     unpack.unpack_image(lay, m1)
-    os.unlink(lay.blob(ik.digest(BASE)[7:]))               # the base blob is gone
+    assert not os.path.exists(lay.blob(ik.digest(BASE)[7:]))   # the base blob is gone
     assert store.have(lay, [ik.digest(BASE)])["present"] == [ik.digest(BASE)]
     img2 = ik.make_image({"linux/amd64": [BASE, top2]})
     for d, data in img2.blobs.items():
@@ -133,3 +136,33 @@ def test_a_stored_layer_stands_for_its_blob(lay):
     unpack.unpack_image(lay, manifest)
     top, bottom = unpack.lowerdirs(lay, manifest)
     assert open(os.path.join(top, "app"), "rb").read() == b"2"
+
+
+def test_a_layer_is_kept_once_on_disk_its_blob_goes_once_it_is_unpacked(lay):
+    """A Pi's SD card holds each layer once: the compressed blob goes once the layer store
+    holds the layer (verified against its digest and diff_id); the host still answers that it
+    has it, and the image's manifest and config stay."""
+    top = layer(ik.file_entry("app", b"1"))
+    img = ik.make_image({"linux/amd64": [BASE, top]})
+    m = put(lay, img)
+    unpack.unpack_image(lay, m)
+    for blob in (BASE, top):
+        assert not os.path.exists(lay.blob(ik.digest(blob)[7:]))
+    assert store.have(lay, [ik.digest(BASE), ik.digest(top)])["present"] == [ik.digest(BASE), ik.digest(top)]
+    from runtime import admission
+    wanted = admission.blobs_of(lay, m)                    # reads the manifest and config
+    assert {ik.digest(BASE), ik.digest(top)} < set(wanted)
+    assert store.have(lay, wanted)["present"] == wanted
+    assert unpack.is_unpacked(lay, m)
+
+
+def test_serves_snapshot_counts_a_stored_layer_as_its_blob(lay):
+    """A no-op reads serve's snapshot: a layer whose blob went after unpacking is still there."""
+    from runtime import agent, snapshot, supervisor
+    top = layer(ik.file_entry("app", b"1"))
+    m = put(lay, ik.make_image({"linux/amd64": [BASE, top]}))
+    unpack.unpack_image(lay, m)
+    supervisor.run_write_snapshot(agent.make_host(lay))
+    with open(snapshot.path(lay.run), "rb") as f:
+        seen = snapshot.parse_read(f.read() + open("/proc/uptime", "rb").read())
+    assert {ik.digest(BASE), ik.digest(top), m} <= set(seen["have"]["present"])
