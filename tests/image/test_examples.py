@@ -41,9 +41,11 @@ def test_python_example_builds_for_armv7_with_python_run_under_qemu(debian_home,
     store = Store(os.path.join(debian_home, "store"))
     built = build_services(load_desired(str(src), {}), store, platforms=["linux/arm/v7"])["pyapp"]
     image = built.images["linux/arm/v7"]
-    top = image.layers[-1]["digest"]
-    tar = tarfile.open(fileobj=io.BytesIO(gzip.decompress(store.read_bytes(top))))
-    machine, version = tar.extractfile("etc/pyapp/built-with").read().decode().split()
+    tars = [tarfile.open(fileobj=io.BytesIO(gzip.decompress(store.read_bytes(layer["digest"]))))
+            for layer in image.layers]
+    with_file = [t for t in tars if "etc/pyapp/built-with" in t.getnames()]
+    assert len(with_file) == 1 and "app/server.py" not in with_file[0].getnames()   # before the app
+    machine, version = with_file[0].extractfile("etc/pyapp/built-with").read().decode().split()
     assert machine == "armv7l" and version.startswith("3.")
     config = store.read_json(store.read_json(image.manifest_digest)["config"]["digest"])
     assert (config["architecture"], config["variant"]) == ("arm", "v7")
