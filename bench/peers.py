@@ -18,7 +18,8 @@ and the ratio of the medians (orch/peer) beside the target of issue 11:
   1, then the rest; drain and monitor 0) vs `rsync -az` of its unpacked root to the 5 hosts
   (in parallel);
 - defaults: the shipped manifests/ unchanged (drain, monitor, stop timeout), a one-file change
-  on the default lab shape (2 amd64 + 1 arm64 hosts);
+  on the default lab shape (2 amd64 + 1 arm64 hosts), each to a settled fleet (2.5 s after the
+  previous one: its old slots have drained and stopped), then each right after the previous;
 - rss: the agent's idle `serve` RSS on a host.
 
 The peers are set up by this script, for the bench only (never by `.ci/setup`): the Debian
@@ -60,6 +61,7 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache"))) /
 VENV = CACHE / "peers-venv"
 DOCKER_SOCK = "/var/lib/orch/bench-docker.sock"     # inside the lab host (its private /var/lib/orch)
 MEASURES = ("one", "cold", "noop", "py", "defaults", "rss")
+SETTLE = 2.5                    # the shipped manifests' drain (2 s) and a margin
 PREFIX = os.environ.get("ORCH_BENCH_PREFIX", "bpeer")    # lab names: PREFIX-one, PREFIX-20, ...
 
 
@@ -454,13 +456,21 @@ def measure_defaults(tmp: Path, orch: Orch, rounds: int, labs: List[Lab]) -> Non
     d = copy_project(REPO / "manifests", tmp / "def", lab.fleet_yaml())
     orch("build", str(d))
     orch.setup(d)
-    o, cpu = [], []
+    o, cpu, back = [], [], []
     for r in range(rounds):
+        # a change to a settled fleet: the previous release's old slot has finished its drain
+        # (2 s in the shipped manifests) and stopped. A change made within those 2 s waits for
+        # that slot on each host (two slots per service); measured too, after the rounds.
+        time.sleep(SETTLE)
         touch_line(d / "hello" / "www" / "style.css", r)
         o.append(orch.apply(d))
         cpu.append(orch.cpu[-1])
+    for r in range(rounds):
+        touch_line(d / "hello" / "www" / "style.css", rounds + r)
+        back.append(orch.apply(d))
     report("shipped manifests/ as they are, one-file change, 3 hosts (2 amd64 + 1 arm64)", o, target="< 2 s",
            cpu=cpu)
+    report("the same, each change right after the previous one (waits for its drain)", back)
 
 
 def main() -> int:
