@@ -227,29 +227,7 @@ def _names(member: "tarfile.TarInfo") -> List[str]:
 
 def _resolve(root: str, parts: List[str]) -> str:
     """Host path of ``parts`` inside ``root``, following symlinks but never leaving root."""
-    cur: List[str] = []
-    todo = list(parts)
-    hops = 0
-    while todo:
-        name = todo.pop(0)
-        if name in ("", "."):
-            continue
-        if name == "..":
-            if cur:
-                cur.pop()
-            continue
-        path = os.path.join(root, *cur, name)
-        if os.path.islink(path):
-            hops += 1
-            if hops > 40:
-                raise UnsafeImage(f"too many levels of symlinks under {'/'.join(parts)!r}")
-            target = os.readlink(path)
-            if target.startswith("/"):
-                cur = []
-            todo = target.split("/") + todo
-            continue
-        cur.append(name)
-    return os.path.join(root, *cur)
+    return os.path.join(root, *Stack(root, []).resolve(parts))
 
 
 def _escapes(base: List[str], target: str) -> bool:

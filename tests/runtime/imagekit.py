@@ -204,6 +204,17 @@ def local_runner(netns: Optional[str] = None):
     return run
 
 
+TEST_AGENT = "/var/lib/orch/agent/test-agent.pyz"
+
+
+def lab_agent(lab, host, pyz: str) -> "Agent":
+    """The agent ``pyz`` put on a lab host, run there over SSH as ``python3 TEST_AGENT``."""
+    lab.run(host, ["mkdir", "-p", "/var/lib/orch/agent"])
+    lab.put(host, pyz, TEST_AGENT)
+    return Agent(lambda argv, input, timeout: lab.run(host, argv, input, timeout),
+                 ["python3", TEST_AGENT])
+
+
 class Agent:
     """Runs agent verbs through ``runner(argv, input, timeout) -> (rc, out, err)``: locally
     (optionally in a network namespace) or on a lab host over SSH."""

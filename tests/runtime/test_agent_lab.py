@@ -12,7 +12,7 @@ from tests.runtime import imagekit as ik
 
 pytestmark = pytest.mark.lab
 
-REMOTE = "/var/lib/orch/agent/test-agent.pyz"
+REMOTE = ik.TEST_AGENT
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +30,7 @@ def pyz(tmp_path_factory):
     return path
 
 
-def make_agent(lab, host, pyz):
-    lab.run(host, ["mkdir", "-p", "/var/lib/orch/agent"])
-    lab.put(host, pyz, REMOTE)
-    return ik.Agent(lambda argv, input, timeout: lab.run(host, argv, input, timeout),
-                    ["python3", REMOTE])
+make_agent = ik.lab_agent
 
 
 @pytest.fixture(scope="module")

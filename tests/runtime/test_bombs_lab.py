@@ -14,7 +14,6 @@ from runtime import protocol
 from tests.runtime import hostile
 from tests.runtime import imagekit as ik
 
-REMOTE = "/var/lib/orch/agent/test-agent.pyz"
 TMPFS = "size=128m,nr_inodes=6000,mode=0700"
 
 
@@ -27,12 +26,8 @@ def bomb_lab(tmp_path_factory):
         rc, _, err = the_lab.run(host, ["mount", "-t", "tmpfs", "-o", TMPFS, "tmpfs",
                                         "/var/lib/orch"])
         assert rc == 0, err
-        the_lab.run(host, ["mkdir", "-p", "/var/lib/orch/agent"])
         pyz, _ = build_agent_pyz(tmp_path_factory.mktemp("agent"))
-        the_lab.put(host, pyz, REMOTE)
-        agent = ik.Agent(lambda argv, input, timeout: the_lab.run(host, argv, input, timeout),
-                         ["python3", REMOTE])
-        yield the_lab, host, agent
+        yield the_lab, host, ik.lab_agent(the_lab, host, pyz)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import pytest
 from orchestrator.agent.bundle import build_agent_pyz
 from tests.runtime import imagekit as ik
 
-REMOTE = "/var/lib/orch/agent/test-agent.pyz"
 
 
 @pytest.fixture(scope="module")
@@ -19,12 +18,8 @@ def layers_lab(tmp_path_factory):
     from tests.conftest import own_lab
     with own_lab("layers", amd64=1) as the_lab:
         host = the_lab.hosts[0]
-        the_lab.run(host, ["mkdir", "-p", "/var/lib/orch/agent"])
         pyz, _ = build_agent_pyz(tmp_path_factory.mktemp("agent"))
-        the_lab.put(host, pyz, REMOTE)
-        agent = ik.Agent(lambda argv, input, timeout: the_lab.run(host, argv, input, timeout),
-                         ["python3", REMOTE])
-        yield the_lab, host, agent
+        yield the_lab, host, ik.lab_agent(the_lab, host, pyz)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import pytest
 from orchestrator.agent.bundle import build_agent_pyz
 from tests.runtime import imagekit as ik
 
-REMOTE = "/var/lib/orch/agent/test-agent.pyz"
 # no trap, no shell: httpd itself is the service, as in manifests/hello.yaml
 PLAIN_HTTPD = ["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www"]
 STOP_TIMEOUT = 4.0       # without the init the stop waits this long
@@ -29,10 +28,7 @@ def agents(pid1_lab, tmp_path_factory):
     out = {}
     for host in pid1_lab.layout.hosts():
         h = pid1_lab.host(host.name)
-        pid1_lab.run(h, ["mkdir", "-p", "/var/lib/orch/agent"])
-        pid1_lab.put(h, pyz, REMOTE)
-        out[h.platform] = (h, ik.Agent(lambda argv, input, timeout, h=h: pid1_lab.run(h, argv, input, timeout),
-                                       ["python3", REMOTE]))
+        out[h.platform] = (h, ik.lab_agent(pid1_lab, h, pyz))
     return out
 
 
