@@ -154,3 +154,62 @@ def test_a_host_network_service_serves_on_the_host_and_is_replaced_stop_first(pr
                  and r.get("step") in ("Start", "Stop")]
         assert steps[-2:] == [("Stop", "a", "stop-first: network: host, two slots cannot share "
                                "the host's ports"), ("Start", "b", None)], steps
+
+
+def published_ports(pool, name: str):
+    rc, out, err = run(pool, name, ["nft", "-j", "list", "map", "ip", "orch", "tcp_ports"])
+    assert rc == 0, err
+    return [e[0] for item in json.loads(out)["nftables"] if "map" in item
+            for e in item["map"].get("elem", [])]
+
+
+def edge_netns_is_the_hosts(pool, name: str) -> bool:
+    """Whether the one edge container runs in the host's network namespace (once the old
+    slot, stopped after its drain on the host, is gone)."""
+    deadline = time.monotonic() + 20
+    while True:
+        rc, out, err = run(pool, name, RUNC + ["list", "-f", "json"])
+        running = [c for c in json.loads(out) if "-edge-" in c["id"] and c["status"] == "running"]
+        if len(running) == 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert len(running) == 1, running
+    _, mine, _ = run(pool, name, ["readlink", "/proc/self/ns/net"])
+    _, theirs, _ = run(pool, name, ["readlink", f"/proc/{running[0]['pid']}/ns/net"])
+    return mine == theirs
+
+
+def test_a_service_moves_from_the_host_network_to_the_bridge_and_back(project):
+    """host -> bridged is blue/green (the new slot's DNAT takes the port from the old process;
+    no request from outside fails); bridged -> host is stop-first and leaves no DNAT behind
+    for the port (the host's own process answers)."""
+    edge = project / "edge.yaml"
+    as_host = edge.read_text()
+    assert "  network: host\n" in as_host
+    edge.write_text(as_host.replace("  network: host\n", ""))
+    prep0 = prepare(str(project), {})
+    host = prep0.hosts[0]
+    address, name = host.target.address, host.name
+    with ConnectionPool([host.target]) as pool:
+        with ik.Hammer(address, EDGE_PORT) as loop:
+            time.sleep(0.5)
+            prep, text, report = plan_and_apply(project)
+            time.sleep(0.5)
+        assert report.ok, [o.error for o in report.rollout.outcomes]
+        assert "~ edge:" in text and "stop-first" not in text, text
+        assert loop.failed == [] and loop.ok > 10, (loop.ok, loop.failed[:3])
+        assert sorted(published_ports(pool, name)) == [EDGE_PORT, WEB_PORT]
+        assert not edge_netns_is_the_hosts(pool, name)
+        assert get(address, EDGE_PORT) == b"edge v2\n"
+
+        edge.write_text(as_host)
+        with ik.Hammer(address, EDGE_PORT) as loop:
+            time.sleep(0.5)
+            prep, text, report = plan_and_apply(project)
+            time.sleep(0.5)
+        assert report.ok, [o.error for o in report.rollout.outcomes]
+        assert "stop-first: network: host" in text, text
+        assert loop.ok > 10, (loop.ok, loop.failed[:3])      # a short gap: one slot at a time
+        assert published_ports(pool, name) == [WEB_PORT]     # no DNAT left for the edge port
+        assert edge_netns_is_the_hosts(pool, name)
+        assert get(address, EDGE_PORT) == b"edge v2\n"
