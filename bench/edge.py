@@ -2,7 +2,7 @@
 """Edge figures: a deploy over a slow lab link next to `rsync -az` of the same root (prints
 numbers; not a test).
 
-    .venv/bin/python bench/edge.py [--rate 2mbit]
+    .venv/bin/python bench/edge.py [--rate 2mbit] [--example-strategy]
 
 On a lab of one amd64 host whose link is throttled to `--rate` (tc tbf, both directions):
 1. first deploy of examples/python-app (amd64 only): wall time of `orch apply` (agent upload,
@@ -10,11 +10,16 @@ On a lab of one amd64 host whose link is throttled to `--rate` (tc tbf, both dir
 2. `rsync -az` over SSH of the root that deploy unpacked on the host, to an empty directory
    on the same host over the same link: wall time and bytes sent;
 3. a one-file change (`--var release=2`: the config template), built first: `orch apply` again
-   (its time includes the rollout's health checks: start_period, monitor and drain of the
-   example), and rsync of the new root onto the first copy;
+   (its time includes the new release's health check), and rsync of the new root onto the
+   first copy;
 4. a change inside the base layer (one more Debian package, `--package`, in the image's
    `from:`; the base layer is rebuilt): `orch apply`, rsync, and the size of the files that
    changed, each compressed alone (the target: orch's bytes under 2x that).
+As in bench/peers.py, the example's strategy is set to `monitor: 0s` and `drain: 0s`: the
+figures compare moving and starting a release with copying a root, and the example's own
+watch window (monitor 5 s: orch reports ok only once the new release has run that long, on a
+first deploy too) would add its length to every orch figure. `--example-strategy` keeps the
+example's strategy as it is.
 A lab fleet with a `link_rate` sends layers as xz recipes (fleet `wire: auto`); each figure is
 the bytes the host's link carried (tc), and for rsync its own payload count too.
 
@@ -43,13 +48,16 @@ from orchestrator.lab.machine import LabMachine  # noqa: E402
 ORCH = [sys.executable, "-m", "orchestrator.cli"]
 
 
-def project(tmp: Path, lab: str, rate: str) -> Path:
+def project(tmp: Path, lab: str, rate: str, keep_strategy: bool) -> Path:
     d = tmp / "python-app"
     shutil.copytree(REPO / "examples" / "python-app", d)
     text = (d / "app.yaml").read_text()
     text = re.sub(r"(?m)^lab: .*$", f"lab: {{hosts: 1, arm64: 0, armv7: 0, link_rate: {rate}}}", text)
     text = re.sub(r"(?m)^name: pylab$", f"name: {lab}", text)
     text = text.replace("platforms: [linux/amd64, linux/arm64, linux/arm/v7]", "platforms: [linux/amd64]")
+    if not keep_strategy:
+        text = re.sub(r"(?m)^  drain: .*$", "  drain: 0s", text)
+        text = re.sub(r"(?m)^(  strategy: .*)monitor: [^,}]+", r"\1monitor: 0s", text)
     (d / "app.yaml").write_text(text)
     return d
 
@@ -136,13 +144,15 @@ def main() -> int:
     ap.add_argument("--rate", default="2mbit")
     ap.add_argument("--package", default="media-types",
                     help="the package added to the base layer for the in-base change")
+    ap.add_argument("--example-strategy", action="store_true",
+                    help="keep the example's monitor window and drain (each adds its length)")
     args = ap.parse_args()
     lab = f"bench-edge-{secrets.token_hex(2)}"
     tmp = Path(tempfile.mkdtemp(prefix="orch-edge-"))
     env = dict(os.environ, ORCH_HOME=str(tmp / "home"), PYAPP_GREETING_KEY="bench")
     layout = LabLayout(LabSpec(lab, amd64=1, arm64=0, link_rate=args.rate))
     try:
-        directory = project(tmp, lab, args.rate)
+        directory = project(tmp, lab, args.rate, args.example_strategy)
         orch(["build", str(directory)], env)
         LabMachine(layout).up(report=False)
         host = layout.hosts()[0]
