@@ -89,7 +89,10 @@ def collect(h) -> dict:
     keep_layers = {d for img in keep_images
                    for d in unpack.layer_ids(layout, "sha256:" + img)}
     removed_layers = layers.collect(layout, sorted(keep_layers))
-    keep_hex = {protocol.split_digest(d) for d in keep_blobs}
+    # a layer's blob is not kept once the layer store holds it: the layer stands for it (an
+    # older agent kept both; a sender that did not ask ``have`` may send it again)
+    keep_hex = {protocol.split_digest(d) for d in keep_blobs} - \
+        {protocol.split_digest(b) for b in layers.by_blob(layout)}
     now = time.time()
     for d in sorted(os.listdir(layout.blobs)):
         p = layout.blob(d)

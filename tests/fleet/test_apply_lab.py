@@ -1,6 +1,7 @@
 """`orch apply` end to end on a real lab fleet (2 amd64 + 1 arm64): build, ship, blue/green, waves."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -370,22 +371,35 @@ def test_a_corrupted_blob_is_sent_again_and_lost_state_files_stop_nothing(lab_pr
     run_apply(lab_project)
     victim = LabLayout(LabSpec(LAB)).host("amd64-2")
     address = victim.address
-    # 1. a layer the next release needs, damaged on the host (as a failing disk would)
     css = lab_project / "hello" / "www" / "style.css"
     css.write_text(css.read_text() + f"\n/* after corruption {secrets.token_hex(4)} */\n")
+    assert run_apply(lab_project)[2].ok
+    # 1. a blob the next release needs, damaged on the host (as a failing disk would): a
+    # deploy-only change keeps the image, so the release needs its manifest and config again.
+    # (Layers are not blobs on the host once stored: the layer store stands for them.)
     prep = prepare(str(lab_project), {})
     manifest = prep.store.read_json(prep.releases[0].manifests["linux/amd64"])
-    base = manifest["layers"][0]["digest"].split(":")[1]
-    blob = victim.var_lib_orch / "blobs" / "sha256" / base
+    config = manifest["config"]["digest"]
+    blob = victim.var_lib_orch / "blobs" / "sha256" / config.split(":")[1]
     assert blob.exists()
+    for layer in manifest["layers"]:
+        assert not (victim.var_lib_orch / "blobs" / "sha256" / layer["digest"].split(":")[1]).exists()
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0xFF
     os.chmod(blob, 0o644)
     blob.write_bytes(bytes(data))
-    report = run_apply(lab_project)[2]
+    hello = lab_project / "hello.yaml"
+    spec_text = hello.read_text()
+    hello.write_text(spec_text.replace("  drain: 2s\n", "  drain: 1s\n"))
+    try:
+        report = run_apply(lab_project)[2]
+    finally:
+        hello.write_text(spec_text)
     assert report.ok, report
-    assert report.shipped["amd64-2"].blobs >= 2                   # the damaged layer travelled again
+    assert report.shipped["amd64-2"].blobs == 1, report.shipped   # the damaged config, again
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == config.split(":")[1]
     assert b"after corruption" in fetch(address, "/style.css")
+    assert run_apply(lab_project)[2].ok                           # back to drain 2s
     # 2. the agent's target, then its status, lost while it serves: nothing stops
     for name in ("target.json", "status.json"):
         with Hammer([address]) as hammer:

@@ -95,3 +95,19 @@ def test_a_release_sharing_the_base_unpacks_only_its_new_layer(layers_lab, base_
     assert sorted(layer_stats(lab, host)) == sorted([base_hex, ik.diff_id(two_top)[7:]])
     assert layer_stats(lab, host)[base_hex] == first[base_hex]
     assert get(host, "/") == b"two\n"
+
+    # each layer is on the disk once: a layer's blob goes once the layer is stored; one that
+    # arrives for a layer already stored (this test's ship sends every blob, where orch asks
+    # `have` first; or an older agent left it) goes at gc once older than the grace period
+    blobs = lambda: lab.run(host, ["ls", "/var/lib/orch/blobs/sha256"])[1].decode().split()   # noqa: E731
+    assert ik.digest(two_top)[7:] not in blobs(), blobs()
+    base_blob = f"/var/lib/orch/blobs/sha256/{ik.digest(base_layer)[7:]}"
+    rc, _, err = lab.run(host, ["sh", "-c", 'cat > "$1" && touch -d "2 hours ago" "$1"', "-",
+                                base_blob], base_layer, 30)
+    assert rc == 0, err
+    rc, body = agent.call("gc")
+    assert rc == 0, body
+    assert ik.digest(base_layer) in body["removed_blobs"], body
+    assert ik.digest(base_layer)[7:] not in blobs()
+    assert layer_stats(lab, host)[base_hex] == first[base_hex]
+    assert get(host, "/") == b"two\n"
