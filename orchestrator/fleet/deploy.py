@@ -241,6 +241,12 @@ def apply(prep: Prepared, obs: Observed, pool: ConnectionPool, *, who: Optional[
     who = who or operator()
     with mutating(_fleet_clients(prep, obs, pool), who, force=force_unlock, timeout=host_timeout) as lock:
         obs = observe(prep, pool, allow_downgrade=allow_downgrade, again=obs.clients)
+        # a host that answers now but did not when the lock was taken: lock it too, or leave
+        # it alone (an apply there would be refused: its lock is not this session's)
+        late = {h: c for h, c in obs.clients.items()
+                if h not in lock.clients and h not in lock.lost and not obs.facts[h].error}
+        if late:
+            lock.add(late)
         report = ApplyReport(obs.plan)
         report.lost.update({h: str(e) for h, e in lock.lost.items()})
         if not obs.plan.up_to_date:
@@ -319,7 +325,8 @@ def _roll_out(prep: Prepared, obs: Observed, lock: FleetLock, report: ApplyRepor
 def _remove_dropped(plan, obs: Observed, lock: FleetLock, report: ApplyReport, who: str, on_event) -> None:
     """Services this project dropped from the manifests leave their hosts, once the rollout of
     what stays has succeeded (a renamed service serves under its new name first)."""
-    todo = [(hp.host, r.service) for hp in plan.hosts if not hp.error for r in hp.removals]
+    todo = [(hp.host, r.service) for hp in plan.hosts if not hp.error and hp.host not in report.lost
+            for r in hp.removals]
 
     def one(item):
         host, service = item

@@ -75,6 +75,15 @@ class FleetLock:
         self.forget(lost)
         self.lost.update(lost)
 
+    def add(self, clients: Mapping[str, AgentClient]) -> None:
+        """Take the lock on hosts that were not reachable when it was taken (the session holds
+        the fleet's leader, so it takes them over as it took the rest); one that does not
+        answer moves to ``lost`` and must not be changed."""
+        fan = _each(clients, lambda c: c.lock(self.holder, LOCK_TTL, self.token, force=True,
+                                              timeout=self.timeout))
+        self.clients.update({h: clients[h] for h in fan.ok})
+        self.lost.update(fan.failed)
+
     def forget(self, hosts) -> None:
         """Stop calling these hosts (they went silent): their lease runs out on its own, or the
         next holder of the fleet's first host takes it over."""
