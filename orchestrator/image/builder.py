@@ -20,7 +20,6 @@ from orchestrator.image import sandbox
 from orchestrator.image.cache import LayerCache, chain_key
 from orchestrator.image.documents import iso_time, merge_env, render_config, render_index, render_manifest
 from orchestrator.image.layer import Layer, source_date_epoch, walk_tree, write_layer
-from orchestrator.image.registry import LayoutSource, RegistrySource, import_image
 from orchestrator.image.steps import copy_entries, describe, step_inputs, template_entries
 from orchestrator.errors import BuildError
 from orchestrator.manifest.model import (ContextCopyStep, CopyStep, DebianBase, Desired, MkdirStep, OciBase,
@@ -136,6 +135,8 @@ class Builder:
             return chain_key(BUILDER_VERSION, "scratch", platform), [], {}, [], True
         if isinstance(base, DebianBase):
             return self._debian(base, platform, warn)
+        # imported here: urllib and the registry client cost every build (and apply) 20 ms
+        from orchestrator.image.registry import LayoutSource, RegistrySource, import_image
         if isinstance(base, OciBase):
             source = LayoutSource(base.dir, base.tag)
         elif isinstance(base, RegistryBase):
