@@ -168,7 +168,7 @@ def main() -> int:
         app.write_text(app.read_text().replace("packages: [python3-minimal]",
                                                f"packages: [python3-minimal, {args.package}]"))
         orch(["build", str(directory), "--var", "release=2"], env)      # not timed
-        root3, wire = measure(f"package in the base", layout, host, directory, env, "release=2",
+        root3, wire = measure("package in the base", layout, host, directory, env, "release=2",
                               tmp / "roots")
         n, raw, packed = changed_files(root2, root3)
         print(f"  the change: {n} files, {raw / 1e6:.3f} MB, {packed / 1e6:.3f} MB compressed one by "

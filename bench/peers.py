@@ -34,7 +34,6 @@ end (unless --keep).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil

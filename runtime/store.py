@@ -55,17 +55,13 @@ def held_digests(layout: Layout) -> List[str]:
     return sorted({"sha256:" + n for n in names if len(n) == 64} | set(layers.by_blob(layout)))
 
 
-def drop_blob(layout: Layout, digest: str) -> int:
-    """Remove a blob and its mark (a layer blob once the layer store holds the layer); returns
-    the bytes freed."""
-    path = layout.blob(_hex(digest))
+def drop_blob(layout: Layout, digest: str) -> None:
+    """Remove a blob and its mark (a layer blob once the layer store holds the layer)."""
     try:
-        size = os.stat(path).st_size
-        os.unlink(path)
+        os.unlink(layout.blob(_hex(digest)))
     except FileNotFoundError:
-        size = 0
+        pass
     forget_verified(layout, digest)
-    return size
 
 
 def is_marked(layout: Layout, digest: str) -> bool:

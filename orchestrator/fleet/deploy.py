@@ -275,7 +275,6 @@ def _fleet_clients(prep: Prepared, obs: Observed, pool: ConnectionPool) -> Dict[
 
 def _apply_locked(prep: Prepared, obs: Observed, pool: ConnectionPool, lock: FleetLock,
                   report: ApplyReport, who: str, environ, on_bytes, on_event, host_timeout: float) -> None:
-    plan = obs.plan
     secrets = {name: {k: base64.b64encode(v).decode() for k, v in
                       prep.desired.services[name].deploy.read_secrets(environ).items()}
                for name in prep.desired.services}

@@ -70,17 +70,20 @@ class FleetLock:
         if time.monotonic() - self.refreshed < every:
             return
         self.refreshed = time.monotonic()
-        fan = _each(self.clients, lambda c: c.lock(self.holder, LOCK_TTL, self.token, timeout=self.timeout))
+        fan = _each(self.clients, lambda c: self.take(c))
         lost = {h: e for h, e in fan.failed.items() if not _refused(e)}
         self.forget(lost)
         self.lost.update(lost)
+
+    def take(self, client: AgentClient, force: bool = False):
+        """Take (or extend) this session's lease on one host."""
+        return client.lock(self.holder, LOCK_TTL, self.token, force=force, timeout=self.timeout)
 
     def add(self, clients: Mapping[str, AgentClient]) -> None:
         """Take the lock on hosts that were not reachable when it was taken (the session holds
         the fleet's leader, so it takes them over as it took the rest); one that does not
         answer moves to ``lost`` and must not be changed."""
-        fan = _each(clients, lambda c: c.lock(self.holder, LOCK_TTL, self.token, force=True,
-                                              timeout=self.timeout))
+        fan = _each(clients, lambda c: self.take(c, force=True))
         self.clients.update({h: clients[h] for h in fan.ok})
         self.lost.update(fan.failed)
 
@@ -114,7 +117,7 @@ def acquire(clients: Mapping[str, AgentClient], who: str, *, force: bool = False
         return lock
     leader, rest = order[0], order[1:]
     try:
-        clients[leader].lock(lock.holder, LOCK_TTL, lock.token, force=force, timeout=timeout)
+        lock.take(clients[leader], force=force)
     except OrchError as exc:
         if _refused(exc):
             raise LockHeldError(f"fleet is locked: {exc}",
@@ -122,7 +125,7 @@ def acquire(clients: Mapping[str, AgentClient], who: str, *, force: bool = False
         raise
     lock.clients[leader] = clients[leader]
     fan = _each({h: clients[h] for h in rest},
-                lambda c: c.lock(lock.holder, LOCK_TTL, lock.token, force=True, timeout=timeout))
+                lambda c: lock.take(c, force=True))
     lock.clients.update({h: clients[h] for h in fan.ok})
     lock.lost.update({h: e for h, e in fan.failed.items() if not _refused(e)})
     refused = [e for e in fan.failed.values() if _refused(e)]

@@ -426,7 +426,6 @@ def test_a_corrupted_blob_is_sent_again_and_lost_state_files_stop_nothing(lab_pr
 
 
 def test_a_rotated_secret_reaches_a_non_root_container_and_no_value_is_written_anywhere(lab_project, tmp_path):
-    import json
     import subprocess
 
     from orchestrator.lab.layout import LabLayout, LabSpec

@@ -4,9 +4,6 @@ keeps serving; a sparse file costs no disk; setuid files of an image give nothin
 host's other users, while the container itself works."""
 from __future__ import annotations
 
-import json
-import shlex
-
 import pytest
 
 from orchestrator.agent.bundle import build_agent_pyz
