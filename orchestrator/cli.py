@@ -112,5 +112,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The `orch` command: `main`, then leave at once. Output is flushed and the exit code
+    kept, but the interpreter is not torn down (freeing every module and object took 60-90 ms
+    after a one-host apply had finished, 10-15 % of the whole command). Everything a command
+    starts has ended or been let go (agent sessions end on their own) before `main` returns."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):       # a reader that left (`orch ... | head`)
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

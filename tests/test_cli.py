@@ -49,3 +49,26 @@ def test_a_broken_example_is_caught(capsys):
     """What the first test relies on: the real parser refuses a wrong example."""
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(shlex.split("apply manifests/ --no-such-flag"))
+
+
+def test_the_orch_command_flushes_its_output_and_keeps_its_exit_code_when_it_leaves_at_once():
+    """`entry` leaves with os._exit (no interpreter teardown): whatever `main` wrote to a pipe
+    must all arrive, and its exit code must stay."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from orchestrator import cli; "
+            "cli.main = lambda: (sys.stdout.write('x' * 200000 + 'END'), sys.stderr.write('why'), 3)[-1]; "
+            "cli.entry()")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 3
+    assert len(res.stdout) == 200003 and res.stdout.endswith("END")
+    assert res.stderr == "why"
+
+
+def test_the_orch_script_runs_entry():
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert project["project"]["scripts"]["orch"] == "orchestrator.cli:entry"
