@@ -106,19 +106,24 @@ PARTIAL_VERBS = ("apply", "rollback", "remove")   # exit EXIT_PARTIAL when a ser
 
 
 def _session(layout: Layout, io: Io) -> None:
+    stdin = io.stdin.buffer if hasattr(io.stdin, "buffer") else io.stdin
+    stdout = io.stdout.buffer if hasattr(io.stdout, "buffer") else io.stdout
+    raise _Exit(answer_session(layout, stdin, stdout, io.log, io.argv0))
+
+
+def answer_session(layout: Layout, stdin, stdout, log: Callable[[str], None], argv0: str) -> int:
     """Answer framed requests until EOF (runtime/session.py), each through ``dispatch``: the
-    same table, the same shapes and codes as one verb per process."""
+    same table, the same shapes and codes as one verb per process. Over the SSH channel of
+    ``python3 AGENT session``, or a socket ``serve`` handed to a forked child (runtime/door.py)."""
     from runtime import session
     warm: list = []
 
     def one(verb: str, request: Dict[str, Any], stream) -> Tuple[int, Dict[str, Any]]:
-        code, body = dispatch(verb, layout, request, Io(stream, None, io.log, io.argv0))
+        code, body = dispatch(verb, layout, request, Io(stream, None, log, argv0))
         if verb == "lock" and code == protocol.EXIT_OK and not warm:
             warm.append(_start_warm_up())
         return code, body if body is not None else {}
-    stdin = io.stdin.buffer if hasattr(io.stdin, "buffer") else io.stdin
-    stdout = io.stdout.buffer if hasattr(io.stdout, "buffer") else io.stdout
-    raise _Exit(session.run_session(one, stdin, stdout))
+    return session.run_session(one, stdin, stdout)
 
 
 CHANGE_MODULES = ("runtime.host", "runtime.executors", "runtime.reconcile", "runtime.admission",

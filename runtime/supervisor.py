@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -57,7 +58,9 @@ def run_serve(layout: Layout) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    _log(f"serve: pid {os.getpid()}, runtime {h.rt.name}, root {layout.root}")
+    door = _open_door(layout, stop)
+    _log(f"serve: pid {os.getpid()}, runtime {h.rt.name}, root {layout.root}"
+         + (f", door {door.sock.getsockname()}" if door else ""))
     errors = 0
     probes: dict = {}
     failures: dict = {}                  # per service: (count, retry at), see reconcile.tick
@@ -79,9 +82,44 @@ def run_serve(layout: Layout) -> int:
             snapped = time.monotonic()
         end = time.monotonic() + delay
         while not stop["now"] and time.monotonic() < end:
-            time.sleep(min(0.05, max(0.0, end - time.monotonic())))
+            wait = min(0.05, max(0.0, end - time.monotonic()))
+            if door is None:
+                time.sleep(wait)
+                continue
+            try:        # a caller at the door is answered at once, never during a step
+                ready, _, _ = select.select([door], [], [], wait)
+            except InterruptedError:
+                ready = []
+            if ready:
+                door.answer_waiting()
+            else:
+                door.reap()
+    if door is not None:
+        door.close()
     _log("serve: stopping (containers keep running)")
     return 0
+
+
+def _open_door(layout: Layout, stop: dict):
+    """runtime/door.py, or None (the host is read and sessions open the old way) where the
+    socket cannot be made."""
+    from runtime import door
+    from runtime.cli import answer_session
+    from runtime.hostinfo import serve_agent
+
+    def session(conn) -> int:
+        rfile, wfile = conn.makefile("rb"), conn.makefile("wb")
+        return answer_session(layout, rfile, wfile, _log, serve_agent(os.getpid()) or sys.argv[0])
+
+    def keep_out() -> None:          # a session's child must not hold serve's pidfile lock
+        if stop["fd"] is not None:
+            os.close(stop["fd"])
+            stop["fd"] = None
+    try:
+        return door.Door(layout.run, serve_agent(os.getpid()), session, _log, keep_out)
+    except OSError as exc:
+        _log(f"serve: no door ({exc}): hosts are read the slower way")
+        return None
 
 
 SNAPSHOT_EVERY = 1.0

@@ -15,7 +15,7 @@ from orchestrator.agent.client import (AgentClient, AgentMissing, agent_path,
 from orchestrator.agent.session import AgentSession, SessionGone
 from orchestrator.errors import AgentError
 from orchestrator.transport.ssh import SSHConnection
-from runtime import platforms, protocol, snapshot
+from runtime import door, platforms, protocol, snapshot
 
 UNIT_PATH = "/etc/systemd/system/orch-agent.service"
 
@@ -141,8 +141,12 @@ def serving(status: Mapping, service: str, release: str) -> bool:
 def read_snapshot(conn: SSHConnection, path: str, digest: str, digests: Sequence[str]) -> Optional[dict]:
     """The observe answer from serve's snapshot (runtime/snapshot.py), if it is fresh and was
     written by this very agent; `have` narrowed to `digests`. None otherwise."""
-    res = conn.run_shared(["cat", posixpath.join(protocol.DEFAULT_RUN, snapshot.NAME), "/proc/uptime"], timeout=30)
-    seen = snapshot.parse_read(res.stdout) if res.exit_code == 0 else None
+    out = conn.read_door(door.request("snapshot"))       # serve answers: no process started
+    if out is None:
+        res = conn.run_shared(["cat", posixpath.join(protocol.DEFAULT_RUN, snapshot.NAME), "/proc/uptime"],
+                              timeout=30)
+        out = res.stdout if res.exit_code == 0 else b""
+    seen = snapshot.parse_read(out)
     if seen is None:
         return None
     info = seen.get("info") or {}

@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 from orchestrator.errors import TransportError
 from orchestrator.transport.ssh import RemoteProcess, SSHConnection
+from runtime import door
 from runtime.session import encode_request, read_answer
 
 
@@ -28,6 +29,11 @@ class AgentSession:
 
     @classmethod
     def open(cls, conn: SSHConnection, agent_path: str) -> "AgentSession":
+        """Through the door of the host's `serve` where it runs this agent (a fork there, no
+        process here: runtime/door.py), else `python3 AGENT session` over an SSH channel."""
+        process = conn.open_door_session(door.request("session", agent=agent_path))
+        if process is not None:
+            return cls(process)
         from orchestrator.agent.client import launch_argv   # a missing agent exits EXIT_NO_AGENT
         return cls(conn.open_process(launch_argv(agent_path, "session")))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -47,6 +48,10 @@ DEFAULT_PERSIST = "60"
 # future quantum computer).
 KEX_ENV = "ORCH_SSH_KEX"
 DEFAULT_KEX = "^curve25519-sha256"
+# the door of the agent's `serve` on every host (runtime/door.py; protocol.DEFAULT_RUN)
+REMOTE_DOOR = "/run/orch/door.sock"
+DOOR_SUFFIX = ".door"
+DOOR_TIMEOUT = 10.0             # seconds for the door to answer what it was asked
 WINDOW = 64 * 1024 * 1024       # large SSH window: bulk transfers are not stalled by round trips
 MAX_PACKET = 256 * 1024 - 1024  # below OpenSSH's 256 KiB packet limit
 
@@ -313,6 +318,63 @@ class SSHConnection:
             self._processes.append(process)
         return process
 
+    def knock(self, line: bytes, *, timeout: float = DOOR_TIMEOUT) -> Optional[socket.socket]:
+        """A connection to the host's door with ``line`` sent, or None where there is none
+        here (no persisting OpenSSH master yet, connections not shared, paramiko only)."""
+        if self.target.proxy_jump is not None or not shutil.which("ssh"):
+            return None
+        p = door_path(self.target)
+        if p is None:
+            return None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(p)
+            sock.sendall(line)
+        except OSError:          # no master (first command), or one that went away
+            sock.close()
+            return None
+        return sock
+
+    def read_door(self, line: bytes, *, timeout: float = DOOR_TIMEOUT) -> Optional[bytes]:
+        """Everything the door answers to ``line`` (None: no door, or nobody behind it)."""
+        sock = self.knock(line, timeout=timeout)
+        if sock is None:
+            return None
+        out = bytearray()
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+        except OSError:
+            return None
+        finally:
+            sock.close()
+        return bytes(out) or None        # nothing at all: the master could not reach the socket
+
+    def open_door_session(self, line: bytes, *, timeout: float = DOOR_TIMEOUT) -> Optional["RemoteProcess"]:
+        """An agent session forked by the host's `serve` (runtime/door.py), or None where the
+        door is missing or refuses (another agent serves there): then open one the old way."""
+        sock = self.knock(line, timeout=timeout)
+        if sock is None:
+            return None
+        try:
+            answer = json.loads(sock.makefile("rb").readline(4096) or b"{}")
+            ok = answer.get("ok") is True
+        except (OSError, ValueError, AttributeError):
+            ok = False
+        if not ok:
+            sock.close()
+            return None
+        sock.settimeout(None)            # each call has its own deadline (AgentSession)
+        process = RemoteProcess(self.target.name, sock=sock)
+        process.pid = answer.get("pid")  # the session's process on the host
+        with self._lock:
+            self._processes.append(process)
+        return process
+
     def stream_to(self, argv: Sequence[str], chunks: Iterable[bytes],
                   on_bytes: Optional[Callable[[int], None]] = None) -> CommandResult:
         """Run `argv` with `chunks` as its stdin: bulk data such as image layers.
@@ -415,17 +477,31 @@ def control_options(target: SSHTarget) -> List[str]:
     key = "\0".join(str(x) for x in (target.address, target.port, target.user, target.key_path,
                                       target.known_hosts))
     name = hashlib.sha256(key.encode()).hexdigest()[:32]
-    return ["-o", "ControlMaster=auto", "-o", f"ControlPath={d}/{name}", "-o", f"ControlPersist={persist}"]
+    # the agent's door (runtime/door.py), forwarded by the master for as long as it lives: a
+    # later command reads the host or opens a session through it without starting a process
+    return ["-o", "ControlMaster=auto", "-o", f"ControlPath={d}/{name}", "-o", f"ControlPersist={persist}",
+            "-o", "StreamLocalBindUnlink=yes", "-L", f"{d}/{name}{DOOR_SUFFIX}:{REMOTE_DOOR}"]
+
+
+def door_path(target: SSHTarget) -> Optional[str]:
+    """The local end of the host's door forward, where connections persist (else None)."""
+    opts = control_options(target)
+    return opts[opts.index("-L") + 1].split(":", 1)[0] if "-L" in opts else None
 
 
 class RemoteProcess:
     """A remote command with pipes: an OpenSSH client process, or a paramiko channel."""
 
     def __init__(self, host: str, *, proc: Optional[subprocess.Popen] = None,
-                 channel: Optional[paramiko.Channel] = None):
+                 channel: Optional[paramiko.Channel] = None, sock: Optional[socket.socket] = None):
         self.host = host
-        self._proc, self._channel = proc, channel
+        self._proc, self._channel, self._sock = proc, channel, sock
         self._err = bytearray()
+        self._reader: Optional[threading.Thread] = None
+        self.pid: Optional[int] = None   # on the host, where known (a door session)
+        if sock is not None:         # a door session: its log lines go to the host's agent.log
+            self.stdin, self.stdout = sock.makefile("wb"), sock.makefile("rb")
+            return
         if proc is not None:
             self.stdin, self.stdout = proc.stdin, proc.stdout
             err = proc.stderr
@@ -435,12 +511,22 @@ class RemoteProcess:
         self._reader = threading.Thread(target=_drain, args=(err, self._err), daemon=True)
         self._reader.start()
 
+    def _close_sock(self) -> None:
+        for f in (self.stdin, self.stdout):
+            try:
+                f.close()
+            except (OSError, ValueError):
+                pass
+        self._sock.close()
+
     def stderr_tail(self, n: int = 500) -> str:
         return bytes(self._err[-n:]).decode(errors="replace").strip()
 
     def kill(self) -> None:
         """Stop it now (a deadline passed): a blocked read then sees EOF."""
-        if self._proc is not None:
+        if self._sock is not None:
+            _shutdown(self._sock, socket.SHUT_RDWR)
+        elif self._proc is not None:
             if self._proc.poll() is None:
                 self._proc.kill()
         else:
@@ -451,17 +537,31 @@ class RemoteProcess:
             self.stdin.close()
         except (OSError, ValueError, EOFError, paramiko.SSHException):
             pass
+        if self._sock is not None:
+            _shutdown(self._sock, socket.SHUT_WR)
 
     def let_go(self) -> None:
         """End its input and leave it: an OpenSSH client ends once the agent has (a command's
         last moments need not wait for that); a paramiko channel is closed."""
         self.end_input()
-        if self._proc is None:
+        if self._sock is not None:
+            self._close_sock()
+        elif self._proc is None:
             close_quietly(self._channel)
 
     def close(self, timeout: float = 10.0) -> Optional[int]:
         """End its input, wait for it, and return its exit code (None if unknown)."""
         self.end_input()
+        if self._sock is not None:       # the agent's child ends at EOF: wait for its own
+            self._sock.settimeout(timeout)
+            try:
+                while self.stdout.read(65536):
+                    pass
+                code: Optional[int] = 0
+            except (OSError, ValueError):
+                code = None
+            self._close_sock()
+            return code
         if self._proc is not None:
             try:
                 code = self._proc.wait(timeout)
@@ -474,8 +574,16 @@ class RemoteProcess:
             code = self._channel.recv_exit_status() if self._channel.exit_status_ready() or \
                 self._channel.status_event.wait(timeout) else None
             close_quietly(self._channel)
-        self._reader.join(timeout=2)
+        if self._reader is not None:
+            self._reader.join(timeout=2)
         return code
+
+
+def _shutdown(sock: socket.socket, how: int) -> None:
+    try:
+        sock.shutdown(how)
+    except OSError:
+        pass
 
 
 def close_quietly(channel: paramiko.Channel) -> None:

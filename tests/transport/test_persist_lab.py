@@ -8,6 +8,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -75,3 +76,56 @@ def test_a_changed_host_key_is_refused_even_while_a_connection_persists(persist_
     assert control_options(target)                         # persistence is on ...
     with pytest.raises(TransportError, match="Host key verification failed"):
         SSHConnection(target).stream_to(["true"], [])     # ... and still a new, checked connection
+
+
+def _door_conn(layout):
+    from orchestrator.lab.fleet import lab_hosts
+    return SSHConnection(lab_hosts(layout)[0].target)
+
+
+def _serve_facts(conn):
+    """info of the host's agent, from the snapshot serve answers at its door (no process)."""
+    from runtime import door, snapshot
+    out = conn.read_door(door.request("snapshot"))
+    seen = snapshot.parse_read(out) if out else None
+    assert seen is not None, f"no fresh snapshot at the door: {out!r}"
+    return seen["info"]
+
+
+def test_a_later_command_reads_the_host_and_opens_its_session_at_serves_door(persist_lab):
+    """The master forwards serve's door: a session is a fork of serve (no Python started)."""
+    from orchestrator.agent.session import AgentSession
+    directory, env, layout = persist_lab
+    assert "up to date" in apply(directory, env)          # the master now forwards the door
+    conn = _door_conn(layout)
+    info = _serve_facts(conn)
+    session = AgentSession.open(conn, info["serve_agent"])
+    try:
+        assert session.process.pid, "the session was not opened at the door"
+        stat = conn.run_shared(["cat", f"/proc/{session.process.pid}/stat"]).stdout.decode()
+        assert int(stat.rsplit(")", 1)[1].split()[1]) == info["serve_pid"]     # its parent is serve
+        code, body = session.call("observe", {"digests": []})
+        assert code == 0 and body["info"]["agent_digest"] == info["agent_digest"]
+    finally:
+        session.close()
+
+
+def test_with_serve_killed_a_change_still_rolls_out_and_serve_comes_back_with_its_door(persist_lab):
+    directory, env, layout = persist_lab
+    conn = _door_conn(layout)
+    pid = _serve_facts(conn)["serve_pid"]
+    assert conn.run_shared(["kill", "-9", str(pid)]).ok
+    with open(directory / "hello" / "www" / "style.css", "a") as f:
+        f.write("\n/* with serve killed */\n")
+    out = apply(directory, env)
+    assert "done in" in out and "FAILED" not in out, out
+    deadline = time.monotonic() + 10
+    while True:                                            # a fresh snapshot, from a new serve
+        try:
+            info = _serve_facts(conn)
+            break
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    assert info["serve_pid"] != pid

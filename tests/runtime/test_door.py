@@ -1,0 +1,177 @@
+"""serve's door (runtime/door.py), with real sockets and a real fork: a snapshot is what `cat
+observe.json /proc/uptime` prints, a session is a forked child answering on the socket, and
+the child never holds what only serve may (its pidfile lock)."""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import stat
+import time
+
+import pytest
+
+from orchestrator.transport import ssh
+from runtime import door, protocol, snapshot
+from runtime.session import encode_request, read_answer
+
+AGENT = "/var/lib/orch/agent/0123456789ab.pyz"
+
+
+def echo_session(conn) -> int:
+    """The child's session: answers each request line with its verb (runtime/session.py)."""
+    from runtime.session import run_session
+    return run_session(lambda verb, req, stream: (0, {"verb": verb, "pid": os.getpid()}),
+                       conn.makefile("rb"), conn.makefile("wb"))
+
+
+@pytest.fixture
+def made(tmp_path):
+    logs = []
+    doors = []
+
+    def make(**kw):
+        d = door.Door(str(tmp_path), kw.pop("agent", AGENT), kw.pop("session", echo_session), logs.append, **kw)
+        doors.append(d)
+        return d
+    yield make, tmp_path, logs
+    for d in doors:
+        for pid in list(d.children):
+            try:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        d.close()
+
+
+def knock(run_dir, line: bytes) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(door.path(str(run_dir)))
+    s.sendall(line)
+    return s
+
+
+def read_all(s) -> bytes:
+    out = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            return out
+        out += chunk
+
+
+def test_the_door_is_root_only_and_replaces_a_socket_left_behind(made):
+    make, run, _ = made
+    first = make()
+    first.close()                                   # a serve that died: its socket file stays
+    make()
+    st = os.stat(door.path(str(run)))
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+
+
+def test_a_snapshot_is_what_cat_of_the_snapshot_and_uptime_prints(made):
+    make, run, _ = made
+    d = make()
+    snapshot.write(str(run), {"info": {"agent_digest": "sha256:ab"}, "have": {}, "status": {}})
+    s = knock(run, door.request("snapshot"))
+    d.answer_waiting()
+    out = read_all(s)
+    assert snapshot.parse_read(out) == {"info": {"agent_digest": "sha256:ab"}, "have": {}, "status": {}}
+    snapshot.forget(str(run))                       # an apply removed it: the reader asks the agent
+    s = knock(run, door.request("snapshot"))
+    d.answer_waiting()
+    out = read_all(s)
+    assert snapshot.parse_read(out) is None and len(out.splitlines()) == 1
+
+
+def test_a_session_is_a_forked_child_that_answers_until_eof(made):
+    make, run, _ = made
+    d = make()
+    s = knock(run, door.request("session", agent=AGENT))
+    d.answer_waiting()
+    r, w = s.makefile("rb"), s.makefile("wb")
+    hello = json.loads(r.readline())
+    assert hello["ok"] is True and hello["pid"] in d.children and hello["pid"] != os.getpid()
+    for verb in ("observe", "lock", "apply"):
+        w.write(encode_request(verb, {}))
+        w.flush()
+        assert read_answer(r) == (0, {"verb": verb, "pid": hello["pid"]})
+    w.close()
+    s.shutdown(socket.SHUT_WR)                      # EOF: the child's session ends, it exits
+    assert r.read() == b""
+    deadline = time.monotonic() + 10
+    while d.children and time.monotonic() < deadline:
+        d.reap()
+        time.sleep(0.02)
+    assert not d.children
+
+
+def test_a_session_for_another_agent_file_is_refused(made):
+    make, run, _ = made
+    d = make()
+    s = knock(run, door.request("session", agent="/var/lib/orch/agent/ffffffffffff.pyz"))
+    d.answer_waiting()
+    answer = json.loads(read_all(s))
+    assert answer["ok"] is False and "ffffffffffff" in answer["why"] and not d.children
+
+
+def test_a_serve_run_from_a_source_tree_opens_no_sessions(made):
+    make, run, _ = made
+    d = make(agent=None)
+    s = knock(run, door.request("session", agent=AGENT))
+    d.answer_waiting()
+    assert json.loads(read_all(s))["ok"] is False and not d.children
+
+
+def test_garbage_or_a_silent_caller_is_dropped_and_the_door_keeps_answering(made, monkeypatch):
+    make, run, logs = made
+    monkeypatch.setattr(door, "READ_TIMEOUT", 0.2)
+    d = make()
+    bad = knock(run, b"not json\n")
+    silent = knock(run, b"")
+    d.answer_waiting()
+    assert read_all(bad) == b"" and read_all(silent) == b""
+    assert len(logs) == 2
+    snapshot.write(str(run), {"info": {}, "have": {}, "status": {}})
+    s = knock(run, door.request("snapshot"))
+    d.answer_waiting()
+    assert snapshot.parse_read(read_all(s)) is not None
+
+
+def test_a_sessions_child_does_not_hold_serves_pidfile_lock(made, tmp_path):
+    """A successor serve (an upgrade) takes the pidfile lock at once, sessions or not."""
+    make, run, _ = made
+    pidfile = tmp_path / "serve.pid"
+    stop = {"fd": os.open(pidfile, os.O_RDWR | os.O_CREAT, 0o644)}
+    fcntl.flock(stop["fd"], fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def keep_out():
+        os.close(stop["fd"])
+        stop["fd"] = None
+    d = make(keep_out=keep_out)
+    s = knock(run, door.request("session", agent=AGENT))
+    d.answer_waiting()
+    assert json.loads(s.makefile("rb").readline())["ok"] is True     # the child runs, the socket open
+    os.close(stop["fd"])                                              # serve stops
+    successor = os.open(pidfile, os.O_RDWR)
+    try:
+        fcntl.flock(successor, fcntl.LOCK_EX | fcntl.LOCK_NB)         # BlockingIOError if the child held it
+    finally:
+        os.close(successor)
+        s.close()
+
+
+def test_the_control_machine_forwards_the_agents_door_only_where_connections_persist(monkeypatch):
+    target = ssh.SSHTarget(name="h", address="10.0.0.1")
+    monkeypatch.setenv(ssh.PERSIST_ENV, "60")
+    opts = ssh.control_options(target)
+    local, remote = opts[opts.index("-L") + 1].split(":", 1)
+    assert remote == door.path(protocol.DEFAULT_RUN)
+    assert local == ssh.door_path(target) and local.endswith(ssh.DOOR_SUFFIX)
+    assert "StreamLocalBindUnlink=yes" in opts
+    monkeypatch.setenv(ssh.PERSIST_ENV, "0")
+    assert ssh.door_path(target) is None
+    assert ssh.SSHConnection(target).knock(door.request("snapshot")) is None
