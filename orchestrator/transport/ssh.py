@@ -553,8 +553,10 @@ class RemoteProcess:
         """End its input, wait for it, and return its exit code (None if unknown)."""
         self.end_input()
         if self._sock is not None:       # the agent's child ends at EOF: wait for its own
-            self._sock.settimeout(timeout)
+            if self._sock.fileno() < 0:  # closed before (a deadline, a lost link)
+                return None
             try:
+                self._sock.settimeout(timeout)
                 while self.stdout.read(65536):
                     pass
                 code: Optional[int] = 0

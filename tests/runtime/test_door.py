@@ -175,3 +175,18 @@ def test_the_control_machine_forwards_the_agents_door_only_where_connections_per
     monkeypatch.setenv(ssh.PERSIST_ENV, "0")
     assert ssh.door_path(target) is None
     assert ssh.SSHConnection(target).knock(door.request("snapshot")) is None
+
+
+def test_a_door_session_closes_twice_and_after_a_deadline_killed_it(made):
+    """AgentSession closes its process when a call fails, and the pool closes it again."""
+    make, run, _ = made
+    d = make()
+    s = knock(run, door.request("session", agent=AGENT))
+    d.answer_waiting()
+    assert json.loads(s.makefile("rb").readline())["ok"] is True
+    p = ssh.RemoteProcess("h", sock=s)
+    p.kill()                                          # a deadline passed
+    assert p.stdout.readline() == b""                 # a blocked read sees EOF
+    p.close(timeout=5)
+    assert p.close(timeout=5) is None
+    p.let_go()
