@@ -35,8 +35,9 @@ def fleet_hosts(fleet: Fleet, *, bring_up_lab: bool = True, ssh_config: Optional
     """Every host of the fleet. For a lab fleet, `bring_up_lab` makes sure the lab is up first."""
     if fleet.is_lab:
         layout = lab_layout(fleet)
-        if bring_up_lab:
-            LabMachine(layout).up(report=False)
+        machine = LabMachine(layout)
+        if bring_up_lab and not machine.ready():
+            machine.up(report=False)
         return [InventoryHost(h.name, h.target, {"platform": h.platform}, h.platform) for h in lab_hosts(layout)]
     out = []
     for h in fleet.hosts:

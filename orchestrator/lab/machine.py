@@ -4,11 +4,13 @@ Every command is an argument list; every process is tracked by pid (never killed
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -75,6 +77,32 @@ def _link_exists(name: str) -> bool:
     return Path("/sys/class/net", name).exists()
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed sshd whose parent has not reaped it yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _bridge_ready(name: str, gateway: str) -> bool:
+    """The lab bridge exists, is up, bypasses netfilter (where br_netfilter is loaded) and has
+    the gateway as its address (SIOCGIFADDR: its first IPv4 address)."""
+    sysfs = Path("/sys/class/net", name)
+    try:
+        if not int((sysfs / "flags").read_text(), 16) & 0x1:          # IFF_UP
+            return False
+        for knob in ("nf_call_iptables", "nf_call_ip6tables", "nf_call_arptables"):
+            f = sysfs / "bridge" / knob
+            if f.exists() and f.read_text().strip() != "0":
+                return False
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            raw = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))  # SIOCGIFADDR
+    except (OSError, ValueError):
+        return False
+    return socket.inet_ntoa(raw[20:24]) == gateway
+
+
 def _netns_exists(name: str) -> bool:
     return Path("/run/netns", name).exists()
 
@@ -125,6 +153,28 @@ class LabMachine:
             self._undo_up(started, fresh)
             raise
         return self.status() if report else []
+
+    def ready(self) -> bool:
+        """Everything `up` makes is there as it would leave it, read from /sys and /proc without
+        running a command: the recorded shape is this one, the bridge is up with its address and
+        bridged traffic bypasses netfilter, foreign binaries run (binfmt), every host's sshd runs.
+        Commands that only need a lab (`orch apply`) skip `up` when it is (`orch lab up` always
+        runs it, and heals what only it checks: the DOCKER-USER/FORWARD accept rule)."""
+        lay = self.layout
+        rec = self._recorded()
+        if rec.get("spec") != asdict(lay.spec) or rec.get("state_root") != str(lay.state_root):
+            return False
+        if not all(p.exists() for p in (lay.user_key, lay.authorized_keys, lay.known_hosts)):
+            return False
+        if not _bridge_ready(lay.bridge, lay.gateway):
+            return False
+        if any(binfmt.registered_with_fix_binary(arch) is None for arch in lay.foreign_qemu()):
+            return False
+        for host in lay.hosts():
+            pid = _read_pid(host.pid_file)
+            if not (pid and _running(pid) and _netns_exists(host.netns)):
+                return False
+        return True
 
     def _undo_up(self, started: List[HostLayout], fresh: bool) -> None:
         """A failed (or interrupted) `up` takes down what it started: every host it started, and

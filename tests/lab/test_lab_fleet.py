@@ -77,6 +77,34 @@ def test_up_again_changes_nothing(lab):
     assert [s["pid"] for s in LabMachine(lab.layout).status()] == before
 
 
+def test_a_lab_that_is_up_is_seen_ready_without_a_command_and_anything_missing_is_not(lab):
+    """`orch apply` skips `lab up` when `ready()` (read from /sys and /proc) says all is there;
+    a bridge taken down, a host's sshd gone or netfilter turned on for the bridge is not ready,
+    and `up` brings it back."""
+    machine = LabMachine(lab.layout)
+    assert machine.ready()
+    bridge = lab.layout.bridge
+    subprocess.run(["ip", "link", "set", bridge, "down"], check=True)
+    assert not machine.ready()
+    machine.up()
+    assert machine.ready()
+    knob = Path("/sys/class/net", bridge, "bridge", "nf_call_iptables")
+    if knob.exists():
+        knob.write_text("1")
+        assert not machine.ready()
+        machine.up()
+        assert machine.ready()
+    host = lab.layout.hosts()[0]
+    pid = int(host.pid_file.read_text())
+    os.kill(pid, 9)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not _is_zombie(pid) and Path(f"/proc/{pid}").exists():
+        time.sleep(0.05)
+    assert not machine.ready()
+    machine.up()
+    assert machine.ready()
+
+
 def _netns_inode(name):
     return os.stat(f"/run/netns/{name}").st_ino
 
