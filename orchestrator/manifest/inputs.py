@@ -15,15 +15,13 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator, List, Mapping, Optional, Set
 
-import jinja2
 import yaml
-from jinja2 import meta
 
 from orchestrator.errors import ManifestError, ManifestErrors
 from orchestrator.manifest.loader import load_desired, manifest_files
 from orchestrator.manifest.model import CopyStep, Desired, Secret, Service, TemplateStep
 from orchestrator.manifest.schema import did_you_mean
-from orchestrator.manifest.source import make_jinja, parse_documents
+from orchestrator.manifest.source import has_markup, parse_documents
 
 # names every template has without a --var (see loader: templates get ``service``)
 _BUILTIN_VARS = frozenset({"service"})
@@ -142,29 +140,35 @@ def _unknown_vars(desired: Desired, given: Mapping[str, Any], files: LocalFiles)
 
 def _declared_and_used(desired: Desired, files: LocalFiles) -> Set[str]:
     """Variables declared under ``vars:`` or referenced by a manifest string or template file."""
-    env = make_jinja()
     names: Set[str] = set(_BUILTIN_VARS)
     for path in files.manifests(desired.directory):
         for doc in _documents(files, path):
             declared = doc.get("vars") if isinstance(doc, dict) else None
             if isinstance(declared, dict):
                 names.update(str(k) for k in declared)
-            names.update(_referenced(env, _strings(doc)))
+            names.update(_referenced(_strings(doc)))
     for service in desired.services.values():
         for step in service.image.steps:
             if isinstance(step, TemplateStep):
                 try:
-                    names.update(_referenced(env, [files.read_text(step.path)]))
+                    names.update(_referenced([files.read_text(step.path)]))
                 except (OSError, UnicodeDecodeError):
                     pass                      # reported by _step_sources
     return names
 
 
-def _referenced(env: jinja2.Environment, texts) -> Set[str]:
+def _referenced(texts) -> Set[str]:
+    """The variables the texts with markup refer to (jinja2 is imported only for those)."""
     out: Set[str] = set()
+    env = None
     for text in texts:
-        if "{{" not in text and "{%" not in text:
+        if not has_markup(text):
             continue
+        if env is None:
+            import jinja2
+            from jinja2 import meta
+            from orchestrator.manifest.templates import make_jinja
+            env = make_jinja()
         try:
             out |= meta.find_undeclared_variables(env.parse(text))
         except jinja2.TemplateSyntaxError:

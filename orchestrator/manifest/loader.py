@@ -20,8 +20,7 @@ from orchestrator.manifest.model import (
     HostSelector, ImageConfig, ImageSpec, LabSpec, OciBase, Port, RegistryBase, Resources,
     RunStep, ScratchBase, Secret, Service, Strategy, TemplateStep, Volume, frozen_map)
 from orchestrator.manifest.schema import Ctx
-from orchestrator.manifest.source import Doc, LMap, display_path, make_jinja, read_documents, \
-    render_text, render_tree
+from orchestrator.manifest.source import Doc, LMap, Renderer, display_path, read_documents, render_tree
 from orchestrator.manifest.units import (
     PLATFORMS, check_link_rate, check_name, normalise_dest, parse_duration, parse_mode, parse_owner,
     parse_percent_or_int, parse_port, parse_size, parse_volume)
@@ -58,7 +57,7 @@ def load_desired(directory: str, vars: Optional[Mapping[str, Any]] = None, *,
     docs = [d for f in files for d in read_documents(f)]
     variables = _collect_vars(docs)
     variables.update(dict(vars or {}))
-    env = make_jinja()
+    env = Renderer()
 
     fleet: Optional[Fleet] = None
     pending: List[Tuple[Doc, LMap]] = []
@@ -482,7 +481,7 @@ def _step(raw: Any, ctx: Ctx, directory: str, env, variables, service: str):
     except (OSError, UnicodeDecodeError) as exc:
         raise sctx.key(m, "src").error(f'cannot read template "{src}": {exc}') from None
     try:
-        content = render_text(env, text, dict(variables, service=service)).encode()
+        content = env.render(text, dict(variables, service=service)).encode()
     except ValueError as exc:
         raise sctx.key(m, "src").error(f'{display_path(path)}: {exc}') from None
     return TemplateStep(src=src, path=path, dest=dest, content=content, mode=mode, owner=owner)

@@ -11,14 +11,12 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Tuple
 
-import jinja2
 import yaml
 
 from orchestrator.errors import ManifestError
-from orchestrator.manifest.templates import make_jinja, render_text
 
-__all__ = ["Doc", "LList", "LMap", "TStr", "YInt", "display_path", "make_jinja", "read_documents",
-           "render_text", "render_tree"]
+__all__ = ["Doc", "LList", "LMap", "Renderer", "TStr", "YInt", "display_path", "has_markup", "read_documents",
+           "render_tree"]
 
 # What a manifest file may hold. Real manifests are a few KiB; these refuse hostile files early.
 MAX_FILE_BYTES = 1 << 20       # one manifest file
@@ -245,7 +243,26 @@ def parse_documents(text: str, path: str) -> List[Doc]:
     return docs
 
 
-def render_tree(value: Any, env: jinja2.Environment, variables: Mapping[str, Any], file: str,
+def has_markup(text: str) -> bool:
+    return "{{" in text or "{%" in text
+
+
+class Renderer:
+    """Renders text with the one sandboxed Jinja2 environment (``manifest.templates``), made on
+    first use: manifests with no markup and no template step never import jinja2 (~25 ms)."""
+
+    def __init__(self) -> None:
+        self._env = None
+
+    def render(self, text: str, variables: Mapping[str, Any]) -> str:
+        """``templates.render_text``: ValueError with a readable reason."""
+        from orchestrator.manifest import templates
+        if self._env is None:
+            self._env = templates.make_jinja()
+        return templates.render_text(self._env, text, variables)
+
+
+def render_tree(value: Any, env: Renderer, variables: Mapping[str, Any], file: str,
                 path: tuple, line: int) -> Any:
     """Render every string scalar of a tree that contains Jinja2 markup, keeping line numbers."""
     if isinstance(value, LMap):
@@ -260,9 +277,9 @@ def render_tree(value: Any, env: jinja2.Environment, variables: Mapping[str, Any
         for i, v in enumerate(value):
             seq.append(render_tree(v, env, variables, file, path + (i,), value.item_lines[i]))
         return seq
-    if isinstance(value, str) and ("{{" in value or "{%" in value):
+    if isinstance(value, str) and has_markup(value):
         try:
-            return TStr(render_text(env, value, variables))
+            return TStr(env.render(value, variables))
         except ValueError as exc:
             raise ManifestError(str(exc), file=file, line=line, path=path) from None
     return value
