@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import sys
-from typing import Dict, Tuple
+import threading
+from typing import Dict, List, Optional, Tuple
 
 from orchestrator.commands._common import add_source_arguments, parse_vars, print_json
-from orchestrator.fleet.report import human_bytes
 
 HELP = "build the services' images (deterministic, multi-platform OCI) into the local store"
 EXAMPLES = (
@@ -30,25 +30,81 @@ class BuildProgress:
     """Maps build events onto a rich progress display (one bar per service/platform) on stderr.
 
     Usable by other verbs: ``with BuildProgress() as p: build_services(..., progress=p)``.
+    The display opens (and rich is imported) once the build has work to show: a layer built, a
+    warning, or a step or base still running ``grace`` seconds after it started (a base reports
+    "start" before the builder knows whether it is cached). It then replays what came before;
+    a build whose every layer is cached shows nothing.
     """
 
-    def __init__(self):
+    def __init__(self, grace: float = 0.25):
+        self.grace = grace
+        self.progress = None
+        self.console = None
+        self.tasks: Dict[Tuple[str, str], int] = {}
+        self._seen: List = []                    # events before the display opened
+        self._running: Dict[Tuple[str, str], object] = {}    # key -> its "start" event, unresolved
+        self._lock = threading.RLock()
+        self._timer: Optional[threading.Timer] = None
+
+    @property
+    def shown(self) -> bool:
+        return self.progress is not None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            if self.progress is not None:
+                return self.progress.__exit__(*exc)
+        return None
+
+    def __call__(self, ev) -> None:
+        with self._lock:
+            if self.progress is not None:
+                self._show(ev)
+                return
+            self._seen.append(ev)
+            key = (ev.service, ev.platform)
+            if ev.state == "start":
+                self._running[key] = ev
+                if self._timer is None:
+                    self._timer = threading.Timer(self.grace, self._still_running, (ev,))
+                    self._timer.daemon = True
+                    self._timer.start()
+            else:
+                self._running.pop(key, None)
+            if ev.state in ("built", "emulated", "warning"):
+                self._open()
+
+    def _still_running(self, ev) -> None:
+        with self._lock:
+            self._timer = None
+            if self.progress is not None or not self._running:
+                return
+            if any(e is ev for e in self._running.values()):
+                self._open()
+            else:                                 # another step started since: give it its grace
+                later = next(iter(self._running.values()))
+                self._timer = threading.Timer(self.grace, self._still_running, (later,))
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _open(self) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
         self.console = Console(stderr=True)
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.fields[name]:<28}"), BarColumn(bar_width=20),
                                  TextColumn("{task.description}"), TimeElapsedColumn(), console=self.console,
                                  transient=False)
-        self.tasks: Dict[Tuple[str, str], int] = {}
-
-    def __enter__(self):
         self.progress.__enter__()
-        return self
+        seen, self._seen = self._seen, []
+        for ev in seen:
+            self._show(ev)
 
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
-
-    def __call__(self, ev) -> None:
+    def _show(self, ev) -> None:
         key = (ev.service, ev.platform)
         if key not in self.tasks:
             self.tasks[key] = self.progress.add_task("", total=ev.total, name=f"{ev.service} {ev.platform}")
@@ -86,6 +142,7 @@ def run(args) -> int:
         print_json({"store": store.root, "out": args.out,
                     "services": {name: b.to_json() for name, b in built.items()}})
         return 0
+    from orchestrator.fleet.report import human_bytes
     for name, b in built.items():
         print(f"{name}  {b.index_digest}")
         for platform, image in b.images.items():
