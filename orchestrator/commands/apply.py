@@ -26,15 +26,12 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     started = time.monotonic()
-    prep = prepare_with_progress(args)     # inputs are checked before SSH and rich are imported
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    prep = prepare_with_progress(args)     # inputs are checked before SSH is imported
     from orchestrator.fleet.deploy import apply, observe
     from orchestrator.errors import RolloutError
     from orchestrator.fleet.report import plan_to_json, render_plan
     from orchestrator.transport.ssh import ConnectionPool
 
-    console = Console(stderr=True)
     pool = ConnectionPool(h.target for h in prep.hosts)
     try:
         obs = observe(prep, pool, allow_downgrade=args.allow_downgrade)
@@ -44,6 +41,9 @@ def run(args) -> int:
             if args.json:
                 print_json({"plan": plan_to_json(obs.plan), "ok": True})
             return 0
+        from rich.console import Console     # rich once there is something to roll out
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+        console = Console(stderr=True)
         total = {hp.host: hp.bytes_to_send for hp in obs.plan.hosts if hp.blobs and not hp.error}
         with Progress(TextColumn("{task.description:<12}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                       console=console, transient=True, disable=args.json or not total) as progress:
