@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from orchestrator.image import debian as deb
-from orchestrator.image import dockersteps
-from orchestrator.image import sandbox
 from orchestrator.image.cache import LayerCache, chain_key
 from orchestrator.image.documents import iso_time, merge_env, render_config, render_index, render_manifest
 from orchestrator.image.layer import Layer, source_date_epoch, walk_tree, write_layer
@@ -158,6 +156,8 @@ class Builder:
             hit = self.cache.get(key, self.store)
             if hit:
                 return key, hit["layers"], {}, hit["history"], True
+        from orchestrator.image import sandbox     # imported for builds only: a cached build needs neither
+
         work = deb.make_workdir(self.workroot)
         try:
             if base.variant != "extract":
@@ -184,6 +184,8 @@ class Builder:
     def _step_layer(self, step, layers: List[Dict[str, Any]], base_config: Mapping[str, Any],
                     platform: str, stage: Stage, stages) -> Optional[Layer]:
         """The layer a step adds (None: the step changes no file, e.g. WORKDIR of an existing directory)."""
+        from orchestrator.image import dockersteps, sandbox
+
         if isinstance(step, CopyStep):
             existing = self.cache.chain_paths(self.store, layers)
             return self._write(copy_entries(step, existing))
@@ -259,6 +261,8 @@ class Builder:
                 result.cached += 1
                 self._emit(svc.name, platform, i, total, label, "cached")
             else:
+                from orchestrator.image import sandbox
+
                 if isinstance(step, RunStep) and sandbox.emulated(platform):
                     result.emulated += 1
                     self._emit(svc.name, platform, i, total, label + f" (emulated: qemu-user for {platform}, slower)",
