@@ -10,7 +10,8 @@ and the ratio of the medians (orch/peer) beside the target of issue 11:
   `docker build` (on a builder dockerd) + `docker save | gzip | ssh host 'gunzip | docker load'`
   + `ssh host docker run -d` + first HTTP 200 + `ssh host docker rm -f` of the old container;
 - cold: cold start of a new service (image already on the host) vs `ssh host docker run -d -p`
-  until the first HTTP 200;
+  until the first HTTP 200 (the service is added to a project of its own, so the apply starts
+  it and removes nothing);
 - noop: no-op `orch apply` at 20 hosts, cold (no connection left by an earlier command) and
   warm (right after another orch command), vs `pyinfra INVENTORY exec -- true` and
   `ansible all -m raw -a true` (both cold: a fresh process each round);
@@ -307,10 +308,16 @@ def measure_one_and_cold(tmp: Path, orch: Orch, rounds: int, do_one: bool, do_co
                 touch_line(ctx / "style.css", r)
                 one_docker.append(timed(lambda: docker_deploy(target, build, ctx, r, host)))
             if do_cold:
-                c = copy_project(d, tmp / f"cold{r}", lab.fleet_yaml())
-                text = (c / "hello.yaml").read_text().replace("name: hello", f"name: cold{r}") \
+                # a project of its own that gains one service a round (cold0, cold1, ...): each
+                # apply starts exactly one new service and removes none (a service dropped from
+                # the manifests would be removed in the same command, which docker run never does)
+                c = tmp / "cold"
+                if r == 0:
+                    copy_project(d, c, lab.fleet_yaml() + "project: bench-cold\n")
+                    (c / "hello.yaml").rename(c / "hello.yaml.in")
+                text = (c / "hello.yaml.in").read_text().replace("name: hello", f"name: cold{r}") \
                     .replace('"8080:80"', f'"{9100 + r}:80"')
-                (c / "hello.yaml").write_text(text)
+                (c / f"cold{r}.yaml").write_text(text)
                 # the same image as hello: only the new service's start is timed (build is cached)
                 orch("build", str(c))
                 cold_orch.append(orch.apply(c))

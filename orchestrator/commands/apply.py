@@ -1,7 +1,10 @@
 """`orch apply [DIR]`: build, plan, ship what each host lacks, and roll out (canary, waves)."""
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
+from typing import Dict
 
 from orchestrator.commands._common import add_source_arguments, prepare_with_progress, print_json
 
@@ -41,17 +44,10 @@ def run(args) -> int:
             if args.json:
                 print_json({"plan": plan_to_json(obs.plan), "ok": True})
             return 0
-        from rich.console import Console     # rich once there is something to roll out
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-        console = Console(stderr=True)
         total = {hp.host: hp.bytes_to_send for hp in obs.plan.hosts if hp.blobs and not hp.error}
-        with Progress(TextColumn("{task.description:<12}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                      console=console, transient=True, disable=args.json or not total) as progress:
-            tasks = {h: progress.add_task(h, total=n) for h, n in total.items()}
+        with _display(args, total) as (on_bytes, on_event):
             report = apply(prep, obs, pool, force_unlock=args.force_unlock, host_timeout=args.host_timeout,
-                           allow_downgrade=args.allow_downgrade,
-                           on_bytes=lambda h, n: progress.advance(tasks[h], n) if h in tasks else None,
-                           on_event=None if args.json else console.print)
+                           allow_downgrade=args.allow_downgrade, on_bytes=on_bytes, on_event=on_event)
     finally:
         pool.close(wait=False)      # the agents end on their own; the command need not wait
     summary = {
@@ -77,6 +73,30 @@ def run(args) -> int:
                                             | set(report.remove_failed)))
                            or "see the summary above"))
     return 0
+
+
+# bars for transfers worth watching; smaller ones (a changed file or two) are over at once
+PROGRESS_FROM = 1 << 20
+
+
+@contextlib.contextmanager
+def _display(args, total: Dict[str, int]):
+    """(on_bytes, on_event) of a rollout: transfer bars (rich) on a terminal when at least
+    PROGRESS_FROM bytes go out, else plain lines on stderr (and nothing with --json)."""
+    if args.json:
+        yield None, None
+        return
+    if sum(total.values()) < PROGRESS_FROM or not sys.stderr.isatty():
+        yield None, lambda line: print(line, file=sys.stderr, flush=True)
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description:<12}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=console, transient=True) as progress:
+        tasks = {h: progress.add_task(h, total=n) for h, n in total.items()}
+        yield (lambda h, n: progress.advance(tasks[h], n) if h in tasks else None), \
+            (lambda line: console.print(line, markup=False, highlight=False))
 
 
 def _print_summary(summary) -> None:
