@@ -69,6 +69,13 @@ def probe(spec: HealthSpec, ip: str, run_exec: Callable[[Sequence[str], float], 
     return True, "no health check"
 
 
+# How often a starting container is probed until it first answers: an http or tcp probe that
+# finds nothing listening costs a refused connection, and every poll skipped is time the whole
+# rollout waits (a doubling backoff first probed at 5, 15, 35, 75, 155, 315, 635 ms: an app
+# ready at 160 ms was seen at 315). An exec probe starts a process: it keeps backing off.
+START_POLL = {"http": 0.02, "tcp": 0.02}
+
+
 def run_until_healthy(spec: HealthSpec, ip: str, run_exec, alive: Callable[[], bool],
                       clock=time.monotonic, sleep=time.sleep) -> Tuple[bool, str]:
     """Probe until healthy, or until ``retries`` counted failures; stops early if the
@@ -93,7 +100,7 @@ def run_until_healthy(spec: HealthSpec, ip: str, run_exec, alive: Callable[[], b
             if counted >= max(1, spec.retries):
                 return False, f"unhealthy after {counted} failed checks: {last}"
         sleep(max(0.0, min(delay, next_count - clock())))
-        delay = min(delay * 2, spec.interval)
+        delay = min(delay * 2, spec.interval, START_POLL.get(spec.kind, spec.interval))
 
 
 def watch(spec: HealthSpec, ip: str, run_exec, alive: Callable[[], bool], seconds: float,
