@@ -14,8 +14,9 @@ directory). On a connection ``serve`` reads one JSON line:
   child already has the agent's code loaded, so a session costs a fork, not a Python start.
   Any other agent: ``{"ok": false, "why": ...}`` and the caller opens a session the old way.
 
-``serve`` answers between its steps (it never forks while it holds a lock), at once when it
-is idle. Everything here is stdlib; the orchestrator imports ``NAME`` and ``request``.
+Snapshots are answered at once, by a thread; sessions are forked by ``serve``'s main loop
+between its steps, never while it holds a lock (see ``Door``). Everything here is stdlib; the
+orchestrator imports ``NAME`` and ``request``.
 """
 from __future__ import annotations
 
@@ -24,12 +25,15 @@ import os
 import signal
 import socket
 import stat
-from typing import Callable, Dict, Optional
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Tuple
 
 NAME = "door.sock"
 MAX_LINE = 4096
 MAX_SESSIONS = 32             # children alive at once; more are refused (the caller falls back)
 READ_TIMEOUT = 2.0            # a connection that does not say what it wants within this is dropped
+HANDOFF = 1.0                 # seconds a session waits for serve's main loop to fork it
 
 
 def path(run_dir: str) -> str:
@@ -75,7 +79,11 @@ def snapshot_bytes(run_dir: str) -> bytes:
 
 
 class Door:
-    """``serve``'s side: accept what waits, answer snapshots, fork sessions, reap children."""
+    """``serve``'s side. A thread accepts callers and answers snapshot reads itself (file reads:
+    a step of ``serve`` that runs for seconds, such as a restart waiting for a health check,
+    never holds them up). A session is handed to ``serve``'s main loop, which forks it between
+    steps, holding no lock (``serve_sessions``); one the loop does not take within HANDOFF
+    seconds is refused as busy, and the caller opens a session the old way."""
 
     def __init__(self, run_dir: str, agent: Optional[str], session: Callable[[socket.socket], int],
                  log: Callable[[str], None], keep_out: Callable[[], None] = lambda: None):
@@ -85,33 +93,71 @@ class Door:
         self.log = log
         self.keep_out = keep_out                # in a child: close what only serve may hold
         self.sock = listen(run_dir)
+        self._inode = os.lstat(path(run_dir)).st_ino
+        self.sock.setblocking(True)
+        self.sock.settimeout(1.0)               # the thread looks at `stopped` once a second
+        self.wake_r, self.wake_w = os.pipe()    # the main loop selects on wake_r
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
         self.children: Dict[int, float] = {}
+        self._pending: List[Tuple[socket.socket, threading.Event]] = []
+        self._lock = threading.Lock()
+        self.stopped = False
+        self._thread: Optional[threading.Thread] = None
 
     def fileno(self) -> int:
-        return self.sock.fileno()
+        return self.wake_r
+
+    def start(self) -> "Door":
+        self._thread = threading.Thread(target=self._accept_loop, name="door", daemon=True)
+        self._thread.start()
+        return self
 
     def close(self) -> None:
+        self.stopped = True
+        try:            # wakes the thread's accept at once, unless a successor has the path now
+            if os.lstat(path(self.run_dir)).st_ino == self._inode:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as poke:
+                    poke.settimeout(1.0)
+                    poke.connect(path(self.run_dir))
+        except OSError:
+            pass
+        if self._thread is not None:
+            self._thread.join(timeout=3)
         self.sock.close()
+        for fd in (self.wake_r, self.wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
-    def answer_waiting(self) -> None:
-        self.reap()
-        while True:
+    # -- the thread ------------------------------------------------------------------------
+    def _accept_loop(self) -> None:
+        while not self.stopped:
             try:
                 conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
+            except socket.timeout:
+                continue
             except OSError as exc:
+                if self.stopped:
+                    return
                 self.log(f"serve: door: accept: {exc}")
+                time.sleep(0.1)
+                continue
+            if self.stopped:
+                conn.close()
                 return
+            handed = False
             try:
-                self._one(conn)
+                handed = self._one(conn)
             except (OSError, ValueError) as exc:
                 self.log(f"serve: door: {type(exc).__name__}: {exc}")
             finally:
-                conn.close()                    # a session's child has its own copy
+                if not handed:
+                    conn.close()
 
     def _one(self, conn: socket.socket) -> bool:
-        conn.setblocking(True)
+        """Answer one caller; True when its session went to the main loop (which closes it)."""
         conn.settimeout(READ_TIMEOUT)
         line = b""
         while not line.endswith(b"\n"):
@@ -132,29 +178,69 @@ class Door:
         if self.agent is None or req.get("agent") != self.agent:
             conn.sendall(_refusal(f"serve runs {self.agent}, not {req.get('agent')}"))
             return False
-        if len(self.children) >= MAX_SESSIONS:
-            conn.sendall(_refusal(f"{len(self.children)} sessions already open"))
-            return False
-        pid = os.fork()
-        if pid == 0:                            # the child: a session, then gone
-            code = 70
+        taken = threading.Event()
+        with self._lock:
+            self._pending.append((conn, taken))
+        try:
+            os.write(self.wake_w, b"s")
+        except BlockingIOError:
+            pass                                # the pipe is full of wake-ups already
+        if taken.wait(HANDOFF):
+            return True
+        with self._lock:
+            if taken.is_set():                  # taken just now
+                return True
+            self._pending.remove((conn, taken))
+        conn.sendall(_refusal("serve is busy with a step: open a session the other way"))
+        return False
+
+    # -- the main loop -----------------------------------------------------------------------
+    def serve_sessions(self) -> None:
+        """Fork a child for every session waiting (serve's main loop, between its steps)."""
+        try:
+            while os.read(self.wake_r, 512):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        self.reap()
+        while True:
+            with self._lock:
+                if not self._pending:
+                    return
+                conn, taken = self._pending.pop(0)
+                taken.set()
             try:
-                self.sock.close()
-                self.keep_out()
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                conn.settimeout(None)
-                conn.sendall(json.dumps({"ok": True, "pid": os.getpid()}).encode() + b"\n")
-                code = self.session(conn)
-            except BaseException as exc:  # noqa: BLE001 - a child must never return into serve
-                try:
-                    self.log(f"agent session (door): {type(exc).__name__}: {exc}")
-                except BaseException:  # noqa: BLE001
-                    pass
+                if len(self.children) >= MAX_SESSIONS:
+                    conn.sendall(_refusal(f"{len(self.children)} sessions already open"))
+                else:
+                    self._fork(conn)
+            except OSError as exc:
+                self.log(f"serve: door: session: {exc}")
             finally:
-                os._exit(code)
-        self.children[pid] = 0.0
-        return True
+                conn.close()                    # the child has its own
+
+    def _fork(self, conn: socket.socket) -> None:
+        pid = os.fork()
+        if pid:
+            self.children[pid] = time.monotonic()
+            return
+        code = 70                               # the child: a session, then gone
+        try:
+            fd = conn.fileno()
+            # only its socket and stdio: a caller the door thread was answering when serve
+            # forked must see its EOF, and serve's pidfile lock must stay serve's alone
+            self.keep_out()
+            os.closerange(3, fd)
+            os.closerange(fd + 1, _max_fd())
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            conn.settimeout(None)
+            conn.sendall(json.dumps({"ok": True, "pid": os.getpid()}).encode() + b"\n")
+            code = self.session(conn)
+        except BaseException as exc:  # noqa: BLE001 - a child must never return into serve
+            raw_log(f"agent session (door): {type(exc).__name__}: {exc}")
+        finally:
+            os._exit(code)
 
     def reap(self) -> None:
         for pid in list(self.children):
@@ -164,6 +250,23 @@ class Door:
                 done = pid
             if done:
                 del self.children[pid]
+
+
+def _max_fd() -> int:
+    try:
+        return min(os.sysconf("SC_OPEN_MAX"), 1 << 16)
+    except (ValueError, OSError):
+        return 1024
+
+
+def raw_log(msg: str) -> None:
+    """A log line for a session's child: straight to fd 2 (serve's log), bypassing sys.stderr,
+    whose lock another thread of serve may have held when it forked."""
+    try:
+        os.write(2, (time.strftime("%Y-%m-%dT%H:%M:%S ") + msg + "\n").encode(errors="replace"))
+    except OSError:
+        pass
+
 
 
 def _refusal(why: str) -> bytes:

@@ -86,12 +86,12 @@ def run_serve(layout: Layout) -> int:
             if door is None:
                 time.sleep(wait)
                 continue
-            try:        # a caller at the door is answered at once, never during a step
+            try:        # a session at the door is forked at once, never during a step
                 ready, _, _ = select.select([door], [], [], wait)
             except InterruptedError:
                 ready = []
             if ready:
-                door.answer_waiting()
+                door.serve_sessions()
             else:
                 door.reap()
     if door is not None:
@@ -109,14 +109,14 @@ def _open_door(layout: Layout, stop: dict):
 
     def session(conn) -> int:
         rfile, wfile = conn.makefile("rb"), conn.makefile("wb")
-        return answer_session(layout, rfile, wfile, _log, serve_agent(os.getpid()) or sys.argv[0])
+        return answer_session(layout, rfile, wfile, door.raw_log, serve_agent(os.getpid()) or sys.argv[0])
 
     def keep_out() -> None:          # a session's child must not hold serve's pidfile lock
         if stop["fd"] is not None:
             os.close(stop["fd"])
             stop["fd"] = None
     try:
-        return door.Door(layout.run, serve_agent(os.getpid()), session, _log, keep_out)
+        return door.Door(layout.run, serve_agent(os.getpid()), session, _log, keep_out).start()
     except OSError as exc:
         _log(f"serve: no door ({exc}): hosts are read the slower way")
         return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import select
 import socket
 import stat
 import time
@@ -34,7 +35,7 @@ def made(tmp_path):
     def make(**kw):
         d = door.Door(str(tmp_path), kw.pop("agent", AGENT), kw.pop("session", echo_session), logs.append, **kw)
         doors.append(d)
-        return d
+        return d.start()
     yield make, tmp_path, logs
     for d in doors:
         for pid in list(d.children):
@@ -52,6 +53,13 @@ def knock(run_dir, line: bytes) -> socket.socket:
     s.connect(door.path(str(run_dir)))
     s.sendall(line)
     return s
+
+
+def main_loop_turn(d, timeout=5.0) -> None:
+    """What serve's main loop does between its steps: wait for a wake-up, fork what waits."""
+    ready, _, _ = select.select([d], [], [], timeout)
+    assert ready, "no session was handed to the main loop"
+    d.serve_sessions()
 
 
 def read_all(s) -> bytes:
@@ -77,12 +85,10 @@ def test_a_snapshot_is_what_cat_of_the_snapshot_and_uptime_prints(made):
     d = make()
     snapshot.write(str(run), {"info": {"agent_digest": "sha256:ab"}, "have": {}, "status": {}})
     s = knock(run, door.request("snapshot"))
-    d.answer_waiting()
     out = read_all(s)
     assert snapshot.parse_read(out) == {"info": {"agent_digest": "sha256:ab"}, "have": {}, "status": {}}
     snapshot.forget(str(run))                       # an apply removed it: the reader asks the agent
     s = knock(run, door.request("snapshot"))
-    d.answer_waiting()
     out = read_all(s)
     assert snapshot.parse_read(out) is None and len(out.splitlines()) == 1
 
@@ -91,7 +97,7 @@ def test_a_session_is_a_forked_child_that_answers_until_eof(made):
     make, run, _ = made
     d = make()
     s = knock(run, door.request("session", agent=AGENT))
-    d.answer_waiting()
+    main_loop_turn(d)
     r, w = s.makefile("rb"), s.makefile("wb")
     hello = json.loads(r.readline())
     assert hello["ok"] is True and hello["pid"] in d.children and hello["pid"] != os.getpid()
@@ -113,7 +119,6 @@ def test_a_session_for_another_agent_file_is_refused(made):
     make, run, _ = made
     d = make()
     s = knock(run, door.request("session", agent="/var/lib/orch/agent/ffffffffffff.pyz"))
-    d.answer_waiting()
     answer = json.loads(read_all(s))
     assert answer["ok"] is False and "ffffffffffff" in answer["why"] and not d.children
 
@@ -122,7 +127,6 @@ def test_a_serve_run_from_a_source_tree_opens_no_sessions(made):
     make, run, _ = made
     d = make(agent=None)
     s = knock(run, door.request("session", agent=AGENT))
-    d.answer_waiting()
     assert json.loads(read_all(s))["ok"] is False and not d.children
 
 
@@ -132,12 +136,10 @@ def test_garbage_or_a_silent_caller_is_dropped_and_the_door_keeps_answering(made
     d = make()
     bad = knock(run, b"not json\n")
     silent = knock(run, b"")
-    d.answer_waiting()
     assert read_all(bad) == b"" and read_all(silent) == b""
     assert len(logs) == 2
     snapshot.write(str(run), {"info": {}, "have": {}, "status": {}})
     s = knock(run, door.request("snapshot"))
-    d.answer_waiting()
     assert snapshot.parse_read(read_all(s)) is not None
 
 
@@ -153,7 +155,7 @@ def test_a_sessions_child_does_not_hold_serves_pidfile_lock(made, tmp_path):
         stop["fd"] = None
     d = make(keep_out=keep_out)
     s = knock(run, door.request("session", agent=AGENT))
-    d.answer_waiting()
+    main_loop_turn(d)
     assert json.loads(s.makefile("rb").readline())["ok"] is True     # the child runs, the socket open
     os.close(stop["fd"])                                              # serve stops
     successor = os.open(pidfile, os.O_RDWR)
@@ -182,7 +184,7 @@ def test_a_door_session_closes_twice_and_after_a_deadline_killed_it(made):
     make, run, _ = made
     d = make()
     s = knock(run, door.request("session", agent=AGENT))
-    d.answer_waiting()
+    main_loop_turn(d)
     assert json.loads(s.makefile("rb").readline())["ok"] is True
     p = ssh.RemoteProcess("h", sock=s)
     p.kill()                                          # a deadline passed
@@ -190,3 +192,36 @@ def test_a_door_session_closes_twice_and_after_a_deadline_killed_it(made):
     p.close(timeout=5)
     assert p.close(timeout=5) is None
     p.let_go()
+
+
+def test_a_session_the_main_loop_does_not_take_in_time_is_refused_as_busy(made, monkeypatch):
+    """serve in a long step (a restart waiting for its health check): the caller hears at once
+    that it should open its session the other way; snapshots are answered all the while."""
+    make, run, _ = made
+    monkeypatch.setattr(door, "HANDOFF", 0.2)
+    d = make()
+    s = knock(run, door.request("session", agent=AGENT))
+    started = time.monotonic()
+    answer = json.loads(read_all(s))
+    assert answer["ok"] is False and "busy" in answer["why"]
+    assert time.monotonic() - started < 2
+    snapshot.write(str(run), {"info": {}, "have": {}, "status": {}})
+    assert snapshot.parse_read(read_all(knock(run, door.request("snapshot")))) is not None
+    d.serve_sessions()                      # the loop comes back: nothing left to fork
+    assert not d.children
+
+
+def test_a_session_child_holds_no_other_callers_socket(made):
+    """A snapshot caller still connected when serve forked gets its EOF when the door thread
+    closes it, not when the session's child ends."""
+    make, run, _ = made
+    d = make()
+    held = knock(run, b"")                  # the thread is reading this one (it says nothing yet)
+    s = knock(run, door.request("session", agent=AGENT))
+    time.sleep(0.1)
+    held.sendall(door.request("snapshot"))  # now the thread answers and closes it
+    main_loop_turn(d)
+    assert json.loads(s.makefile("rb").readline())["ok"] is True        # the child lives on
+    held.settimeout(5)
+    assert read_all(held).count(b"\n") >= 1                              # EOF came
+    s.close()
