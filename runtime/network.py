@@ -14,7 +14,7 @@ import socket
 import subprocess
 from typing import Iterable, List, Tuple
 
-from runtime import names
+from runtime import names, nftlib
 from runtime.errors import RuntimeFailure
 
 BRIDGE = "orch0"
@@ -185,10 +185,34 @@ def _ip_batch(lines: List[str], prefix: Tuple[str, ...] = ()) -> None:
         raise RuntimeFailure(f"ip -batch failed ({'; '.join(lines)}): {p.stderr.strip()}")
 
 
-def run_nft(text: str) -> None:
+def _nft(text: str) -> Tuple[int, str]:
+    """(exit code, error text) of ``nft -f -`` fed ``text``: in this process through
+    libnftables (nftlib.py: no process, no wait for the kernel's cleanup), else by the binary."""
+    ctx = nftlib.context()
+    if ctx is not None:
+        code, _, err = ctx.run(text)
+        return code, err
     p = subprocess.run(["nft", "-f", "-"], input=text, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeFailure(f"nft -f failed: {p.stderr.strip()}")
+    return p.returncode, p.stderr
+
+
+def _nft_list(args: List[str], json_output: bool = False) -> Tuple[int, str]:
+    """(exit code, output) of ``nft [-j] list ARGS...`` (the binary's ``-j -f`` would read
+    its input as JSON)."""
+    ctx = nftlib.context()
+    if ctx is not None:
+        code, out, _ = ctx.run(" ".join(["list"] + args), json_output)
+        return code, out
+    p = subprocess.run(["nft"] + (["-j"] if json_output else []) + ["list"] + args,
+                       capture_output=True, text=True)
+    return p.returncode, p.stdout
+
+
+def run_nft(text: str) -> None:
+    """``text`` as one transaction: all of it or, refused, none of it."""
+    code, err = _nft(text)
+    if code != 0:
+        raise RuntimeFailure(f"nft -f failed: {err.strip()}")
 
 
 def bridge_exists(bridge: str = BRIDGE) -> bool:
@@ -206,20 +230,18 @@ def _sysctl(path: str, value: str) -> None:
 
 
 def table_exists() -> bool:
-    p = subprocess.run(["nft", "list", "table", "ip", TABLE], capture_output=True)
-    return p.returncode == 0
+    return _nft_list(["table", "ip", TABLE])[0] == 0
 
 
 def _read_table() -> Tuple[bool, Tuple[Entry, ...]]:
     """(the table is the current ruleset, the elements of both maps, whatever its version)."""
-    p = subprocess.run(["nft", "-j", "list", "table", "ip", TABLE], capture_output=True,
-                       text=True)
-    if p.returncode != 0:
+    code, text = _nft_list(["table", "ip", TABLE], json_output=True)
+    if code != 0:
         return False, ()
     out: List[Entry] = []
     chains, sets = set(), set()
     proto_of = {m: proto for proto, m in MAPS.items()}
-    for item in json.loads(p.stdout).get("nftables", []):
+    for item in json.loads(text).get("nftables", []):
         if "chain" in item:
             chains.add(item["chain"].get("name"))
         if "map" in item or "set" in item:
@@ -230,8 +252,8 @@ def _read_table() -> Tuple[bool, Tuple[Entry, ...]]:
         for key, val in m.get("elem", []):
             ip, port = val["concat"]
             out.append((proto_of[m["name"]], int(key), str(ip), int(port)))
-    current = "input" in chains and names.VIPS in sets and subprocess.run(
-        ["nft", "list", "table", "bridge", TABLE], capture_output=True).returncode == 0
+    current = "input" in chains and names.VIPS in sets and \
+        _nft_list(["table", "bridge", TABLE])[0] == 0
     return current, tuple(sorted(out))
 
 

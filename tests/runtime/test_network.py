@@ -1,4 +1,5 @@
 """nft and ip rendering (pure), and one real port switch inside a namespace made here."""
+import os
 import subprocess
 import uuid
 
@@ -54,13 +55,16 @@ def netns():
         subprocess.run(["ip", "netns", "del", name], check=True)
 
 
-def test_real_table_and_atomic_switch_in_a_namespace(netns):
+@pytest.mark.parametrize("how", ["library", "binary"])
+def test_real_table_and_atomic_switch_in_a_namespace(netns, how):
+    env = dict(os.environ, ORCH_NFT="binary") if how == "binary" else None
     code = ("from runtime import network as n; n.run_ensure_host_network(); "
             "n.run_switch_ports([('tcp', 8080, '10.88.0.7', 80)]); print(n.read_port_map()); "
             "n.run_ensure_host_network(); n.run_switch_ports([('tcp', 8080, '10.88.0.9', 80)]); "
             "print(n.read_port_map())")
     out = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "python3", "-c", code],
-                         capture_output=True, text=True, check=True).stdout.splitlines()
+                         capture_output=True, text=True, check=True,
+                         env=env).stdout.splitlines()
     assert out == ["(True, (('tcp', 8080, '10.88.0.7', 80),))",
                    "(True, (('tcp', 8080, '10.88.0.9', 80),))"]
 
@@ -150,3 +154,53 @@ def test_an_older_table_is_upgraded_keeping_its_published_ports(netns):
 def test_wiring_a_container_forgets_the_hosts_neighbour_entry_for_its_address():
     # the address may have been another container's moments ago (its MAC is still cached)
     assert network.render_forget_neighbour("10.88.0.7") == ["neigh flush to 10.88.0.7 dev orch0"]
+
+
+# The port switch, the peers update and the table read happen in the agent's own process
+# (runtime/nftlib.py): `nft -f` paid 16-23 ms per switch, mostly its socket's close waiting for
+# the kernel to free the flushed elements. The child records every process it starts.
+SPAWN_RECORDER = (
+    "import subprocess, sys\n"
+    "spawned = []\n"
+    "_popen = subprocess.Popen.__init__\n"
+    "def rec(self, args, *a, **kw):\n"
+    "    spawned.append(args[0] if isinstance(args, (list, tuple)) else args)\n"
+    "    return _popen(self, args, *a, **kw)\n"
+    "subprocess.Popen.__init__ = rec\n")
+
+
+def test_switch_peers_and_read_start_no_nft_process(netns):
+    code = SPAWN_RECORDER + (
+        "from runtime import network as n\n"
+        "n.run_ensure_host_network()\n"
+        "del spawned[:]\n"
+        "n.run_switch_ports([('tcp', 8080, '10.88.0.7', 80)])\n"
+        "n.run_set_peers([('web', '10.88.0.7'), ('web', '10.88.0.8')])\n"
+        "n.run_switch_ports([('tcp', 8080, '10.88.0.8', 80)])\n"
+        "print(n.read_port_map())\n"
+        "print(spawned)\n")
+    out = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "python3", "-c", code],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["(True, (('tcp', 8080, '10.88.0.8', 80),))", "[]"]
+    peers = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "set", "bridge", "orch",
+                            "peers"], capture_output=True, text=True, check=True).stdout
+    assert "10.88.0.7 . 10.88.0.8" in peers and "10.88.0.8 . 10.88.0.7" in peers
+
+
+@pytest.mark.parametrize("how", ["library", "binary"])
+def test_a_refused_transaction_changes_nothing_and_says_why(netns, how):
+    code = ("from runtime import network as n\n"
+            "from runtime.errors import RuntimeFailure\n"
+            "n.run_ensure_host_network()\n"
+            "n.run_switch_ports([('tcp', 8080, '10.88.0.7', 80)])\n"
+            "try:\n"
+            "    n.run_nft(n.render_port_switch([('tcp', 8080, '10.88.0.9', 80)])"
+            " + 'flush map ip orch nosuch\\n')\n"
+            "except RuntimeFailure as exc:\n"
+            "    print(exc.message.splitlines()[0])\n"
+            "print(n.read_port_map())\n")
+    env = dict(os.environ, ORCH_NFT="binary") if how == "binary" else None
+    out = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "python3", "-c", code],
+                         capture_output=True, text=True, check=True, env=env).stdout.splitlines()
+    assert out[0].startswith("nft -f failed: ") and "No such file or directory" in out[0]
+    assert out[1] == "(True, (('tcp', 8080, '10.88.0.7', 80),))"
