@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import os
 import socket
+import struct
 import subprocess
 from typing import Iterable, List, Tuple
 
@@ -314,8 +316,62 @@ def parse_listening(text: str, udp: bool = False) -> set:
     return ports
 
 
+# sock_diag (linux/inet_diag.h): a dump of this namespace's TCP sockets in LISTEN state
+NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY = 4, 20
+NLM_F_REQUEST, NLM_F_DUMP, NLMSG_ERROR, NLMSG_DONE = 0x1, 0x300, 2, 3
+TCP_LISTEN = 10
+
+
+def render_diag_request(family: int, seq: int) -> bytes:
+    """nlmsghdr + inet_diag_req_v2 (family, TCP, no extensions, LISTEN only, any socket id)."""
+    body = struct.pack("=BBBxI48x", family, socket.IPPROTO_TCP, 0, 1 << TCP_LISTEN)
+    return struct.pack("=IHHII", 16 + len(body), SOCK_DIAG_BY_FAMILY,
+                       NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+
+
+def parse_diag_ports(data: bytes) -> Tuple[set, bool]:
+    """(local ports of the inet_diag_msg records in ``data``, whether the dump is done);
+    OSError for an error message."""
+    ports, pos = set(), 0
+    while pos + 16 <= len(data):
+        length, kind = struct.unpack_from("=IH", data, pos)
+        if length < 16:
+            break
+        if kind == NLMSG_DONE:
+            return ports, True
+        if kind == NLMSG_ERROR:
+            err = -struct.unpack_from("=i", data, pos + 16)[0]
+            raise OSError(err, f"sock_diag: {os.strerror(err)}")
+        if kind == SOCK_DIAG_BY_FAMILY and length >= 16 + 8:
+            ports.add(struct.unpack_from("!H", data, pos + 16 + 4)[0])   # id.idiag_sport
+        pos += (length + 3) & ~3
+    return ports, False
+
+
+def tcp_listening() -> set:
+    """Ports of this network namespace's TCP listeners (IPv4 and IPv6), from the kernel's
+    socket diagnostics: it walks the listening sockets only, where /proc/net/tcp walks every
+    connection of every namespace (4 ms a file on a busy lab machine)."""
+    out: set = set()
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as s:
+        s.settimeout(5.0)
+        for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), 1):
+            s.sendall(render_diag_request(family, seq))
+            done = False
+            while not done:
+                ports, done = parse_diag_ports(s.recv(65536))
+                out |= ports
+    return out
+
+
 def host_listening(proto: str) -> set:
-    """Ports something on this host (its network namespace) already listens on."""
+    """Ports something on this host (its network namespace) already listens on (TCP) or has
+    bound (UDP)."""
+    if proto == "tcp":
+        try:
+            return tcp_listening()
+        except OSError:
+            pass            # no inet_diag in this kernel: what /proc says
     out: set = set()
     for name in (proto, proto + "6"):
         try:
