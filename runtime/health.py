@@ -2,8 +2,9 @@
 
 Semantics: checks run until one passes. A failure counts once per ``interval`` after
 ``start_period``; ``retries`` counted failures make the check fail. Before a failure is
-counted the check is retried quickly (10 ms, doubling up to the interval), so a container that
-is up in 20 ms is seen as healthy in about 20 ms rather than after a full interval.
+counted the check is retried quickly (2 ms, doubling up to ``START_POLL`` or the interval),
+so a container that is up 2 ms after its start (busybox httpd under tini) is seen as healthy
+at once rather than after a full interval (a refused connection costs ~0.3 ms).
 """
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def run_until_healthy(spec: HealthSpec, ip: str, run_exec, alive: Callable[[], b
     start = clock()
     counted = 0
     next_count = start + spec.start_period + spec.interval
-    delay = 0.005
+    delay = 0.002
     last = "not checked"
     while True:
         if not alive():
