@@ -139,7 +139,7 @@ def test_a_launched_agent_reuses_its_bytecode_and_imports_only_what_the_verb_nee
 
 def test_a_session_that_took_the_lock_loads_the_change_machinery_while_it_waits(tmp_path):
     """A change follows a lock: the session imports what apply needs (host, planner,
-    executors, admission, gc) while the orchestrator ships and waits for earlier waves, so
+    executors, admission, gc) and opens its nftables context while the orchestrator ships and waits for earlier waves, so
     that later apply does not pay for it; a read-only session never loads it."""
     import sys
     from runtime.session import encode_request
@@ -147,10 +147,15 @@ def test_a_session_that_took_the_lock_loads_the_change_machinery_while_it_waits(
             "from runtime.cli import main\n"
             "rc = main(sys.argv[1:])\n"
             "[t.join(30) for t in threading.enumerate() if t is not threading.current_thread()]\n"
-            "sys.stderr.write('LOADED=%d\\n' % ('runtime.executors' in sys.modules))\n")
+            "sys.stderr.write('LOADED=%d\\n' % ('runtime.executors' in sys.modules))\n"
+            "nft = sys.modules.get('runtime.nftlib')\n"
+            "sys.stderr.write('NFT=%d\\n' % bool(nft and nft._PROCESS))\n")
     root = ["--root", str(tmp_path / "r"), "--run", str(tmp_path / "run"), "session"]
     for verbs, loaded in ((["info", "status"], 0), (["info", "lock", "unlock"], 1)):
         stdin = b"".join(encode_request(v, {"holder": "t", "token": "t"}) for v in verbs)
         res = subprocess.run([sys.executable, "-c", code, *root], input=stdin, capture_output=True,
                              timeout=60, cwd=str(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))))
         assert f"LOADED={loaded}".encode() in res.stderr, (verbs, res.stderr[-2000:])
+        # and opened its nftables context (libnftables reads the ruleset into its cache on
+        # first use: 2.5 ms a lab host's apply no longer pays)
+        assert f"NFT={loaded}".encode() in res.stderr, (verbs, res.stderr[-2000:])
