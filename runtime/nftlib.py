@@ -11,8 +11,7 @@ of ``apply``. One context kept open for the process's life commits the same tran
 usually finished by then.
 
 The context is the process's, like its standard streams: opened on first use, never closed
-(the kernel closes it with the process), used from one thread at a time (the agent's main
-thread). ``context()`` is None where the library cannot be loaded, or ``ORCH_NFT=binary`` asks
+(the kernel closes it with the process; a forked child opens its own), one call at a time. ``context()`` is None where the library cannot be loaded, or ``ORCH_NFT=binary`` asks
 for the binary: callers then run ``nft``.
 """
 from __future__ import annotations
@@ -70,10 +69,14 @@ def _load() -> Optional[Context]:
         return None
 
 
-_PROCESS: List[Optional[Context]] = []     # [] until first use, then [context or None]
+# [] until first use, then [(pid, context or None)]: a child forked after it (serve forks the
+# agent sessions) opens its own, else parent and child would read each other's answers on
+# the one netlink socket; the inherited one is left alone (the parent still uses it)
+_PROCESS: List[Tuple[int, Optional[Context]]] = []
 
 
 def context() -> Optional[Context]:
-    if not _PROCESS:
-        _PROCESS.append(_load())
-    return _PROCESS[0]
+    pid = os.getpid()
+    if not _PROCESS or _PROCESS[0][0] != pid:
+        _PROCESS[:] = [(pid, _load())]
+    return _PROCESS[0][1]

@@ -149,7 +149,7 @@ def test_a_session_that_took_the_lock_loads_the_change_machinery_while_it_waits(
             "[t.join(30) for t in threading.enumerate() if t is not threading.current_thread()]\n"
             "sys.stderr.write('LOADED=%d\\n' % ('runtime.executors' in sys.modules))\n"
             "nft = sys.modules.get('runtime.nftlib')\n"
-            "sys.stderr.write('NFT=%d\\n' % bool(nft and nft._PROCESS))\n")
+            "sys.stderr.write('NFT=%d\\n' % bool(nft and nft._PROCESS and nft._PROCESS[0][1]))\n")
     root = ["--root", str(tmp_path / "r"), "--run", str(tmp_path / "run"), "session"]
     for verbs, loaded in ((["info", "status"], 0), (["info", "lock", "unlock"], 1)):
         stdin = b"".join(encode_request(v, {"holder": "t", "token": "t"}) for v in verbs)
