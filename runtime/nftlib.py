@@ -64,9 +64,13 @@ def _load() -> Optional[Context]:
         for name in ("nft_ctx_get_output_buffer", "nft_ctx_get_error_buffer"):
             getattr(lib, name).argtypes = [ctypes.c_void_p]
             getattr(lib, name).restype = ctypes.c_char_p
-        return Context(lib)
+        ctx = Context(lib)
     except (OSError, AttributeError):
         return None
+    # a library that loads but cannot talk to the kernel (a foreign-arch library under qemu-user
+    # translates no netfilter netlink: "Protocol not supported") leaves the work to the binary
+    rc, _, _ = ctx.run("list tables")
+    return ctx if rc == 0 else None
 
 
 # [] until first use, then [(pid, context or None)]: a child forked after it (serve forks the
