@@ -16,7 +16,6 @@ for the binary: callers then run ``nft``.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 from typing import List, Optional, Tuple
@@ -26,7 +25,7 @@ OUTPUT_JSON = 1 << 4          # NFT_CTX_OUTPUT_JSON in nftables/libnftables.h
 
 
 class Context:
-    def __init__(self, lib: ctypes.CDLL):
+    def __init__(self, lib):
         self._lib = lib
         self._ctx = lib.nft_ctx_new(0)
         if not self._ctx:
@@ -54,6 +53,8 @@ def _load() -> Optional[Context]:
     if os.environ.get("ORCH_NFT") == "binary":
         return None
     try:
+        import ctypes
+
         lib = ctypes.CDLL(LIBRARY)
         lib.nft_ctx_new.restype = ctypes.c_void_p
         lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
@@ -65,7 +66,7 @@ def _load() -> Optional[Context]:
             getattr(lib, name).argtypes = [ctypes.c_void_p]
             getattr(lib, name).restype = ctypes.c_char_p
         ctx = Context(lib)
-    except (OSError, AttributeError):
+    except (ImportError, OSError, AttributeError):    # python3-minimal has no ctypes
         return None
     # a library that loads but cannot talk to the kernel (a foreign-arch library under qemu-user
     # translates no netfilter netlink: "Protocol not supported") leaves the work to the binary
@@ -84,3 +85,10 @@ def context() -> Optional[Context]:
     if not _PROCESS or _PROCESS[0][0] != pid:
         _PROCESS[:] = [(pid, _load())]
     return _PROCESS[0][1]
+
+
+def binary_in_this_process() -> None:
+    """This process runs ``nft`` for what it does with nftables (``serve``: its reads are not
+    in anyone's way, and the library and ctypes would stay in its memory, ~3 MB of the agent's
+    idle RSS); a child it forks (an agent session) still opens the library."""
+    _PROCESS[:] = [(os.getpid(), None)]

@@ -30,7 +30,9 @@ LOCK_WAIT = 30.0
 
 
 def run_serve(layout: Layout) -> int:
+    from runtime import nftlib
     from runtime.agent import make_host
+    nftlib.binary_in_this_process()
     h = make_host(layout, log=_log)
     fd = os.open(layout.pidfile, os.O_RDWR | os.O_CREAT, 0o644)
     deadline = time.monotonic() + LOCK_WAIT

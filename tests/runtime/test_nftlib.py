@@ -33,3 +33,21 @@ def test_a_library_that_cannot_talk_to_the_kernel_leaves_the_work_to_the_binary(
             os._exit(2)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_serve_runs_the_binary_and_the_sessions_it_forks_the_library():
+    pid = os.fork()
+    if pid == 0:
+        try:
+            nftlib.binary_in_this_process()        # what serve does
+            if nftlib.context() is not None:
+                os._exit(1)
+            child = os.fork()
+            if child == 0:                          # a session at the door
+                os._exit(0 if nftlib.context() is not None else 1)
+            _, status = os.waitpid(child, 0)
+            os._exit(0 if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 else 2)
+        except BaseException:  # noqa: BLE001
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
