@@ -225,3 +225,32 @@ def test_a_session_child_holds_no_other_callers_socket(made):
     held.settimeout(5)
     assert read_all(held).count(b"\n") >= 1                              # EOF came
     s.close()
+
+
+def test_where_the_host_refuses_the_forward_the_caller_falls_back(tmp_path, monkeypatch):
+    """sshd with AllowStreamLocalForwarding no, or no serve behind the socket: the master
+    accepts the local connection and closes it at once. Reads and sessions then say None (the
+    caller reads with `cat` and opens `python3 AGENT session`), at once."""
+    import threading
+
+    local = tmp_path / "master.door"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(local))
+    listener.listen(8)
+
+    def master():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.close()
+    threading.Thread(target=master, daemon=True).start()
+    monkeypatch.setattr(ssh, "door_path", lambda target: str(local))
+    conn = ssh.SSHConnection(ssh.SSHTarget(name="h", address="10.0.0.1"))
+    started = time.monotonic()
+    assert conn.read_door(door.request("snapshot")) is None
+    assert conn.open_door_session(door.request("session", agent=AGENT)) is None
+    assert time.monotonic() - started < 1.0
+    listener.close()
+    assert conn.read_door(door.request("snapshot")) is None          # no master at all
