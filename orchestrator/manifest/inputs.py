@@ -159,10 +159,15 @@ def _declared_and_used(desired: Desired, files: LocalFiles) -> Set[str]:
 
 def _referenced(texts) -> Set[str]:
     """The variables the texts with markup refer to (jinja2 is imported only for those)."""
+    from orchestrator.manifest import plain_templates
     out: Set[str] = set()
     env = None
     for text in texts:
         if not has_markup(text):
+            continue
+        plain = plain_templates.names(text)
+        if plain is not None:
+            out |= plain
             continue
         if env is None:
             import jinja2

@@ -255,7 +255,12 @@ class Renderer:
         self._env = None
 
     def render(self, text: str, variables: Mapping[str, Any]) -> str:
-        """``templates.render_text``: ValueError with a readable reason."""
+        """``templates.render_text``: ValueError with a readable reason. A text that only names
+        variables is rendered without Jinja2 (``plain_templates``: the same output)."""
+        from orchestrator.manifest import plain_templates
+        out = plain_templates.render(text, variables)
+        if out is not None:
+            return out
         from orchestrator.manifest import templates
         if self._env is None:
             self._env = templates.make_jinja()

@@ -37,6 +37,15 @@ def test_markup_is_rendered_with_jinja2(tmp_path):
 
 
 def test_a_template_step_is_rendered_with_jinja2(tmp_path):
-    (tmp_path / "t.j2").write_text("plain text\n")
-    (tmp_path / "m.yaml").write_text(PLAIN + "  steps:\n    - template: {src: t.j2, dest: /etc/t}\n")
+    (tmp_path / "t.j2").write_text("workers = {{ n | int + 1 }}\n")
+    (tmp_path / "m.yaml").write_text("vars: {n: 1}\n---\n" + PLAIN + "  steps:\n    - template: {src: t.j2, dest: /etc/t}\n")
     assert load_in_fresh_process(tmp_path) == "('/web',) True"
+
+
+def test_templates_that_only_name_variables_need_no_jinja2(tmp_path):
+    """examples/python-app: `{{ release }}` in the manifest, `release = {{ release }}` in a
+    template step (plain_templates renders them, with Jinja2's output)."""
+    (tmp_path / "t.j2").write_text("# a comment\nrelease = {{ n }}\nname = {{service}}\n")
+    (tmp_path / "m.yaml").write_text("vars: {n: 1}\n---\n" + PLAIN.replace("/web", "'/web{{ n }}'")
+                                     + "  steps:\n    - template: {src: t.j2, dest: /etc/t}\n")
+    assert load_in_fresh_process(tmp_path) == "('/web1',) False"
