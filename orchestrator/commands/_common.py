@@ -52,11 +52,11 @@ def prepare_with_progress(args):
     from orchestrator.manifest.inputs import load_checked
 
     # a bad manifest or a missing input is reported before SSH, rich and the builder are imported
-    load_checked(args.directory, parse_vars(args.var), os.environ)
+    desired = load_checked(args.directory, parse_vars(args.var), os.environ)
     from orchestrator.commands.build import BuildProgress
     from orchestrator.fleet.deploy import prepare
 
     if getattr(args, "json", False):
-        return prepare(args.directory, parse_vars(args.var))
+        return prepare(args.directory, parse_vars(args.var), desired=desired)
     with BuildProgress() as progress:
-        return prepare(args.directory, parse_vars(args.var), progress=progress)
+        return prepare(args.directory, parse_vars(args.var), progress=progress, desired=desired)

@@ -62,11 +62,15 @@ class ApplyReport:
 
 
 def prepare(directory: str, variables: Mapping[str, str], *, progress=None, bring_up_lab: bool = True,
-            store: Optional[Store] = None, environ: Optional[Mapping[str, str]] = None) -> Prepared:
+            store: Optional[Store] = None, environ: Optional[Mapping[str, str]] = None,
+            desired: Optional[Desired] = None) -> Prepared:
+    """``desired``: the manifests as ``load_checked`` gave them for these same arguments (a
+    command that checked its inputs first need not load them twice)."""
     from orchestrator.image import build_services
 
     # every input problem (secrets, --var names, step sources) before a build, a lab or a host
-    desired = load_checked(directory, dict(variables), os.environ if environ is None else environ)
+    if desired is None:
+        desired = load_checked(directory, dict(variables), os.environ if environ is None else environ)
     store = (store or Store.default()).ensure()
     hosts = fleet_hosts(desired.fleet, bring_up_lab=bring_up_lab)
     built = build_services(desired, store, progress=progress)
