@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 from orchestrator.errors import HostKeyError, TransportError
+from runtime import door, protocol
 
 
 class _OnFirstUse:
@@ -48,8 +49,8 @@ DEFAULT_PERSIST = "60"
 # future quantum computer).
 KEX_ENV = "ORCH_SSH_KEX"
 DEFAULT_KEX = "^curve25519-sha256"
-# the door of the agent's `serve` on every host (runtime/door.py; protocol.DEFAULT_RUN)
-REMOTE_DOOR = "/run/orch/door.sock"
+# the door of the agent's `serve` on every host (runtime/door.py)
+REMOTE_DOOR = door.path(protocol.DEFAULT_RUN)
 DOOR_SUFFIX = ".door"
 DOOR_TIMEOUT = 10.0             # seconds for the door to answer what it was asked
 WINDOW = 64 * 1024 * 1024       # large SSH window: bulk transfers are not stalled by round trips
