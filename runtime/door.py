@@ -86,12 +86,11 @@ class Door:
     seconds is refused as busy, and the caller opens a session the old way."""
 
     def __init__(self, run_dir: str, agent: Optional[str], session: Callable[[socket.socket], int],
-                 log: Callable[[str], None], keep_out: Callable[[], None] = lambda: None):
+                 log: Callable[[str], None]):
         self.run_dir = run_dir
         self.agent = agent                      # the agent file this serve runs (None: a dev tree)
         self.session = session                  # (connected socket) -> exit code, in the child
         self.log = log
-        self.keep_out = keep_out                # in a child: close what only serve may hold
         self.sock = listen(run_dir)
         self._inode = os.lstat(path(run_dir)).st_ino
         self.sock.setblocking(True)
@@ -229,7 +228,6 @@ class Door:
             fd = conn.fileno()
             # only its socket and stdio: a caller the door thread was answering when serve
             # forked must see its EOF, and serve's pidfile lock must stay serve's alone
-            self.keep_out()
             os.closerange(3, fd)
             os.closerange(fd + 1, _max_fd())
             signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -60,7 +60,7 @@ def run_serve(layout: Layout) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    door = _open_door(layout, stop)
+    door = _open_door(layout)
     _log(f"serve: pid {os.getpid()}, runtime {h.rt.name}, root {layout.root}"
          + (f", door {door.sock.getsockname()}" if door else ""))
     errors = 0
@@ -102,23 +102,20 @@ def run_serve(layout: Layout) -> int:
     return 0
 
 
-def _open_door(layout: Layout, stop: dict):
+def _open_door(layout: Layout):
     """runtime/door.py, or None (the host is read and sessions open the old way) where the
     socket cannot be made."""
     from runtime import door
     from runtime.cli import answer_session
     from runtime.hostinfo import serve_agent
 
+    agent = serve_agent(os.getpid())
+
     def session(conn) -> int:
         rfile, wfile = conn.makefile("rb"), conn.makefile("wb")
-        return answer_session(layout, rfile, wfile, door.raw_log, serve_agent(os.getpid()) or sys.argv[0])
-
-    def keep_out() -> None:          # a session's child must not hold serve's pidfile lock
-        if stop["fd"] is not None:
-            os.close(stop["fd"])
-            stop["fd"] = None
+        return answer_session(layout, rfile, wfile, door.raw_log, agent or sys.argv[0])
     try:
-        return door.Door(layout.run, serve_agent(os.getpid()), session, _log, keep_out).start()
+        return door.Door(layout.run, agent, session, _log).start()
     except OSError as exc:
         _log(f"serve: no door ({exc}): hosts are read the slower way")
         return None

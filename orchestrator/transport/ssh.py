@@ -464,30 +464,38 @@ def control_dir() -> Optional[str]:
     return path
 
 
-def control_options(target: SSHTarget) -> List[str]:
-    """OpenSSH options that share one connection per host between commands and keep it open
-    for a while after the last one (empty when turned off)."""
+def _control_path(target: SSHTarget) -> Optional[str]:
+    """The ControlMaster socket of this host, where connections persist (else None)."""
     persist = os.environ.get(PERSIST_ENV, DEFAULT_PERSIST).strip().lower()
     if not target.persist or persist in ("0", "no", "off", "false", ""):
-        return []
+        return None
     d = control_dir()
     if d is None:
-        return []
+        return None
     # one master per host *and* per trust settings: a command that checks against another
     # known_hosts file or logs in with another key never rides on this one's connection
     key = "\0".join(str(x) for x in (target.address, target.port, target.user, target.key_path,
                                       target.known_hosts))
-    name = hashlib.sha256(key.encode()).hexdigest()[:32]
+    return f"{d}/{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+
+
+def control_options(target: SSHTarget) -> List[str]:
+    """OpenSSH options that share one connection per host between commands and keep it open
+    for a while after the last one (empty when turned off)."""
+    path = _control_path(target)
+    if path is None:
+        return []
+    persist = os.environ.get(PERSIST_ENV, DEFAULT_PERSIST).strip().lower()
     # the agent's door (runtime/door.py), forwarded by the master for as long as it lives: a
     # later command reads the host or opens a session through it without starting a process
-    return ["-o", "ControlMaster=auto", "-o", f"ControlPath={d}/{name}", "-o", f"ControlPersist={persist}",
-            "-o", "StreamLocalBindUnlink=yes", "-L", f"{d}/{name}{DOOR_SUFFIX}:{REMOTE_DOOR}"]
+    return ["-o", "ControlMaster=auto", "-o", f"ControlPath={path}", "-o", f"ControlPersist={persist}",
+            "-o", "StreamLocalBindUnlink=yes", "-L", f"{path}{DOOR_SUFFIX}:{REMOTE_DOOR}"]
 
 
 def door_path(target: SSHTarget) -> Optional[str]:
     """The local end of the host's door forward, where connections persist (else None)."""
-    opts = control_options(target)
-    return opts[opts.index("-L") + 1].split(":", 1)[0] if "-L" in opts else None
+    path = _control_path(target)
+    return path + DOOR_SUFFIX if path is not None else None
 
 
 class RemoteProcess:

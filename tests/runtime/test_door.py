@@ -147,17 +147,13 @@ def test_a_sessions_child_does_not_hold_serves_pidfile_lock(made, tmp_path):
     """A successor serve (an upgrade) takes the pidfile lock at once, sessions or not."""
     make, run, _ = made
     pidfile = tmp_path / "serve.pid"
-    stop = {"fd": os.open(pidfile, os.O_RDWR | os.O_CREAT, 0o644)}
-    fcntl.flock(stop["fd"], fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-    def keep_out():
-        os.close(stop["fd"])
-        stop["fd"] = None
-    d = make(keep_out=keep_out)
+    serve_fd = os.open(pidfile, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(serve_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    d = make()
     s = knock(run, door.request("session", agent=AGENT))
     main_loop_turn(d)
     assert json.loads(s.makefile("rb").readline())["ok"] is True     # the child runs, the socket open
-    os.close(stop["fd"])                                              # serve stops
+    os.close(serve_fd)                                                # serve stops
     successor = os.open(pidfile, os.O_RDWR)
     try:
         fcntl.flock(successor, fcntl.LOCK_EX | fcntl.LOCK_NB)         # BlockingIOError if the child held it
