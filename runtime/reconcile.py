@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Set
 
 from runtime import planner
 from runtime.planner import EnsureNetwork, SyncPorts, Unpack, Wait
+from runtime.spec import MIN_SETTLE
 
 if TYPE_CHECKING:  # the executors get the Host that runs them
     from runtime.host import Host
@@ -64,9 +65,6 @@ def next_steps(h, only: Optional[Set[str]] = None):
                  or (isinstance(s, Unpack) and any(
                      w.manifest == s.manifest for w in wants if w.service in only))]
     return steps, wants, obs
-
-
-MIN_SETTLE = 3.0      # seconds a container without a health check must have run before apply calls it serving
 
 
 def owner(step) -> str:

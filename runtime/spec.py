@@ -25,6 +25,7 @@ MAX_SECONDS = 3600.0
 MIN_MEMORY = 6 << 20          # below this the kernel (and runc) refuse the cgroup limit
 MAX_CPUS = 1024.0
 MAX_KEEP = 100
+MIN_SETTLE = 3.0      # seconds a container without a health check must have run before apply calls it serving
 # Mount points a volume or secret may not cover: kernel filesystems the bundle mounts itself
 # (a volume on /proc/sys would make the host's sysctls writable), and the root.
 KERNEL_DIRS = ("/proc", "/sys", "/dev")

@@ -30,10 +30,11 @@ class BuildProgress:
     """Maps build events onto a rich progress display (one bar per service/platform) on stderr.
 
     Usable by other verbs: ``with BuildProgress() as p: build_services(..., progress=p)``.
-    The display opens (and rich is imported) once the build has work to show: a layer built, a
-    warning, or a step or base still running ``grace`` seconds after it started (a base reports
-    "start" before the builder knows whether it is cached). It then replays what came before;
-    a build whose every layer is cached shows nothing.
+    The display opens (and rich is imported, ~65 ms) once the build is worth watching: a warning,
+    an emulated platform, or a step or base still running ``grace`` seconds after it started (a
+    base reports "start" before the builder knows whether it is cached). It then replays what
+    came before. A quick build that built layers prints one plain line per image at the end; a
+    build whose every layer is cached shows nothing.
     """
 
     def __init__(self, grace: float = 0.25):
@@ -59,7 +60,23 @@ class BuildProgress:
                 self._timer.cancel()
             if self.progress is not None:
                 return self.progress.__exit__(*exc)
+            self._summarize()
         return None
+
+    def _summarize(self) -> None:
+        """The quick build's one line per image that built a layer (the bars never opened)."""
+        built: Dict[Tuple[str, str], int] = {}
+        seconds: Dict[Tuple[str, str], float] = {}
+        for ev in self._seen:
+            key = (ev.service, ev.platform)
+            if ev.state == "built":
+                built[key] = built.get(key, 0) + 1
+            elif ev.state == "done":
+                seconds[key] = ev.seconds
+        for (service, platform), n in built.items():
+            done = f", done in {seconds[service, platform]:.1f}s" if (service, platform) in seconds else ""
+            sys.stderr.write(f"{service} {platform}: {n} layer{'' if n == 1 else 's'} built{done}\n")
+        sys.stderr.flush()
 
     def __call__(self, ev) -> None:
         with self._lock:
@@ -76,7 +93,7 @@ class BuildProgress:
                     self._timer.start()
             else:
                 self._running.pop(key, None)
-            if ev.state in ("built", "emulated", "warning"):
+            if ev.state in ("emulated", "warning"):
                 self._open()
 
     def _still_running(self, ev) -> None:

@@ -20,8 +20,7 @@ def apply_deadline(deploy: Mapping, base: float = HOST_TIMEOUT) -> float:
     """How long one host may take to apply (or revert) one service before it is dropped as
     silent: ``base`` plus what the deploy spec itself allows: every health retry, the monitor
     window, the drain, the old slot's stop timeout and the settle window."""
-    from runtime.reconcile import MIN_SETTLE      # the agent's planner: only once a change runs
-    from runtime.spec import Deploy
+    from runtime.spec import MIN_SETTLE, Deploy
     d = Deploy.from_json(dict(deploy))
     h = d.health
     health = h.start_period + (h.retries + 1) * (h.interval + h.timeout) if h.kind != "none" else 0.0

@@ -1,5 +1,6 @@
-"""The build display of build/apply/plan/push: shown once a build has work to show, nothing (and
-no rich import) for a build whose every layer is cached."""
+"""The build display of build/apply/plan/push: bars once a build runs long enough to watch, one
+plain line (no rich import) for a quick build that built a layer, nothing for a build whose every
+layer is cached."""
 import subprocess
 import sys
 
@@ -23,6 +24,9 @@ script = {
                   ev(3, "done", "image", 0.3)],
     "slow start": [ev(0, "start", "base debian"), "sleep", "check", ev(0, "cached", "base debian"),
                    ev(3, "done", "image", 0.3)],
+    "slow step": [ev(0, "start", "base debian"), ev(0, "cached", "base debian"), ev(1, "start"),
+                  ev(1, "built", seconds=0.01), ev(2, "start"), "sleep", "check step",
+                  ev(2, "built", seconds=0.3), ev(3, "done", "image", 0.3)],
     "warning": [ev(0, "start", "base debian"), ev(0, "warning", "no orch.lock: resolved from the mirror"),
                 ev(0, "cached", "base debian"), ev(3, "done", "image")],
 }[sys.argv[1]]
@@ -30,6 +34,8 @@ with BuildProgress(grace=0.05) as progress:
     for item in script:
         if item == "sleep":
             time.sleep(0.3)
+        elif item == "check step":
+            print("open while the step runs:", "rich" in sys.modules and progress.shown, flush=True)
         elif item == "check":
             print("open while the base runs:", "rich" in sys.modules and progress.shown, flush=True)
         else:
@@ -49,10 +55,16 @@ def test_a_cached_build_shows_nothing_and_does_not_import_rich():
     assert (out, err) == ("rich imported: False\n", "")
 
 
-def test_a_build_that_builds_a_layer_shows_its_bar():
+def test_a_quick_build_that_builds_a_layer_prints_one_plain_line_without_rich():
     out, err = run_display("built")
-    assert "rich imported: True" in out
-    assert "web linux/amd64" in err and "done in 0.0s" in err
+    assert out == "rich imported: False\n"
+    assert err == "web linux/amd64: 1 layer built, done in 0.0s\n"
+
+
+def test_a_slow_step_opens_the_bars_and_replays_what_came_before():
+    out, err = run_display("slow step")
+    assert "open while the step runs: True" in out
+    assert "web linux/amd64" in err and "done in 0.3s" in err
 
 
 def test_a_slow_base_opens_the_display_before_it_ends():
