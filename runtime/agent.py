@@ -12,7 +12,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from runtime import meta, protocol
-from runtime.errors import BadRequest, NotFound
+from runtime.errors import AgentFailure, BadRequest, NotFound
 from runtime.hostinfo import agent_digest, host_platform, serve_agent, serve_pid
 from runtime.pid1 import find_init
 from runtime.layout import Layout
@@ -128,6 +128,76 @@ def verb_apply(layout: Layout, req: dict, log=None) -> dict:
     if pending:
         start_finisher(layout, pending)
     return {"services": results}
+
+
+def verb_prepare(layout: Layout, req: dict, log=None) -> dict:
+    """A later wave's containers, made while an earlier wave runs (the pipelined rollout): for
+    each service of an ``apply`` request, what ``apply`` would do up to its ``Start`` (unpack
+    the image, stop a stale slot that does not serve), then ``Start`` without its last step: layers, bundle, network and ``runc
+    create``. Nothing of the release runs, and neither the target nor what serves changes.
+    The container is held while the session's lock is: ``apply`` begins it (``Begin``), or it is
+    stopped once the lock is gone (by ``serve``). Best effort: a service that cannot be
+    prepared now (a drain, stop-first, no room, a failure) is left to ``apply``, with why."""
+    from runtime import admission, snapshot
+    from runtime.gc import read_records
+    services = req.get("services")
+    if not isinstance(services, dict) or not services:
+        raise BadRequest("prepare: expected {\"services\": {NAME: {...}}, \"lock\": ...}")
+    token = req.get("lock")
+    _check_lock(layout, token, "prepare")
+    plat = host_platform()
+    checked = {n: admission.check_service(layout, n, s, plat) for n, s in sorted(services.items())}
+    h = make_host(layout, log)
+    out = {}
+    with h.state.flock("converge.lock"):
+        snapshot.forget(layout.run)       # a reader asks the agent until serve writes anew
+        records = read_records(layout)
+        for n, t in checked.items():
+            out[n] = _prepare_one(h, n, t, dict(services[n].get("secrets") or {}), str(token),
+                                  records)
+    return {"services": out}
+
+
+def _prepare_one(h, name: str, t: dict, secrets: dict, token: str, records: dict) -> dict:
+    from runtime import planner
+    from runtime.executors import make_container
+    from runtime.host import want_of
+    from runtime.spec import Target
+    target = Target.from_json(name, t)
+    want = want_of(name, target)
+    if want.exclusive or want.stop_first:
+        return {"prepared": None, "why": "one slot at a time: apply stops the old one first"}
+    wants = tuple(w for w in h.wants() if w.service != name) + (want,)
+    try:
+        for _ in range(4):
+            obs = h.observe(wants)
+            step = next((s for s in planner.plan(wants, obs)
+                         if getattr(s, "service", None) == name
+                         or getattr(s, "blocks", None) == name
+                         or isinstance(s, planner.EnsureNetwork)
+                         or (isinstance(s, planner.Unpack) and s.manifest == want.manifest)), None)
+            serving = next((c.slot for c in obs.current if c.service == name), None)
+            if isinstance(step, (planner.EnsureNetwork, planner.Unpack)) or (
+                    isinstance(step, planner.Stop) and step.slot != serving):
+                h.execute(step, obs)      # what apply would do first; nothing that serves
+                continue
+            if isinstance(step, planner.Begin):
+                return {"prepared": step.slot, "instance": step.instance}
+            if not isinstance(step, planner.Start):
+                why = getattr(step, "why", "") or type(step).__name__ if step else "nothing to start"
+                return {"prepared": None, "why": why}
+            # the record first: gc keeps what a container runs only while its record is there
+            records.setdefault(name, {})[t["release"]] = t
+            h.state.save_records(records)
+            h.state.journal("Prepare", "begin", service=name, slot=step.slot, release=step.release)
+            meta = make_container(h, name, step.slot, target, secrets, prepared=token)
+            h.state.journal("Prepare", "done")
+            return {"prepared": step.slot, "instance": meta.instance}
+    except Exception as exc:  # noqa: BLE001 - apply starts it the usual way and reports what fails
+        msg = exc.message if isinstance(exc, AgentFailure) else f"{type(exc).__name__}: {exc}"
+        h.log(f"prepare {name}: {msg}")
+        return {"prepared": None, "why": msg[:500]}
+    return {"prepared": None, "why": "still not ready to start after 4 steps"}
 
 
 def start_finisher(layout: Layout, services: List[str]) -> None:

@@ -87,6 +87,7 @@ VERBS: Dict[str, Verb] = {v.name: v for v in (
         l, io.stdin.buffer if hasattr(io.stdin, "buffer") else io.stdin),
         stdin="stream", reads_only=False),
     Verb("apply", lambda l, r, io: _agent().verb_apply(l, r, io.log), reads_only=False),
+    Verb("prepare", lambda l, r, io: _agent().verb_prepare(l, r, io.log), reads_only=False),
     Verb("rollback", lambda l, r, io: _agent().verb_rollback(
         l, _service(r), r.get("to"), str(r.get("who") or "unknown"), io.log, r.get("lock")),
         reads_only=False, args=(_SERVICE, ("--to", {"default": None}), _WHO)),

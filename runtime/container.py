@@ -68,9 +68,11 @@ def ensure_secrets_tmpfs(layout: Layout) -> None:
 
 
 def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: str,
-           target: Target, secret_values: Dict[str, str], ip: str) -> Meta:
-    """Create and start a container for ``target`` in ``slot``. On any failure everything
-    made so far is removed again before the error propagates."""
+           target: Target, secret_values: Dict[str, str], ip: str, prepared: str = "") -> Meta:
+    """Create and start a container for ``target`` in ``slot``. ``prepared`` (a lock token):
+    create it, wired, and leave it at ``runc create`` for ``begin`` (its process waits before
+    the image's entrypoint: nothing of the release runs). On any failure everything made so far
+    is removed again before the error propagates."""
     cid = container_id(host_id, service, slot)
     d = cdir(layout, cid)
     if os.path.exists(d):
@@ -156,6 +158,10 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
         if ip:
             network.run_wire_container(veth_key(meta), meta.pid, ip)
             _set_peers(layout)
+        if prepared:
+            meta.prepared = prepared
+            meta.save(meta_path)
+            return meta
         oci.run_start(rt, cid)
         meta.started = True
         meta.save(meta_path)
@@ -163,6 +169,19 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
     except BaseException:
         remove(layout, rt, meta, 0.0)
         raise
+
+
+def begin(layout: Layout, rt: oci.Runtime, meta: Meta) -> Meta:
+    """Start a container ``create(prepared=...)`` left created. On failure it is removed."""
+    meta_path = os.path.join(cdir(layout, meta.id), "meta.json")
+    try:
+        oci.run_start(rt_of(meta, rt), meta.id)
+    except BaseException:
+        remove(layout, rt, meta, 0.0)
+        raise
+    meta.started, meta.prepared = True, ""
+    meta.save(meta_path)
+    return meta
 
 
 def remove(layout: Layout, rt: oci.Runtime, meta: Meta, stop_timeout: float) -> None:

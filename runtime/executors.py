@@ -8,7 +8,7 @@ from runtime import container, health, network, oci, planner, unpack
 from runtime.errors import AgentFailure, HealthFailure
 from runtime.meta import Meta, list_metas, rt_of
 from runtime.spec import Deploy, Target
-from runtime.planner import (CheckHealth, EnsureNetwork, Fail, Forget, Observed, Restart,
+from runtime.planner import (Begin, CheckHealth, EnsureNetwork, Fail, Forget, Observed, Restart,
                              Revert, Settle, Start, Stop, Switch, SyncPorts, Unpack, Wait)
 
 if TYPE_CHECKING:  # the executors get the Host that runs them
@@ -35,13 +35,20 @@ def _start(h: Host, service: str, slot: str, release: str = "") -> Meta:
         if rec is None:
             raise AgentFailure(f"{service}: release {release} is not known on this host")
         target = Target.from_json(service, rec)
+    return make_container(h, service, slot, target, h.state.secrets(service))
+
+
+def make_container(h: Host, service: str, slot: str, target: Target, secrets: Dict[str, str],
+                   prepared: str = "") -> Meta:
+    """A container for ``target`` in ``slot`` with the next free address: started, or only
+    created for the session holding lock ``prepared`` (see ``Begin``)."""
     st = h.state.status()
     used = [m.ip for m in list_metas(h.layout)]
     ip, cursor = network.allocate_ip(used, int(st["ipam"]))
     st["ipam"] = cursor
     h.state.save_status(st)
-    return container.create(h.layout, h.rt, h.host_id, service, slot, target,
-                            h.state.secrets(service), ip)
+    return container.create(h.layout, h.rt, h.host_id, service, slot, target, secrets, ip,
+                            prepared=prepared)
 
 
 def ex_start(h: Host, step: Start, obs: Observed) -> None:
@@ -49,6 +56,13 @@ def ex_start(h: Host, step: Start, obs: Observed) -> None:
     if st["restarts"].pop(f"{step.service}/{step.slot}", None) is not None:
         h.state.save_status(st)             # a new container starts with no crash record
     _start(h, step.service, step.slot)
+
+
+def ex_begin(h: Host, step: Begin, obs: Observed) -> None:
+    st = h.state.status()
+    if st["restarts"].pop(f"{step.service}/{step.slot}", None) is not None:
+        h.state.save_status(st)             # a new container starts with no crash record
+    container.begin(h.layout, h.rt, h.metas[(step.service, step.slot)])
 
 
 def ex_check_health(h: Host, step: CheckHealth, obs: Observed) -> None:
@@ -148,7 +162,7 @@ def ex_forget(h: Host, step: Forget, obs: Observed) -> None:
 
 
 EXECUTORS: Dict[type, Callable] = {
-    EnsureNetwork: ex_ensure_network, Unpack: ex_unpack, Start: ex_start,
+    EnsureNetwork: ex_ensure_network, Unpack: ex_unpack, Start: ex_start, Begin: ex_begin,
     CheckHealth: ex_check_health, Switch: ex_switch, Revert: ex_revert, Settle: ex_settle,
     Stop: ex_stop,
     Restart: ex_restart, SyncPorts: ex_sync_ports, Fail: ex_fail, Forget: ex_forget,

@@ -14,11 +14,11 @@ from runtime.resources import free_disk, free_memory
 from runtime.errors import AgentFailure
 from runtime.layout import Layout
 from runtime.meta import Meta, list_metas, list_orphans, log_path, log_tail, status_of
-from runtime.planner import CheckHealth, Observed, Start, Switch, Unpack, Want
+from runtime.planner import Begin, CheckHealth, Observed, Start, Switch, Unpack, Want
 from runtime.spec import Target
 from runtime.state import State
 
-RELEASE_STEPS = (Start, CheckHealth, Switch)
+RELEASE_STEPS = (Start, Begin, CheckHealth, Switch)
 RESTART_RESET_AFTER = 60.0
 
 
@@ -126,12 +126,14 @@ class Host:
         images = frozenset(w.manifest for w in wants
                            if unpack.is_unpacked(self.layout, w.manifest))
         failed = frozenset((s, r) for s, rels in st["failed"].items() for r in rels)
+        holder = self.state.lock_token() if any(m.prepared for m in metas) else None
+        held = frozenset(m.instance for m in metas if holder and m.prepared == holder)
         return Observed(boxes=tuple(boxes), current=current,
                         healthy=frozenset(st["healthy"]), settled=frozenset(st["settled"]),
                         failed=failed, port_map=port_map, network_ready=ready, images=images,
                         restarts=tuple(restarts), now=now,
                         history=tuple(sorted((s, tuple(h)) for s, h in st["history"].items())),
-                        free_memory=free_memory(), free_disk=self.usable_disk())
+                        free_memory=free_memory(), free_disk=self.usable_disk(), held=held)
 
     def usable_disk(self) -> int:
         """Free disk beyond the reserve the image budget keeps (``unpack.Budget``): the image

@@ -24,6 +24,7 @@ class Meta:
     started: bool = False
     created: float = 0.0
     stop_signal: str = "TERM"
+    prepared: str = ""        # created by ``prepare`` for the session of this lock token, not started
 
     @classmethod
     def load(cls, path: str) -> Optional["Meta"]:

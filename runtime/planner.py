@@ -82,6 +82,7 @@ class Observed:
     history: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()   # service -> releases served before
     free_memory: int = PLENTY
     free_disk: int = PLENTY
+    held: FrozenSet[str] = frozenset()          # prepared instances whose session holds the lock
 
 
 # --- steps ------------------------------------------------------------------------------
@@ -101,6 +102,15 @@ class Start:
     service: str
     slot: str
     release: str
+
+
+@dataclass(frozen=True)
+class Begin:
+    """Start a container ``prepare`` created (layers, bundle, network, ``runc create``) while an
+    earlier wave ran: what is left of ``Start`` is ``runc start``."""
+    service: str
+    slot: str
+    instance: str
 
 
 @dataclass(frozen=True)
@@ -187,9 +197,9 @@ class Wait:
     blocks: str = ""
 
 
-STEP_TYPES = (EnsureNetwork, Unpack, Start, CheckHealth, Switch, Revert, Settle, Stop, Restart,
+STEP_TYPES = (EnsureNetwork, Unpack, Start, Begin, CheckHealth, Switch, Revert, Settle, Stop, Restart,
               SyncPorts, Fail, Forget, Wait)
-Step = Union[EnsureNetwork, Unpack, Start, CheckHealth, Switch, Revert, Settle, Stop, Restart,
+Step = Union[EnsureNetwork, Unpack, Start, Begin, CheckHealth, Switch, Revert, Settle, Stop, Restart,
              SyncPorts, Fail, Forget, Wait]
 
 
@@ -250,7 +260,7 @@ def _plan_service(w: Want, o: Observed, cur: Optional[Current],
             out.append(Wait(round(wait, 3), f"{w.service}: restart backoff") if wait > 0
                        else Restart(w.service, c.slot, c.release))
         other = boxes.get(_other(c.slot))
-        if other is not None:
+        if other is not None and other.instance not in o.held:   # held: the next release, prepared
             if (other.release != c.release and box is not None and box.status == "running"
                     and box.instance not in o.settled and w.monitor > 0
                     and not failed and c.release == w.release and other.status == "running"):
@@ -295,6 +305,8 @@ def _plan_service(w: Want, o: Observed, cur: Optional[Current],
             return [Fail(w.service, w.release, "not enough free disk or memory for a "
                          "second slot (set stop_first to allow stop-first)")]
         return [Start(w.service, slot, w.release)]
+    if new.status == "created" and new.instance in o.held:
+        return [Begin(w.service, new.slot, new.instance)]
     if new.status in ("created", "gone"):
         return [Stop(w.service, new.slot, "interrupted start")]
     if new.status != "running":
@@ -342,7 +354,8 @@ def plan(desired: Tuple[Want, ...], observed: Observed) -> List[Step]:
     for name in sorted(set(by_service) | set(current)):
         if name not in wants:
             work.extend(Stop(name, slot, "service removed")
-                        for slot in sorted(by_service.get(name, {})))
+                        for slot, b in sorted(by_service.get(name, {}).items())
+                        if b.instance not in o.held)      # held: a new service, prepared
             if name in current and not by_service.get(name):
                 work.append(Forget(name))
     for name in sorted(wants):

@@ -24,6 +24,11 @@ deliberate downgrade is asked for; an older one is upgraded by ``apply``.
          who, wait=true} -> {services: {NAME: {ok, release, slot, wanted, error?}}}
                            returns once the new release serves (or failed, old one kept);
                            with wait=false: persists the target, `serve` converges.
+  prepare {services (as apply), lock} -> {services: {NAME: {prepared: SLOT|null, instance?, why?}}}
+                           a later wave's container, made while an earlier wave runs: unpacked,
+                           bundled, wired, `runc create`d, not started; target and what serves
+                           unchanged. Held while the lock is: apply starts it, else serve
+                           stops it once the lock is gone. Best effort (why: what apply will do)
   status                -> {services: {NAME: {release, slot, state, health, since, previous,
                             wanted, slots: {a|b: {release, state, ip}}, error?}}, serve_pid}
                            state: running|stopped|created|gone|missing;
@@ -53,13 +58,13 @@ import hashlib
 import json
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
-PROTOCOL_VERSION = 2      # 2: verbs table (unknown_verb), state_schema in info
+PROTOCOL_VERSION = 3      # 2: verbs table (unknown_verb), state_schema in info; 3: prepare
 STATE_SCHEMA = 2          # 2: state/schema.json; v1 deploy specs get v1's defaults filled in
 DEFAULT_ROOT = "/var/lib/orch"
 DEFAULT_RUN = "/run/orch"
 PIDFILE = "serve.pid"  # under the run dir: /run/orch/serve.pid
 
-MUTATING = frozenset({"apply", "rollback", "remove", "gc"})   # need the deploy-lock token
+MUTATING = frozenset({"apply", "prepare", "rollback", "remove", "gc"})   # need the deploy-lock token
 
 # exit codes (stable)
 EXIT_OK = 0

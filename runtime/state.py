@@ -269,6 +269,13 @@ class State:
             os.unlink(self._p("lock.json"))
             return {k: v for k, v in cur.items() if k != "token"}
 
+    def lock_token(self) -> Optional[str]:
+        """The token of the session that holds the deploy lock now, or None."""
+        cur = read_json(self._p("lock.json"))
+        if not cur or cur.get("expires", 0) <= self.clock():
+            return None
+        return _token_of(cur)
+
     def check_lock(self, token: Optional[str], verb: str) -> None:
         """A mutating verb runs only for the session that holds the deploy lock."""
         cur = read_json(self._p("lock.json"))

@@ -206,6 +206,12 @@ class AgentClient:
               timeout: Optional[float] = 300) -> Dict[str, Any]:
         return self.call("apply", protocol.apply_request(services, who, lock=lock), timeout=timeout)
 
+    def prepare(self, services: Mapping[str, Mapping[str, Any]], *, lock: str,
+                timeout: Optional[float] = 300) -> Dict[str, Any]:
+        """A later wave's containers made (not started) while an earlier wave runs; same
+        ``services`` as ``apply`` (runtime/protocol.py)."""
+        return self.call("prepare", {"services": dict(services), "lock": lock}, timeout=timeout)
+
     def rollback(self, service: str, to: Optional[str] = None, who: Optional[str] = None, *,
                  lock: str, timeout: Optional[float] = 300) -> Dict[str, Any]:
         if self.session is not None and not self.session.closed:

@@ -282,26 +282,51 @@ def _apply_locked(prep: Prepared, obs: Observed, pool: ConnectionPool, lock: Fle
     secrets = {name: {k: base64.b64encode(v).decode() for k, v in
                       prep.desired.services[name].deploy.read_secrets(environ).items()}
                for name in prep.desired.services}
-    shipping = Shipping(prep, obs, pool, report, on_bytes)
+    releases = {r.service: r for r in prep.releases}
+    manifests = {(c.service, hp.host): c.manifest for hp in obs.plan.hosts for c in hp.changes}
+
+    def body(host: str, service: str) -> dict:
+        """What a host is asked to run of one service (``apply`` and ``prepare`` alike)."""
+        rel = releases[service]
+        b = {"release": rel.release, "index": rel.index, "manifest": manifests[(service, host)],
+             "deploy": rel.deploy, "secrets": secrets[service], "project": prep.desired.fleet.owner}
+        if service in prep.secret_macs:
+            b["secrets_mac"] = prep.secret_macs[service]
+        return b
+
+    def prepare_one(host: str, services: Sequence[str]) -> None:
+        deadline = max(apply_deadline(releases[s].deploy, host_timeout) for s in services)
+        obs.clients[host].prepare({s: body(host, s) for s in services}, lock=lock.token,
+                                  timeout=deadline)
+
+    shipping = Shipping(prep, obs, pool, report, on_bytes, prepare_one)
     try:
-        _roll_out(prep, obs, lock, report, who, on_event, host_timeout, secrets, shipping)
+        _roll_out(prep, obs, lock, report, who, on_event, host_timeout, body, shipping)
     finally:
         shipping.finish()
 
 
+def later_waves(plan) -> Dict[str, List[str]]:
+    """host -> the services it changes in a wave after that service's first: what ``prepare``
+    can make on it while the first wave (the canary) runs."""
+    first: Dict[str, object] = {}
+    out: Dict[str, List[str]] = {}
+    for w in plan.waves:
+        if first.setdefault(w.service, w) is w:
+            continue
+        for h in w.hosts:
+            out.setdefault(h, []).append(w.service)
+    return out
+
+
 def _roll_out(prep: Prepared, obs: Observed, lock: FleetLock, report: ApplyReport, who: str,
-              on_event, host_timeout: float, secrets, shipping: "Shipping") -> None:
+              on_event, host_timeout: float, body, shipping: "Shipping") -> None:
     plan = obs.plan
     releases = {r.service: r for r in prep.releases}
-    manifests = {(c.service, hp.host): c.manifest for hp in plan.hosts for c in hp.changes}
 
     def apply_one(host: str, service: str) -> dict:
         rel = releases[service]
-        body = {"release": rel.release, "index": rel.index, "manifest": manifests[(service, host)],
-                "deploy": rel.deploy, "secrets": secrets[service], "project": prep.desired.fleet.owner}
-        if service in prep.secret_macs:
-            body["secrets_mac"] = prep.secret_macs[service]
-        return obs.clients[host].apply({service: body}, who, lock=lock.token,
+        return obs.clients[host].apply({service: body(host, service)}, who, lock=lock.token,
                                        timeout=apply_deadline(rel.deploy, host_timeout))
 
     def revert_one(host: str, service: str, old: Optional[str]) -> None:
@@ -348,17 +373,22 @@ def _remove_dropped(plan, obs: Observed, lock: FleetLock, report: ApplyReport, w
 class Shipping:
     """Blobs go to every host of the rollout while it runs (pipelined): the first wave's hosts
     (the canary) first, then all the others at once while the canary is applied and settles.
-    A wave waits only for its own hosts (``ready``); shipping changes nothing that serves, so
-    a failing canary still leaves every other host's release untouched."""
+    Each of those then prepares its later waves' containers (``prepare_one``: unpacked, wired,
+    created, not started), so its own wave only starts them. A wave waits only for its own
+    hosts (``ready``); neither step changes what serves, so a failing canary still leaves
+    every other host's release untouched (what was prepared goes with the lock)."""
 
     def __init__(self, prep: Prepared, obs: Observed, pool: ConnectionPool, report: ApplyReport,
-                 on_bytes) -> None:
+                 on_bytes, prepare_one: Optional[Callable[[str, Sequence[str]], None]] = None) -> None:
         from concurrent.futures import ThreadPoolExecutor, wait
 
-        todo = {hp.host: hp for hp in obs.plan.hosts if hp.blobs and not hp.error}
+        later = later_waves(obs.plan) if prepare_one is not None else {}
+        todo = {hp.host: hp for hp in obs.plan.hosts
+                if (hp.blobs or hp.host in later) and not hp.error}
         from orchestrator.transport.wire import wire_job    # the fleet's link: recipes, a bandwidth cap
         wire = wire_job(prep.store, prep.desired.fleet,
-                        {m: p for r in prep.releases for p, m in r.manifests.items()}) if todo else None
+                        {m: p for r in prep.releases for p, m in r.manifests.items()}) \
+            if any(hp.blobs for hp in todo.values()) else None
         first = [h for h in (obs.plan.waves[0].hosts if obs.plan.waves else ()) if h in todo]
         self.report = report
         self.futures: Dict[str, object] = {}
@@ -366,10 +396,19 @@ class Shipping:
 
         def one(hp, after=()):
             wait(after)
-            connect = reconnecting_client(pool, hp.host, obs.clients[hp.host].path, first=obs.clients[hp.host])
-            return ship_blobs(connect, hp.blobs, prep.store.open_blob, partial=dict(hp.resume),
-                              on_bytes=(lambda n: on_bytes(hp.host, n)) if on_bytes else None,
-                              wire=wire)
+            shipped = None
+            if hp.blobs:
+                connect = reconnecting_client(pool, hp.host, obs.clients[hp.host].path,
+                                              first=obs.clients[hp.host])
+                shipped = ship_blobs(connect, hp.blobs, prep.store.open_blob, partial=dict(hp.resume),
+                                     on_bytes=(lambda n: on_bytes(hp.host, n)) if on_bytes else None,
+                                     wire=wire)
+            if hp.host in later:
+                try:
+                    prepare_one(hp.host, later[hp.host])
+                except Exception:  # noqa: BLE001 - best effort: its apply makes the container
+                    pass
+            return shipped
 
         for h in first:
             self.futures[h] = self._pool.submit(one, todo[h])
@@ -384,7 +423,9 @@ class Shipping:
         if future is None:
             return host not in self.report.ship_failed
         try:
-            self.report.shipped[host] = future.result()
+            shipped = future.result()
+            if shipped is not None:
+                self.report.shipped[host] = shipped
             return True
         except Exception as exc:  # noqa: BLE001 - reported per host, as fan_out does
             self.report.ship_failed[host] = str(exc) if isinstance(exc, OrchError) else \

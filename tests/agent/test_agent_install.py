@@ -52,10 +52,11 @@ def test_the_launcher_runs_the_agent_or_says_it_is_missing(tmp_path):
 
 
 @pytest.mark.parametrize("theirs,refused", [
-    ({"protocol": 2, "state_schema": 2}, False),
-    ({"protocol": 1}, False),                                  # older: apply upgrades it
-    ({"protocol": 3, "state_schema": 2}, True),
-    ({"protocol": 2, "state_schema": 3}, True),
+    ({"protocol": 3, "state_schema": 2}, False),
+    ({"protocol": 2, "state_schema": 2}, False),               # older: apply upgrades it
+    ({"protocol": 1}, False),
+    ({"protocol": 4, "state_schema": 2}, True),
+    ({"protocol": 3, "state_schema": 3}, True),
 ])
 def test_a_newer_agent_is_refused_unless_on_purpose(theirs, refused):
     from orchestrator.agent.client import check_versions

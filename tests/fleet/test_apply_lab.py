@@ -171,17 +171,85 @@ def test_third_apply_changes_nothing(lab_project):
     assert plan.up_to_date and report.rollout is None and report.shipped == {}
 
 
+def journal(host_name: str) -> list:
+    """The host agent's step journal (state/journal.log), one dict per line."""
+    import json
+
+    from orchestrator.lab.layout import LabLayout, LabSpec
+    path = LabLayout(LabSpec(LAB)).host(host_name).var_lib_orch / "state" / "journal.log"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def prepared_metas(host_name: str) -> list:
+    import json
+
+    from orchestrator.lab.layout import LabLayout, LabSpec
+    root = LabLayout(LabSpec(LAB)).host(host_name).var_lib_orch / "containers"
+    metas = [json.loads(p.read_text()) for p in root.glob("*/meta.json")]
+    return [m for m in metas if m.get("prepared")]
+
+
+def wait_settled(names, timeout: float = 20.0) -> None:
+    """Until the previous change's old slots are gone (their 2 s drain, then the stop): a
+    change within the drain waits for them, and nothing is prepared then."""
+    from orchestrator.lab.layout import LabLayout, LabSpec
+    layout = LabLayout(LabSpec(LAB))
+    deadline = time.monotonic() + timeout
+    while any(len(list((layout.host(n).var_lib_orch / "containers").glob("*/meta.json"))) > 1
+              for n in names) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def test_later_waves_are_made_while_the_canary_runs_and_only_started_in_their_wave(lab_project):
+    css = lab_project / "hello" / "www" / "style.css"
+    css.write_text(css.read_text() + f"\n/* prepared {secrets.token_hex(4)} */\n")
+    names = [h.name for h in prepare(str(lab_project), {}).hosts]
+    wait_settled(names)
+    seen = {n: len(journal(n)) for n in names}
+    prep, plan, report = run_apply(lab_project)
+    assert report.ok, why(report)
+    canary = plan.waves[0].hosts[0]
+    steps = {n: journal(n)[seen[n]:] for n in names}
+    switched = next(e["t"] for e in steps[canary] if e["step"] == "Switch" and e["phase"] == "done")
+    assert "Start" in [e["step"] for e in steps[canary]]
+    assert "Prepare" not in [e["step"] for e in steps[canary]]
+    for n in names:
+        if n == canary:
+            continue
+        made = next(e for e in steps[n] if e["step"] == "Prepare" and e["phase"] == "begin")
+        begun = next(e for e in steps[n] if e["step"] == "Begin" and e["phase"] == "begin")
+        assert made["t"] < switched < begun["t"]          # made while the canary ran, started after
+        assert made["release"] == report.final[n]["hello"]
+        assert not any(e["step"] == "Start" for e in steps[n])     # not made a second time
+        assert prepared_metas(n) == []                      # what began is no longer held
+    for host in prep.hosts:
+        assert css.read_bytes() == fetch(host.target.address, "/style.css")
+
+
 def test_failing_canary_halts_with_no_other_host_changed(lab_project, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(lab_project, bad)
     text = (bad / "hello.yaml").read_text().replace("health: {http: /,", "health: {http: /no-such-page,")
     (bad / "hello.yaml").write_text(text.replace("on_failure: rollback", "on_failure: halt"))
     before = run_apply(lab_project)[2].final
+    names = list(before)
+    wait_settled(names)
+    seen = {n: len(journal(n)) for n in names}
     prep, plan, report = run_apply(bad)
     assert not report.ok and "canary failed" in report.rollout.halted
     assert report.final == before                          # every host still runs the old release
     for host in prep.hosts:
         assert b"Hello from orch" in fetch(host.target.address)
+    # the later hosts had their container made while the canary ran; it never started, and
+    # it goes once the lock is released (serve stops it within a tick)
+    later = [n for n in names if n != plan.waves[0].hosts[0]]
+    for n in later:
+        steps = [e["step"] for e in journal(n)[seen[n]:]]
+        assert "Prepare" in steps and "Begin" not in steps and "Start" not in steps
+    deadline = time.monotonic() + 10
+    while any(prepared_metas(n) for n in later) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [prepared_metas(n) for n in later] == [[] for _ in later]
 
 
 def test_second_apply_refuses_while_the_fleet_is_locked(lab_project):

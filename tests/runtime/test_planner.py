@@ -1,7 +1,7 @@
 """The pure planner, table-driven: (desired, observed) -> the steps it must emit."""
 import pytest
 
-from runtime.planner import (Box, CheckHealth, Current, EnsureNetwork, Fail, Forget, Observed,
+from runtime.planner import (Begin, Box, CheckHealth, Current, EnsureNetwork, Fail, Forget, Observed,
                              Restart, Restarts, Revert, Settle, Start, Stop, Switch, SyncPorts,
                              Unpack, Wait, Want, backoff, plan)
 
@@ -17,6 +17,7 @@ A1 = Box("web", "a", "r1", "i-a1", "running", "10.88.0.2")
 B2 = Box("web", "b", "r2", "i-b2", "running", "10.88.0.3")
 PM_A = (("tcp", 8080, "10.88.0.2", 80),)
 PM_B = (("tcp", 8080, "10.88.0.3", 80),)
+B2_MADE = Box("web", "b", "r2", "i-b2", "created", "10.88.0.3")
 CUR_A1 = (Current("web", "r1", "a"),)
 CUR_B2 = (Current("web", "r2", "b"),)
 
@@ -136,6 +137,27 @@ CASES = [
      obs(boxes=(A1,), current=CUR_A1, port_map=PM_A),
      [SyncPorts(()), Stop("web", "a", "service removed")]),
     ("service removed, nothing left: forget", (), obs(current=CUR_A1), [Forget("web")]),
+    # prepared: created (not started) during an earlier wave, held while its session's lock is
+    ("change: a prepared green slot is begun, not made again", (W2,),
+     obs(boxes=(A1, B2_MADE), current=CUR_A1, port_map=PM_A, held=frozenset({"i-b2"})),
+     [Begin("web", "b", "i-b2")]),
+    ("change: a created slot nobody holds is an interrupted start", (W2,),
+     obs(boxes=(A1, B2_MADE), current=CUR_A1, port_map=PM_A),
+     [Stop("web", "b", "interrupted start")]),
+    ("steady: a held slot prepared for the next release stays", (W1,),
+     obs(boxes=(A1, B2_MADE), current=CUR_A1, port_map=PM_A, held=frozenset({"i-b2"})), []),
+    ("steady: once the lock is gone, the prepared slot goes (in the background)", (W1,),
+     obs(boxes=(A1, B2_MADE), current=CUR_A1, port_map=PM_A),
+     [Stop("web", "b", "old slot", background=True)]),
+    ("a new service's held slot stays before its target arrives", (),
+     obs(boxes=(Box("web", "a", "r1", "i-a1", "created", "10.88.0.2"),), held=frozenset({"i-a1"})),
+     []),
+    ("a new service's slot nobody holds goes", (),
+     obs(boxes=(Box("web", "a", "r1", "i-a1", "created", "10.88.0.2"),)),
+     [Stop("web", "a", "service removed")]),
+    ("a held slot of another release is stale for this one", (W3_DRAIN,),
+     obs(boxes=(A1, B2_MADE), current=CUR_A1, port_map=PM_A, held=frozenset({"i-b2"})),
+     [Stop("web", "b", "stale slot")]),
 ]
 
 
