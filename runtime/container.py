@@ -148,7 +148,7 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
         if base is not None:
             userns.make_mountpoints(rootfs, config["mounts"])
         with open(os.path.join(d, "config.json"), "w") as f:
-            json.dump(config, f)
+            f.write(json.dumps(config))         # dumps: json's C encoder (dump is pure Python)
         log = log_path(layout, service, slot)
         if os.path.exists(log):  # a fresh log per container; the previous one stays as .1
             os.replace(log, log + ".1")

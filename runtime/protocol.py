@@ -117,7 +117,7 @@ def release_id(index_digest: str, deploy_spec: Mapping[str, Any],
 def split_digest(digest: str) -> str:
     """``sha256:<64 hex>`` -> hex; ValueError otherwise (digests name files, so check strictly)."""
     algo, _, hexpart = digest.partition(":")
-    if algo != "sha256" or len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
+    if algo != "sha256" or len(hexpart) != 64 or hexpart.strip("0123456789abcdef"):
         raise ValueError(f"not a sha256 digest: {digest!r}")
     return hexpart
 

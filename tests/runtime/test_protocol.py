@@ -16,10 +16,12 @@ def test_release_id_is_stable_and_key_order_free():
 
 
 @pytest.mark.parametrize("bad", ["sha256:abc", "md5:" + "a" * 64, "sha256:" + "A" * 64,
-                                 "sha256:../" + "a" * 61, ""])
+                                 "sha256:../" + "a" * 61, "", "sha256:" + "a" * 31 + "/" + "a" * 32,
+                                 "sha256:" + "a" * 63 + "\n", "sha256: " + "a" * 63])
 def test_split_digest_is_strict(bad):
     with pytest.raises(ValueError):
         protocol.split_digest(bad)
+    assert protocol.split_digest("sha256:" + "0123456789abcdef" * 4) == "0123456789abcdef" * 4
 
 
 def test_frames_roundtrip_with_offset():
