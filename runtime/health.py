@@ -2,7 +2,8 @@
 
 Semantics: checks run until one passes. A failure counts once per ``interval`` after
 ``start_period``; ``retries`` counted failures make the check fail. Before a failure is
-counted the check is retried quickly (2 ms, doubling up to ``START_POLL`` or the interval),
+counted the check is retried quickly (2 ms, then a tenth of the time since the start within
+``START_POLL``'s bounds for http/tcp, doubling up to the interval for exec),
 so a container that is up 2 ms after its start (busybox httpd under tini) is seen as healthy
 at once rather than after a full interval (a refused connection costs ~0.3 ms).
 """
@@ -73,8 +74,10 @@ def probe(spec: HealthSpec, ip: str, run_exec: Callable[[Sequence[str], float], 
 # How often a starting container is probed until it first answers: an http or tcp probe that
 # finds nothing listening costs a refused connection, and every poll skipped is time the whole
 # rollout waits (a doubling backoff first probed at 5, 15, 35, 75, 155, 315, 635 ms: an app
-# ready at 160 ms was seen at 315). An exec probe starts a process: it keeps backing off.
-START_POLL = {"http": 0.02, "tcp": 0.02}
+# ready at 160 ms was seen at 315). A tenth of the time since the start, within these bounds:
+# a small app up in ~50 ms is seen within 5 ms, one that takes seconds (a Pi) is probed every
+# 20 ms, not busier. An exec probe starts a process: it keeps backing off.
+START_POLL = {"http": (0.005, 0.02), "tcp": (0.005, 0.02)}
 
 
 def run_until_healthy(spec: HealthSpec, ip: str, run_exec, alive: Callable[[], bool],
@@ -101,7 +104,11 @@ def run_until_healthy(spec: HealthSpec, ip: str, run_exec, alive: Callable[[], b
             if counted >= max(1, spec.retries):
                 return False, f"unhealthy after {counted} failed checks: {last}"
         sleep(max(0.0, min(delay, next_count - clock())))
-        delay = min(delay * 2, spec.interval, START_POLL.get(spec.kind, spec.interval))
+        poll = START_POLL.get(spec.kind)
+        if poll is None:
+            delay = min(delay * 2, spec.interval)
+        else:
+            delay = min(spec.interval, max(poll[0], min(poll[1], (clock() - start) / 10)))
 
 
 def watch(spec: HealthSpec, ip: str, run_exec, alive: Callable[[], bool], seconds: float,

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from runtime import protocol
+
 REPO = Path(__file__).resolve().parents[2]
 LAB = f"reads-{secrets.token_hex(2)}"
 
@@ -116,7 +118,8 @@ def test_a_newer_agent_is_refused_and_replaced_only_on_purpose(reads_lab, tmp_pa
         plan = orch(env, "plan", str(d), "--json")
         (host,) = json.loads(plan.stdout)["hosts"]
         assert plan.returncode == 1
-        assert "runs a newer agent (protocol 99, state schema 2) than this orch (protocol 2" in host["error"]
+        assert (f"runs a newer agent (protocol 99, state schema 2) than this orch "
+                f"(protocol {protocol.PROTOCOL_VERSION}") in host["error"]
         status = orch(env, "status", str(d))
         assert status.returncode == 1 and "runs a newer agent (protocol 99" in status.stdout
 
@@ -129,7 +132,7 @@ def test_a_newer_agent_is_refused_and_replaced_only_on_purpose(reads_lab, tmp_pa
             allowed = observe(prep, pool, allow_downgrade=True)       # apply --allow-downgrade
             assert allowed.facts["amd64-1"].error is None
             info = allowed.clients["amd64-1"].info()
-            assert info["agent_digest"] == ours and info["protocol"] == 2 and info["serve_pid"]
+            assert info["agent_digest"] == ours and info["protocol"] == protocol.PROTOCOL_VERSION and info["serve_pid"]
     finally:
         if old_home is None:
             os.environ.pop("ORCH_HOME", None)
