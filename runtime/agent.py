@@ -223,6 +223,7 @@ def start_finisher(layout: Layout, services: List[str]) -> None:
             for fd in (0, 1, 2):
                 os.dup2(null, fd)
             os.closerange(3, 1 << 16)          # the session's pipes or socket: its caller's EOF
+            _background_priority()
             verb_finish(layout, services)
             code = 0
     except BaseException:  # noqa: BLE001 - a fork never returns into the agent's caller
@@ -244,10 +245,24 @@ def _spawn_finisher(layout: Layout, services: List[str]) -> None:
         pass        # serve finishes them within a tick, or the next change of the service
 
 
+FINISH_NICE = 10
+
+
+def _background_priority() -> None:
+    """The finisher's work (an old slot's stop, its runtime's delete, unmounts) is nobody's
+    wait: it yields the CPU to what serves and to the rollout's next wave (on a Pi, or on hosts
+    that share cores)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, max(FINISH_NICE, os.getpriority(os.PRIO_PROCESS, 0)))
+    except OSError:
+        pass
+
+
 def verb_finish(layout: Layout, services: List[str], log=None) -> dict:
     """Drain and stop what `apply` left to do for ``services`` (see ``start_finisher``)."""
     from runtime import reconcile
     from runtime.spec import Target
+    _background_priority()
     h = make_host(layout, log)
     targets = h.state.target()
     wait = max([Target.from_json(n, targets[n]).deploy.drain + Target.from_json(n, targets[n]).deploy.stop_timeout

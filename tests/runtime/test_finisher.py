@@ -13,10 +13,12 @@ def test_the_finisher_is_a_detached_fork_that_holds_none_of_its_callers_streams(
 
     def fake_finish(layout, services, log=None):
         fds = sorted(int(n) for n in os.listdir("/proc/self/fd"))
-        with open(out, "w") as f:
+        with open(f"{out}.tmp", "w") as f:         # renamed when whole: the test polls for it
             f.write(repr({"pid": os.getpid(), "sid": os.getsid(0), "ppid": os.getppid(), "fds": fds,
                           "services": services, "stdin": os.readlink("/proc/self/fd/0"),
+                          "nice": os.getpriority(os.PRIO_PROCESS, 0),
                           "cmdline": open("/proc/self/cmdline", "rb").read()}))
+        os.replace(f"{out}.tmp", out)
         return {}
     monkeypatch.setattr(agent, "verb_finish", fake_finish)
     started = time.monotonic()
@@ -31,6 +33,7 @@ def test_the_finisher_is_a_detached_fork_that_holds_none_of_its_callers_streams(
     assert seen["cmdline"] == open("/proc/self/cmdline", "rb").read()   # a fork: no new Python
     assert seen["sid"] != os.getsid(0) and seen["ppid"] != os.getpid()
     assert seen["stdin"] == os.devnull
+    assert seen["nice"] == max(agent.FINISH_NICE, os.getpriority(os.PRIO_PROCESS, 0))   # yields
     assert [fd for fd in seen["fds"] if fd > 2] in ([], [3])             # 3: listdir's own
     assert os.read(r, 1) == b""                                          # the caller's EOF came
     os.close(r)
