@@ -456,9 +456,12 @@ def verb_lock(layout: Layout, req: dict) -> dict:
     if not holder:
         raise BadRequest("lock: expected {\"holder\": ..., \"ttl\": seconds}")
     token = req.get("token")
-    return {"ok": True, "lock": State(layout).lock(str(holder), float(req.get("ttl", 900)),
-                                                   str(token) if token else None,
-                                                   bool(req.get("force")))}
+    out = {"ok": True, "lock": State(layout).lock(str(holder), float(req.get("ttl", 900)),
+                                                  str(token) if token else None,
+                                                  bool(req.get("force")))}
+    if isinstance(req.get("observe"), dict):     # what apply reads once it holds the lock
+        out["observe"] = verb_observe(layout, req["observe"])
+    return out
 
 
 def verb_unlock(layout: Layout, req: dict) -> dict:

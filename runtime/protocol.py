@@ -37,8 +37,9 @@ deliberate downgrade is asked for; an older one is upgraded by ``apply``.
   rollback NAME [--to RELEASE] [--who W]  {lock}  -> like apply
   remove NAME [--who W] {lock} -> {services: {NAME: {ok, removed}}}
   gc {lock}             -> {removed_images, removed_blobs, removed_layers, freed}
-  lock {holder, ttl, token?, force?} -> {ok, lock: {holder, since, expires}}
-                           | error "locked" (+holder, since, expires)
+  lock {holder, ttl, token?, force?, observe?} -> {ok, lock: {holder, since, expires}, observe?}
+                           | error "locked" (+holder, since, expires); observe {digests}: also
+                           what `observe` answers, read once the lock is held (one round trip)
   unlock {token|holder, force} -> {ok, released}
 The MUTATING verbs run only for the session holding the deploy lock: their request carries
 ``lock`` (the token given to ``lock``), else they fail with "locked" naming the holder.

@@ -227,9 +227,13 @@ class AgentClient:
                          timeout=timeout)
 
     def lock(self, holder: str, ttl: float, token: Optional[str] = None,
-             force: bool = False, timeout: float = 60) -> Dict[str, Any]:
-        return self.call("lock", {"holder": holder, "ttl": ttl, "token": token or holder,
-                                  "force": force}, timeout=timeout)
+             force: bool = False, timeout: float = 60,
+             observe: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+        """``observe``: the answer also holds what ``observe`` would, read once the lock is held."""
+        request = {"holder": holder, "ttl": ttl, "token": token or holder, "force": force}
+        if observe is not None:
+            request["observe"] = dict(observe)
+        return self.call("lock", request, timeout=timeout)
 
     def unlock(self, holder: str, force: bool = False, timeout: float = 60) -> Dict[str, Any]:
         """``holder``: the token the lock was taken with (the holder's name for old locks)."""

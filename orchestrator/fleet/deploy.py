@@ -174,27 +174,45 @@ def open_fleet(directory: str, variables: Mapping[str, str], pool: Optional[Conn
     return FleetAccess(desired, hosts, pool, pyz, digest)
 
 
+def observe_request(prep: Prepared, blobs_of: Optional[Mapping[str, Sequence]] = None
+                    ) -> Callable[[str], Dict[str, List[str]]]:
+    """host name -> the ``observe`` request it is asked: which blobs of its platform's images
+    it has (every platform's where its platform is not known yet)."""
+    if blobs_of is None:
+        blobs_of = {m: prep.store.blobs_for(m) for r in prep.releases for m in r.manifests.values()}
+    by_platform: Dict[str, List[str]] = {}
+    for rel in prep.releases:
+        for platform, manifest in rel.manifests.items():
+            by_platform.setdefault(platform, []).extend(d for d, _ in blobs_of[manifest])
+    every = sorted({d for ds in by_platform.values() for d in ds})
+    platform_of = {h.name: h.platform or "" for h in prep.hosts}
+
+    def ask(host: str) -> Dict[str, List[str]]:
+        return {"digests": sorted(set(by_platform.get(platform_of.get(host, ""), []))) or every}
+    return ask
+
+
 def observe(prep: Prepared, pool: ConnectionPool, *, install: bool = True,
-            allow_downgrade: bool = False, again: Optional[Mapping[str, AgentClient]] = None) -> Observed:
+            allow_downgrade: bool = False, again: Optional[Mapping[str, AgentClient]] = None,
+            seen_under_lock: Optional[Mapping[str, dict]] = None) -> Observed:
     """Ask every host what it has and runs; with ``install`` (apply), install or upgrade the
     agent first where needed. Without (plan), nothing changes on any host and each host's plan
     says what apply would do to its agent. A first observe for apply may be answered by serve's
     snapshot (no agent process); `again`, the clients of an earlier observe, re-reads fresh
-    through their agent sessions (under the lock)."""
+    through their agent sessions (under the lock), or takes what a host answered when its lock
+    was taken (``seen_under_lock``, see fleet/lock.py: the same read, one round trip less)."""
     hosts = list(prep.hosts)    # every host: one that no service selects any more may hold one to remove
     blobs_of = {m: prep.store.blobs_for(m) for r in prep.releases for m in r.manifests.values()}
-    digests_by_platform: Dict[str, List[str]] = {}
-    for rel in prep.releases:
-        for platform, manifest in rel.manifests.items():
-            digests_by_platform.setdefault(platform, []).extend(d for d, _ in blobs_of[manifest])
+    ask = observe_request(prep, blobs_of)
     clients: Dict[str, AgentClient] = {}
 
     def one(host: InventoryHost) -> HostFacts:
-        wanted = sorted(set(digests_by_platform.get(host.platform or "", [])))
-        wanted = wanted or sorted({d for ds in digests_by_platform.values() for d in ds})
+        wanted = ask(host.name)["digests"]
         conn, agent = pool.get(host.name), None
         known = (again or {}).get(host.name)
-        if known is not None and known.session is not None and not known.session.closed:
+        if known is not None and (seen_under_lock or {}).get(host.name) is not None:
+            client, seen = known, seen_under_lock[host.name]     # the lock's own answer
+        elif known is not None and known.session is not None and not known.session.closed:
             client, seen = known, known.call("observe", {"digests": wanted}, timeout=120)
         elif install:
             client, seen = install_and_observe(
@@ -243,8 +261,10 @@ def apply(prep: Prepared, obs: Observed, pool: ConnectionPool, *, who: Optional[
         report.final = {h: {n: f.releases.get(n) for n in names} for h, f in obs.facts.items()}
         return report
     who = who or operator()
-    with mutating(_fleet_clients(prep, obs, pool), who, force=force_unlock, timeout=host_timeout) as lock:
-        obs = observe(prep, pool, allow_downgrade=allow_downgrade, again=obs.clients)
+    with mutating(_fleet_clients(prep, obs, pool), who, force=force_unlock, timeout=host_timeout,
+                  observe=observe_request(prep)) as lock:
+        obs = observe(prep, pool, allow_downgrade=allow_downgrade, again=obs.clients,
+                      seen_under_lock=lock.observed)
         # a host that answers now but did not when the lock was taken: lock it too, or leave
         # it alone (an apply there would be refused: its lock is not this session's)
         late = {h: c for h, c in obs.clients.items()

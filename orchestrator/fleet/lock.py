@@ -31,7 +31,7 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, Mapping
+from typing import Callable, Dict, Iterator, Mapping, Optional
 
 from orchestrator.agent.client import AgentClient
 from orchestrator.errors import LockHeldError, OrchError
@@ -62,6 +62,7 @@ class FleetLock:
 
     timeout: float = 60.0                          # deadline of each lock call
     refreshed: float = field(default_factory=time.monotonic)   # when the lease was last extended
+    observed: Dict[str, dict] = field(default_factory=dict)    # host -> observe read under the lock
 
     def refresh(self, every: float = 0.0) -> None:
         """Extend the lease (unless it was extended less than ``every`` seconds ago: a wave
@@ -75,9 +76,14 @@ class FleetLock:
         self.forget(lost)
         self.lost.update(lost)
 
-    def take(self, client: AgentClient, force: bool = False):
-        """Take (or extend) this session's lease on one host."""
-        return client.lock(self.holder, LOCK_TTL, self.token, force=force, timeout=self.timeout)
+    def take(self, client: AgentClient, force: bool = False, observe: Optional[Mapping] = None):
+        """Take (or extend) this session's lease on one host; with ``observe`` (its request),
+        keep what the host answered to it once held in ``observed``."""
+        answer = client.lock(self.holder, LOCK_TTL, self.token, force=force, timeout=self.timeout,
+                             observe=observe)
+        if observe is not None and isinstance(answer.get("observe"), dict):
+            self.observed[client.host] = answer["observe"]
+        return answer
 
     def add(self, clients: Mapping[str, AgentClient]) -> None:
         """Take the lock on hosts that were not reachable when it was taken (the session holds
@@ -107,17 +113,19 @@ def _refused(err: OrchError) -> bool:
 
 
 def acquire(clients: Mapping[str, AgentClient], who: str, *, force: bool = False,
-            timeout: float = 60.0) -> FleetLock:
+            timeout: float = 60.0, observe: Optional[Callable[[str], Mapping]] = None) -> FleetLock:
     """Take the lock on every host of ``clients``, or on none (LockHeldError names the holder).
     ``force`` breaks whatever lock is there (``--force-unlock``: a stale lock the TTL has not
-    freed yet). A host that does not answer is in ``.lost``, not held."""
+    freed yet). A host that does not answer is in ``.lost``, not held. ``observe(host)``: the
+    observe request each host answers in the same round trip, once held (``.observed``)."""
     lock = FleetLock(f"{who} pid {os.getpid()}", secrets.token_hex(16), {}, timeout=timeout)
     order = sorted(clients)
     if not order:
         return lock
     leader, rest = order[0], order[1:]
+    ask = observe or (lambda host: None)
     try:
-        lock.take(clients[leader], force=force)
+        lock.take(clients[leader], force=force, observe=ask(leader))
     except OrchError as exc:
         if _refused(exc):
             raise LockHeldError(f"fleet is locked: {exc}",
@@ -125,7 +133,7 @@ def acquire(clients: Mapping[str, AgentClient], who: str, *, force: bool = False
         raise
     lock.clients[leader] = clients[leader]
     fan = _each({h: clients[h] for h in rest},
-                lambda c: lock.take(c, force=True))
+                lambda c: lock.take(c, force=True, observe=ask(c.host)))
     lock.clients.update({h: clients[h] for h in fan.ok})
     lock.lost.update({h: e for h, e in fan.failed.items() if not _refused(e)})
     refused = [e for e in fan.failed.values() if _refused(e)]
@@ -138,10 +146,12 @@ def acquire(clients: Mapping[str, AgentClient], who: str, *, force: bool = False
 
 @contextlib.contextmanager
 def mutating(clients: Mapping[str, AgentClient], who: str, *, force: bool = False,
-             timeout: float = 60.0) -> Iterator[FleetLock]:
+             timeout: float = 60.0, observe: Optional[Callable[[str], Mapping]] = None
+             ) -> Iterator[FleetLock]:
     """``with mutating(clients, who) as lock:`` the only way a command changes hosts: the
-    lock is held inside and released on every way out (``timeout``: each lock call's deadline)."""
-    lock = acquire(clients, who, force=force, timeout=timeout)
+    lock is held inside and released on every way out (``timeout``: each lock call's deadline;
+    ``observe``: see ``acquire``)."""
+    lock = acquire(clients, who, force=force, timeout=timeout, observe=observe)
     try:
         yield lock
     finally:

@@ -16,11 +16,15 @@ class FakeClient:
         self.name, self.fail_lock, self.session = name, fail_lock, None
         self.locks, self.unlocks = [], []
 
-    def lock(self, holder, ttl, token=None, force=False, timeout=60):
+    @property
+    def host(self):
+        return self.name
+
+    def lock(self, holder, ttl, token=None, force=False, timeout=60, observe=None):
         if self.fail_lock:
             raise OrchError(f"{self.name}: ssh: connection timed out")
         self.locks.append(token)
-        return {"ok": True}
+        return {"ok": True, "observe": {"asked": observe, "host": self.name}}
 
     def unlock(self, token, force=False, timeout=60):
         self.unlocks.append(token)
@@ -38,7 +42,8 @@ def fleet(monkeypatch):
                             {"amd64-1": a}, plan())
     seen = {}
 
-    def observe_again(prep, pool, allow_downgrade=False, again=None):
+    def observe_again(prep, pool, allow_downgrade=False, again=None, seen_under_lock=None):
+        seen["under_lock"] = dict(seen_under_lock or {})
         return deploy.Observed({"amd64-1": HostFacts("amd64-1"), "amd64-2": HostFacts("amd64-2")},
                                {"amd64-1": a, "amd64-2": b}, plan())
 
@@ -49,7 +54,8 @@ def fleet(monkeypatch):
     monkeypatch.setattr(deploy, "observe", observe_again)
     monkeypatch.setattr(deploy, "_apply_locked", applied)
     monkeypatch.setattr(deploy, "final_releases", lambda *a, **k: {})
-    prep = SimpleNamespace(hosts=[SimpleNamespace(name="amd64-1"), SimpleNamespace(name="amd64-2")],
+    prep = SimpleNamespace(hosts=[SimpleNamespace(name="amd64-1", platform="linux/amd64"),
+                                  SimpleNamespace(name="amd64-2", platform="linux/amd64")],
                            releases=[])
     return prep, first, a, b, seen
 
@@ -60,6 +66,8 @@ def test_a_host_that_answers_only_under_the_lock_is_locked_before_it_is_changed(
     assert sorted(seen["held"]) == ["amd64-1", "amd64-2"]
     assert b.locks and b.locks == a.locks[:1]           # the same session's token
     assert b.unlocks == a.unlocks and a.unlocks            # and released with the rest
+    # the host taken under the lock first answered the same lock call with its observe
+    assert seen["under_lock"]["amd64-1"] == {"asked": {"digests": []}, "host": "amd64-1"}
 
 
 def test_one_whose_lock_fails_is_reported_lost_and_not_changed(fleet):

@@ -83,6 +83,20 @@ def test_lock_unlock_audit(agent):
     assert agent.call("audit")[1] == {"lines": []}
 
 
+def test_lock_can_answer_what_observe_would_once_it_is_held(agent):
+    digest = "sha256:" + "ab" * 32
+    rc, body = agent.call("lock", req={"holder": "ci", "token": "t1", "ttl": 30,
+                                       "observe": {"digests": [digest]}})
+    assert rc == 0 and body["lock"]["holder"] == "ci"
+    rc2, seen = agent.call("observe", req={"digests": [digest]})
+    assert body["observe"]["have"] == seen["have"] and body["observe"]["status"] == seen["status"]
+    assert body["observe"]["info"]["platform"] == seen["info"]["platform"]
+    rc, body = agent.call("lock", req={"holder": "bob", "token": "t2", "ttl": 30,
+                                       "observe": {"digests": [digest]}})
+    assert rc == protocol.EXIT_LOCKED and "observe" not in body          # not held: nothing read
+    assert "observe" not in agent.call("lock", req={"holder": "ci", "token": "t1", "ttl": 30})[1]
+
+
 def test_logs_tail_and_follow(agent, tmp_path):
     root = tmp_path / "root"
     (root / "state").mkdir(parents=True)
