@@ -137,7 +137,9 @@ def verb_prepare(layout: Layout, req: dict, log=None) -> dict:
     create``. Nothing of the release runs, and neither the target nor what serves changes.
     The container is held while the session's lock is: ``apply`` begins it (``Begin``), or it is
     stopped once the lock is gone (by ``serve``). Best effort: a service that cannot be
-    prepared now (a drain, stop-first, no room, a failure) is left to ``apply``, with why."""
+    prepared now (a drain, stop-first, no room, a failure) is left to ``apply``, with why.
+    It runs at a background priority (the host serves meanwhile); ``Begin`` gives the
+    container the agent's own priority before it starts."""
     from runtime import admission, snapshot
     from runtime.gc import read_records
     services = req.get("services")
@@ -149,13 +151,28 @@ def verb_prepare(layout: Layout, req: dict, log=None) -> dict:
     checked = {n: admission.check_service(layout, n, s, plat) for n, s in sorted(services.items())}
     h = make_host(layout, log)
     out = {}
-    with h.state.flock("converge.lock"):
-        snapshot.forget(layout.run)       # a reader asks the agent until serve writes anew
-        records = read_records(layout)
-        for n, t in checked.items():
-            out[n] = _prepare_one(h, n, t, dict(services[n].get("secrets") or {}), str(token),
-                                  records)
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    _set_priority(max(BACKGROUND_NICE, before))    # the host serves meanwhile: it yields to that
+    try:
+        with h.state.flock("converge.lock"):
+            snapshot.forget(layout.run)       # a reader asks the agent until serve writes anew
+            records = read_records(layout)
+            for n, t in checked.items():
+                out[n] = _prepare_one(h, n, t, dict(services[n].get("secrets") or {}),
+                                      str(token), records)
+    finally:
+        _set_priority(before)
     return {"services": out}
+
+
+BACKGROUND_NICE = 10
+
+
+def _set_priority(nice: int) -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError:
+        pass
 
 
 def _prepare_one(h, name: str, t: dict, secrets: dict, token: str, records: dict) -> dict:
@@ -245,17 +262,11 @@ def _spawn_finisher(layout: Layout, services: List[str]) -> None:
         pass        # serve finishes them within a tick, or the next change of the service
 
 
-FINISH_NICE = 10
-
-
 def _background_priority() -> None:
     """The finisher's work (an old slot's stop, its runtime's delete, unmounts) is nobody's
     wait: it yields the CPU to what serves and to the rollout's next wave (on a Pi, or on hosts
     that share cores)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, max(FINISH_NICE, os.getpriority(os.PRIO_PROCESS, 0)))
-    except OSError:
-        pass
+    _set_priority(max(BACKGROUND_NICE, os.getpriority(os.PRIO_PROCESS, 0)))
 
 
 def verb_finish(layout: Layout, services: List[str], log=None) -> dict:

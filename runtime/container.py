@@ -172,9 +172,11 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
 
 
 def begin(layout: Layout, rt: oci.Runtime, meta: Meta) -> Meta:
-    """Start a container ``create(prepared=...)`` left created. On failure it is removed."""
+    """Start a container ``create(prepared=...)`` left created, with this process's priority
+    (it was made at a background one, see agent.verb_prepare). On failure it is removed."""
     meta_path = os.path.join(cdir(layout, meta.id), "meta.json")
     try:
+        reprioritize(meta.pid, os.getpriority(os.PRIO_PROCESS, 0))
         oci.run_start(rt_of(meta, rt), meta.id)
     except BaseException:
         remove(layout, rt, meta, 0.0)
@@ -182,6 +184,20 @@ def begin(layout: Layout, rt: oci.Runtime, meta: Meta) -> Meta:
     meta.started, meta.prepared = True, ""
     meta.save(meta_path)
     return meta
+
+
+def reprioritize(pid: int, nice: int) -> None:
+    """Every thread of ``pid`` (nice is per thread; the one that execs the entrypoint passes
+    its own on to the container's processes)."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except OSError:
+            pass
 
 
 def remove(layout: Layout, rt: oci.Runtime, meta: Meta, stop_timeout: float) -> None:

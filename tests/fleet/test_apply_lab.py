@@ -200,6 +200,31 @@ def wait_settled(names, timeout: float = 20.0) -> None:
         time.sleep(0.2)
 
 
+def serving_pids(host_name: str) -> list:
+    """The serving container's init and every process under it, on the machine's pid numbers."""
+    import json
+
+    from orchestrator.lab.layout import LabLayout, LabSpec
+    root = LabLayout(LabSpec(LAB)).host(host_name).var_lib_orch
+    current = json.loads((root / "state" / "status.json").read_text())["current"]["hello"]
+    meta = next(json.loads(p.read_text()) for p in (root / "containers").glob("*/meta.json")
+                if json.loads(p.read_text())["slot"] == current["slot"])
+    pids, todo = [], [meta["pid"]]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                todo += [int(c) for c in open(f"/proc/{pid}/task/{task}/children").read().split()]
+            except OSError:
+                pass
+    return pids
+
+
+def nice_of(pid: int) -> int:
+    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[16])
+
+
 def test_later_waves_are_made_while_the_canary_runs_and_only_started_in_their_wave(lab_project):
     css = lab_project / "hello" / "www" / "style.css"
     css.write_text(css.read_text() + f"\n/* prepared {secrets.token_hex(4)} */\n")
@@ -222,6 +247,8 @@ def test_later_waves_are_made_while_the_canary_runs_and_only_started_in_their_wa
         assert made["release"] == report.final[n]["hello"]
         assert not any(e["step"] == "Start" for e in steps[n])     # not made a second time
         assert prepared_metas(n) == []                      # what began is no longer held
+        # made at a background priority, it serves at the agent's own
+        assert {nice_of(pid) for pid in serving_pids(n)} == {0}
     for host in prep.hosts:
         assert css.read_bytes() == fetch(host.target.address, "/style.css")
 

@@ -33,7 +33,7 @@ def test_the_finisher_is_a_detached_fork_that_holds_none_of_its_callers_streams(
     assert seen["cmdline"] == open("/proc/self/cmdline", "rb").read()   # a fork: no new Python
     assert seen["sid"] != os.getsid(0) and seen["ppid"] != os.getpid()
     assert seen["stdin"] == os.devnull
-    assert seen["nice"] == max(agent.FINISH_NICE, os.getpriority(os.PRIO_PROCESS, 0))   # yields
+    assert seen["nice"] == max(agent.BACKGROUND_NICE, os.getpriority(os.PRIO_PROCESS, 0))   # yields
     assert [fd for fd in seen["fds"] if fd > 2] in ([], [3])             # 3: listdir's own
     assert os.read(r, 1) == b""                                          # the caller's EOF came
     os.close(r)
