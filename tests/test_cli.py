@@ -72,3 +72,26 @@ def test_the_orch_script_runs_entry():
 
     project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     assert project["project"]["scripts"]["orch"] == "orchestrator.cli:entry"
+
+
+def test_a_command_builds_and_imports_only_its_own_parser():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom orchestrator import cli\n"
+            "p = cli.build_parser(cli.command_of(['--debug', 'status', '--json']))\n"
+            "a = p.parse_args(['--debug', 'status', '--json'])\n"
+            "print(a.command, a.debug, a.json, sorted(m for m in sys.modules if m.startswith('orchestrator.commands.')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split(" ", 3)[:3] == ["status", "True", "True"]
+    assert "orchestrator.commands.status" in out and "orchestrator.commands.lab" not in out
+    assert cli.command_of(["apply", "manifests/"]) == "apply"
+    assert cli.command_of(["--help", "apply"]) is None            # the listing of every command
+    assert cli.command_of(["nope"]) is None and cli.command_of([]) is None
+
+
+def test_an_unknown_command_is_refused_with_the_list_of_every_command(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["nope"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'nope'" in err and "apply" in err and "volumes" in err

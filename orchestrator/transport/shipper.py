@@ -7,8 +7,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
-
 from orchestrator.agent.client import AgentClient
 from orchestrator.errors import TransportError
 from orchestrator.transport.ssh import ConnectionPool
@@ -131,9 +129,27 @@ def ship_blobs(connect: Callable[[], AgentClient], blobs: Sequence[Tuple[str, in
 
     if not sizes:
         return ShipResult("", 0, 0, 0)
-    for try_ in Retrying(stop=stop_after_attempt(attempts), reraise=True,
-                         wait=wait_exponential(multiplier=0.2, max=max_wait),
+    with_retries(attempt, attempts, max_wait)
+    return ShipResult(state["host"], len(sizes), sent, state["attempt"])
+
+
+RETRY_WAIT = 0.2     # seconds before the second attempt, doubling after each failed one
+
+
+def with_retries(attempt: Callable[[], None], attempts: int, max_wait: float) -> None:
+    """``attempt()`` until it works, at most ``attempts`` times, waiting 0.2, 0.4, 0.8 ... s
+    (at most ``max_wait``) after each TransportError; the last one's error is raised. The
+    retry machinery (tenacity, ~15 ms to import) is loaded once a first attempt has failed."""
+    try:
+        attempt()
+        return
+    except TransportError:
+        if attempts <= 1:
+            raise
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+    time.sleep(min(RETRY_WAIT, max_wait))
+    for try_ in Retrying(stop=stop_after_attempt(attempts - 1), reraise=True,
+                         wait=wait_exponential(multiplier=2 * RETRY_WAIT, max=max_wait),
                          retry=retry_if_exception_type(TransportError)):
         with try_:
             attempt()
-    return ShipResult(state["host"], len(sizes), sent, state["attempt"])
