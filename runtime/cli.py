@@ -128,7 +128,9 @@ def answer_session(layout: Layout, stdin, stdout, log: Callable[[str], None], ar
 
 
 CHANGE_MODULES = ("runtime.host", "runtime.executors", "runtime.reconcile", "runtime.admission",
-                  "runtime.gc", "runtime.spec")
+                  "runtime.gc", "runtime.spec", "runtime.container", "runtime.network",
+                  "runtime.bundle", "runtime.layers", "runtime.unpack", "runtime.health",
+                  "runtime.snapshot")
 
 
 def _start_warm_up():

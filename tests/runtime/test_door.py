@@ -250,3 +250,21 @@ def test_where_the_host_refuses_the_forward_the_caller_falls_back(tmp_path, monk
     assert time.monotonic() - started < 1.0
     listener.close()
     assert conn.read_door(door.request("snapshot")) is None          # no master at all
+
+
+def test_serve_with_a_door_holds_the_code_of_a_change_before_any_session_forks(tmp_path):
+    """Every session is a fork of serve: what a change imports is loaded once, in serve."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    code = ("import sys\nfrom runtime import supervisor\nfrom runtime.cli import CHANGE_MODULES\n"
+            "from runtime.layout import Layout\n"
+            f"layout = Layout({str(tmp_path / 'root')!r}, {str(tmp_path / 'run')!r})\n"
+            "layout.ensure()\nbefore = [m for m in CHANGE_MODULES if m in sys.modules]\n"
+            "d = supervisor._open_door(layout)\n"
+            "print(d is not None, 'runtime.executors' in before, all(m in sys.modules for m in CHANGE_MODULES))\n"
+            "d.close()\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["True", "False", "True"]
