@@ -480,7 +480,10 @@ def verb_unlock(layout: Layout, req: dict) -> dict:
     layout.ensure()
     prev = State(layout).unlock(str(req.get("token") or req.get("holder") or ""),
                                 bool(req.get("force")))
-    return {"ok": True, "released": prev}
+    out = {"ok": True, "released": prev}
+    if req.get("status"):              # what the host runs as the lock goes (apply's last read)
+        out["status"] = verb_status(layout, {})
+    return out
 
 
 def verb_audit(layout: Layout, req: dict) -> dict:

@@ -40,7 +40,7 @@ deliberate downgrade is asked for; an older one is upgraded by ``apply``.
   lock {holder, ttl, token?, force?, observe?} -> {ok, lock: {holder, since, expires}, observe?}
                            | error "locked" (+holder, since, expires); observe {digests}: also
                            what `observe` answers, read once the lock is held (one round trip)
-  unlock {token|holder, force} -> {ok, released}
+  unlock {token|holder, force, status?} -> {ok, released, status?} (status: what `status` answers)
 The MUTATING verbs run only for the session holding the deploy lock: their request carries
 ``lock`` (the token given to ``lock``), else they fail with "locked" naming the holder.
   audit                 -> {lines: [{when, who, action, service, release}]}

@@ -235,9 +235,14 @@ class AgentClient:
             request["observe"] = dict(observe)
         return self.call("lock", request, timeout=timeout)
 
-    def unlock(self, holder: str, force: bool = False, timeout: float = 60) -> Dict[str, Any]:
-        """``holder``: the token the lock was taken with (the holder's name for old locks)."""
-        return self.call("unlock", {"token": holder, "force": force}, timeout=timeout)
+    def unlock(self, holder: str, force: bool = False, timeout: float = 60,
+               status: bool = False) -> Dict[str, Any]:
+        """``holder``: the token the lock was taken with (the holder's name for old locks);
+        ``status``: the answer also holds what ``status`` would, read as the lock goes."""
+        request = {"token": holder, "force": force}
+        if status:
+            request["status"] = True
+        return self.call("unlock", request, timeout=timeout)
 
     def audit(self) -> Dict[str, Any]:
         return self.call("audit")

@@ -282,7 +282,8 @@ def apply(prep: Prepared, obs: Observed, pool: ConnectionPool, *, who: Optional[
                 report.lost.update({h: str(lock.lost.get(h) or "stopped answering") for h in gone})
                 lock.forget(gone)                 # silent: no unlock sent, its lease runs out
     report.final = final_releases(prep, {h: c for h, c in obs.clients.items() if h not in report.lost},
-                                  unreachable=report.lost, timeout=host_timeout)
+                                  unreachable=report.lost, timeout=host_timeout,
+                                  known=lock.last_status)
     return report
 
 
@@ -460,10 +461,14 @@ class Shipping:
 
 
 def final_releases(prep: Prepared, clients: Mapping[str, AgentClient], *, unreachable: Sequence[str] = (),
-                   timeout: float = HOST_TIMEOUT) -> Dict[str, Dict[str, Optional[str]]]:
+                   timeout: float = HOST_TIMEOUT, known: Optional[Mapping[str, dict]] = None
+                   ) -> Dict[str, Dict[str, Optional[str]]]:
+    """What each host runs now (``known``: statuses already read, e.g. as the lock went)."""
     names = [r.service for r in prep.releases]
-    fan = fan_out(list(clients.items()), lambda kv: kv[1].status(timeout=timeout), name=lambda kv: kv[0],
-                  max_parallel=MAX_PARALLEL_HOSTS)
+    known = known or {}
+    fan = fan_out(list(clients.items()),
+                  lambda kv: known[kv[0]] if kv[0] in known else kv[1].status(timeout=timeout),
+                  name=lambda kv: kv[0], max_parallel=MAX_PARALLEL_HOSTS)
     out: Dict[str, Dict[str, Optional[str]]] = {h: {n: "unreachable" for n in names} for h in unreachable}
     for host in clients:
         if host in fan.ok:

@@ -63,6 +63,7 @@ class FleetLock:
     timeout: float = 60.0                          # deadline of each lock call
     refreshed: float = field(default_factory=time.monotonic)   # when the lease was last extended
     observed: Dict[str, dict] = field(default_factory=dict)    # host -> observe read under the lock
+    last_status: Dict[str, dict] = field(default_factory=dict)  # host -> its status as released
 
     def refresh(self, every: float = 0.0) -> None:
         """Extend the lease (unless it was extended less than ``every`` seconds ago: a wave
@@ -100,7 +101,12 @@ class FleetLock:
             self.clients.pop(h, None)
 
     def release(self) -> None:
-        _each(self.clients, lambda c: c.unlock(self.token, timeout=self.timeout))
+        """Unlock every host held; each answers with its status too (``last_status``)."""
+        def one(c: AgentClient) -> None:
+            answer = c.unlock(self.token, timeout=self.timeout, status=True)
+            if isinstance(answer.get("status"), dict):
+                self.last_status[c.host] = answer["status"]
+        _each(self.clients, one)
 
 
 def _each(clients: Mapping[str, AgentClient], fn):

@@ -26,9 +26,9 @@ class FakeClient:
         self.locks.append(token)
         return {"ok": True, "observe": {"asked": observe, "host": self.name}}
 
-    def unlock(self, token, force=False, timeout=60):
+    def unlock(self, token, force=False, timeout=60, status=False):
         self.unlocks.append(token)
-        return {"ok": True}
+        return {"ok": True, "status": {"services": {}}} if status else {"ok": True}
 
 
 def plan(up_to_date=False):
