@@ -279,6 +279,8 @@ def verb_finish(layout: Layout, services: List[str], log=None) -> dict:
     wait = max([Target.from_json(n, targets[n]).deploy.drain + Target.from_json(n, targets[n]).deploy.stop_timeout
                 for n in services if n in targets] + [0.0])
     reconcile.finish_background(h, services, h.clock() + wait + 30.0)
+    from runtime.cli import write_snapshot_now
+    write_snapshot_now(layout)      # the host as it is now: a next command's first look
     return {"services": {n: {"ok": True} for n in services}}
 
 

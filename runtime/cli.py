@@ -118,13 +118,30 @@ def answer_session(layout: Layout, stdin, stdout, log: Callable[[str], None], ar
     ``python3 AGENT session``, or a socket ``serve`` handed to a forked child (runtime/door.py)."""
     from runtime import session
     warm: list = []
+    changed: list = []
 
     def one(verb: str, request: Dict[str, Any], stream) -> Tuple[int, Dict[str, Any]]:
         code, body = dispatch(verb, layout, request, Io(stream, None, log, argv0))
         if verb == "lock" and code == protocol.EXIT_OK and not warm:
             warm.append(_start_warm_up())
+        if verb in ("apply", "prepare", "rollback", "remove", "gc") and not changed:
+            changed.append(verb)
         return code, body if body is not None else {}
-    return session.run_session(one, stdin, stdout)
+    code = session.run_session(one, stdin, stdout)
+    if changed:     # the caller has gone: the next command's first look finds the snapshot
+        write_snapshot_now(layout)
+    return code
+
+
+def write_snapshot_now(layout: Layout) -> None:
+    """serve's observe snapshot (runtime/snapshot.py), written now rather than at serve's next
+    tick (up to a second away), after a change: a command right after this one reads it
+    instead of opening a session. Skipped while another process changes the host."""
+    try:
+        from runtime import agent, supervisor
+        supervisor.run_write_snapshot(agent.make_host(layout))
+    except Exception:  # noqa: BLE001 - serve writes it within a second anyway
+        pass
 
 
 CHANGE_MODULES = ("runtime.host", "runtime.executors", "runtime.reconcile", "runtime.admission",

@@ -135,6 +135,8 @@ def finish_background(h, services: Iterable[str], deadline: float) -> None:
             steps, wants, obs = next_steps(h)
             mine = [s for s in steps if getattr(s, "background", False) and s.service in names]
             if mine:
+                from runtime import snapshot
+                snapshot.forget(h.layout.run)        # what runs changes: readers ask the agent
                 h.attempt(mine[0], wants, obs)
                 continue
             pending = old_slots(h, names)

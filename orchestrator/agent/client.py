@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import threading
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from orchestrator.errors import AgentError, TransportError, AgentVersionError
@@ -138,13 +139,15 @@ class AgentClient:
     the host, so a read command cannot change one by mistake."""
 
     def __init__(self, conn: SSHConnection, path: str, session=None, *, read_only: bool = False,
-                 allow_newer: bool = False):
+                 allow_newer: bool = False, lazy_session: bool = False):
         self.conn = conn
         self.path = path
         self.session = session
         self.read_only = read_only
         self.allow_newer = allow_newer
         self.checked: Optional[Dict[str, Any]] = None     # the info the versions were checked on
+        self._lazy = lazy_session and session is None      # open one at the first verb
+        self._opening = threading.Lock()
 
     @property
     def host(self) -> str:
@@ -162,6 +165,11 @@ class AgentClient:
         from runtime.cli import VERBS
         if self.read_only and not (verb in VERBS and VERBS[verb].reads_only):
             raise AgentError(f"{verb}: changes the host, and this is a read-only session", host=self.host)
+        if self._lazy and not args:
+            with self._opening:
+                if self._lazy:
+                    from orchestrator.agent.session import AgentSession
+                    self.session, self._lazy = AgentSession.open(self.conn, self.path), False
         if self.checked is None and verb not in ("info", "observe"):
             self.check(self.call("info", {"runtime_version": False}))
         if self.session is not None and not self.session.closed and not args:

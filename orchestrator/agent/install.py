@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from orchestrator.agent.client import (AgentClient, AgentMissing, agent_path,
                                        check_versions, put_agent)
@@ -98,20 +98,22 @@ def read_host(conn: SSHConnection, digest: str, digests: Sequence[str] = (), *,
 
 def install_and_observe(conn: SSHConnection, local_pyz: str, digest: str,
                         digests: Sequence[str] = (), *, allow_downgrade: bool = False,
-                        releases: Optional[Mapping[str, str]] = None) -> Tuple[AgentClient, dict]:
+                        snapshot: bool = False) -> Tuple[AgentClient, dict]:
     """For commands that change hosts (apply, rollback): read the host; where this orch's agent
     is missing, install it (refusing to replace a newer one unless ``allow_downgrade``); make
     sure `serve` runs it. One round trip in the steady state.
 
-    With `releases` (service -> release wanted there): when the snapshot `serve` keeps shows
-    exactly those serving, that read is the answer and no agent process starts (the client then
-    has no session; a command that goes on to change the host re-observes under its lock)."""
-    if releases is not None:
+    With ``snapshot`` (apply's first look, which it makes again under its lock before it changes
+    anything): a fresh snapshot that `serve` keeps, written by this very agent, is the answer.
+    No agent process starts for it; the client opens its session when the command first asks
+    the host for more (its lock, when something changes there or elsewhere in the fleet)."""
+    if snapshot:
         path = agent_path(digest)
         seen = read_snapshot(conn, path, digest, digests)
-        if seen is not None and all(serving(seen["status"], name, rel) for name, rel in releases.items()):
-            client = AgentClient(conn, path)
+        if seen is not None:
+            client = AgentClient(conn, path, lazy_session=True)
             client.check(seen["info"])
+            _check_info(conn, path, digest, seen["info"])
             return client, seen
     view = read_host(conn, digest, digests, allow_newer=True)
     if view.agent != "current":
@@ -129,13 +131,6 @@ def install_and_observe(conn: SSHConnection, local_pyz: str, digest: str,
 def install_agent_and_serve(conn: SSHConnection, local_pyz: str, digest: str) -> AgentClient:
     """Install the agent if its digest is new there, and make sure `serve` runs that agent."""
     return install_and_observe(conn, local_pyz, digest)[0]
-
-
-def serving(status: Mapping, service: str, release: str) -> bool:
-    """`release` of `service` runs, has not been restarting and is not unhealthy."""
-    s = (status.get("services") or {}).get(service) or {}
-    return s.get("release") == release and s.get("state") == "running" and not s.get("restarts") \
-        and s.get("health") != "unhealthy"
 
 
 def read_snapshot(conn: SSHConnection, path: str, digest: str, digests: Sequence[str]) -> Optional[dict]:

@@ -217,8 +217,7 @@ def observe(prep: Prepared, pool: ConnectionPool, *, install: bool = True,
         elif install:
             client, seen = install_and_observe(
                 conn, prep.agent_pyz, prep.agent_digest, wanted, allow_downgrade=allow_downgrade,
-                releases=None if again is not None else
-                {r.service: r.release for r in prep.releases if host.name in r.host_names})
+                snapshot=again is None)
         else:
             view: HostView = read_host(conn, prep.agent_digest, wanted)
             client, seen, agent = view.client, view.answer, view.would_install(prep.agent_digest)

@@ -1,6 +1,7 @@
 """Observe without starting Python, on a real lab host: after a deploy, serve keeps the observe
-answer in /run/orch/observe.json; a no-op reads it (no agent process, no session); a change
-opens a session; a changing verb removes the snapshot before anything changes."""
+answer in /run/orch/observe.json; apply's first look reads it (no agent process, no session);
+a change opens its session at its first verb (the lock); a changing verb removes the snapshot
+before anything changes."""
 from __future__ import annotations
 
 import os
@@ -56,7 +57,7 @@ def wait_snapshot(conn, prep, digests):
     raise AssertionError("serve wrote no observe snapshot")
 
 
-def test_a_no_op_reads_the_snapshot_and_a_change_opens_a_session(snap_lab):
+def test_a_first_look_reads_the_snapshot_and_a_change_opens_a_session_at_its_lock(snap_lab):
     prep = snap_lab
     rel = prep.releases[0]
     digests = [d for m in rel.manifests.values() for d, _ in prep.store.blobs_for(m)]
@@ -65,13 +66,13 @@ def test_a_no_op_reads_the_snapshot_and_a_change_opens_a_session(snap_lab):
         seen = wait_snapshot(conn, prep, digests)
         assert seen["status"]["services"]["hello"]["release"] == rel.release
         assert sorted(seen["have"]["present"]) == sorted(digests)
-        client, body = install_and_observe(conn, prep.agent_pyz, prep.agent_digest, digests, releases={"hello": rel.release})
+        client, body = install_and_observe(conn, prep.agent_pyz, prep.agent_digest, digests, snapshot=True)
         assert client.session is None and body["status"]["services"]["hello"]["state"] == "running"
-        client, body = install_and_observe(conn, prep.agent_pyz, prep.agent_digest, digests,
-                                           releases={"hello": "r-0000000000000000"})
+        # a change is planned from the snapshot too (and again under the lock): the session
+        # opens at the first verb, a fork of serve through its door
+        client.lock("test", 60, token="test-token")
         assert client.session is not None and not client.session.closed
         # a changing verb removes the snapshot under the converge lock, before it changes anything
-        client.lock("test", 60, token="test-token")
         client.call("gc", {"lock": "test-token"})
         res = conn.run_shared(["test", "-e", "/run/orch/observe.json"])
         assert res.exit_code != 0

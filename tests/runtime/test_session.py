@@ -63,3 +63,25 @@ def test_garbage_header_ends_the_session_with_an_error(tmp_path):
     out, _ = p.communicate(b"not json\n", timeout=10)
     assert p.returncode == protocol.EXIT_USAGE
     assert json.loads(out.splitlines()[-1])["body"]["error"]["code"] == protocol.E_BAD_REQUEST
+
+
+def test_a_session_that_changed_the_host_leaves_the_observe_snapshot_when_it_ends(tmp_path):
+    """The next command's first look reads it at once (serve would write it within a second)."""
+    snap = tmp_path / "run" / "observe.json"
+    p = start(tmp_path)
+    try:
+        assert ask(p, "status")[0] == 0
+    finally:
+        p.stdin.close()
+        assert p.wait(10) == 0
+    assert not snap.exists()                       # a read leaves nothing behind
+    p = start(tmp_path)
+    try:
+        assert ask(p, "lock", {"holder": "me", "ttl": 30})[0] == 0
+        assert ask(p, "gc", {"lock": "me"})[0] == 0
+        assert ask(p, "unlock", {"holder": "me"})[0] == 0
+    finally:
+        p.stdin.close()
+        assert p.wait(10) == 0
+    seen = json.loads(snap.read_text())["observe"]
+    assert seen["status"]["services"] == {} and "platform" in seen["info"]
