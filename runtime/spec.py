@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from runtime.errors import BadRequest
+from runtime.records import Record, record
 
 SERVICE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")   # container ids, cgroups, veths
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")    # volumes and secrets
@@ -53,15 +54,15 @@ def check_service_name(name: Any) -> str:
     return name
 
 
-@dataclass(frozen=True)
-class Port:
+@record
+class Port(Record):
     host: int
     container: int
     protocol: str = "tcp"
 
 
-@dataclass(frozen=True)
-class Health:
+@record
+class Health(Record):
     kind: str = "none"                    # http | tcp | exec | none
     path: Optional[str] = None            # http only
     port: Optional[int] = None            # http and tcp
@@ -72,30 +73,30 @@ class Health:
     start_period: float = 0.0
 
 
-@dataclass(frozen=True)
-class Volume:
+@record
+class Volume(Record):
     name: str
     dest: str
     readonly: bool = False
     shared: bool = False                  # one directory for every service naming it (volumes.py)
 
 
-@dataclass(frozen=True)
-class SecretMount:
+@record
+class SecretMount(Record):
     name: str
     dest: str
     tmpfs: bool = False                   # memory only: not kept on disk, gone after a power cut
 
 
-@dataclass(frozen=True)
-class Resources:
+@record
+class Resources(Record):
     memory: Optional[int] = None          # bytes
     pids: Optional[int] = None
     cpus: Optional[float] = None
 
 
-@dataclass(frozen=True)
-class Deploy:
+@record
+class Deploy(Record):
     ports: Tuple[Port, ...] = ()
     health: Health = Health()
     env: Tuple[Tuple[str, str], ...] = ()          # sorted (name, value)
@@ -229,8 +230,8 @@ class Deploy:
             **kw)
 
 
-@dataclass(frozen=True)
-class Target:
+@record
+class Target(Record):
     """What should run for one service, as the agent persists it."""
     release: str
     index: str

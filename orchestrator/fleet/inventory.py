@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import List, Mapping, Optional
 
@@ -12,10 +12,11 @@ from orchestrator.lab.layout import DEFAULT_STATE_ROOT, LabLayout, lab_name
 from orchestrator.lab.machine import LabMachine
 from orchestrator.manifest.model import Fleet, HostSelector
 from orchestrator.transport.ssh import SSHTarget, resolve_target
+from runtime.records import Record, record
 
 
-@dataclass(frozen=True)
-class InventoryHost:
+@record
+class InventoryHost(Record):
     name: str
     target: SSHTarget
     labels: Mapping[str, str] = field(default_factory=dict)

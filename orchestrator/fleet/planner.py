@@ -4,12 +4,13 @@ No I/O, no clock: everything the planner needs is passed in, so it is tested wit
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from runtime.records import Record, record
 
 
-@dataclass(frozen=True)
-class DesiredRelease:
+@record
+class DesiredRelease(Record):
     """One service as it should run on hosts of one fleet."""
 
     service: str
@@ -20,8 +21,8 @@ class DesiredRelease:
     host_names: Tuple[str, ...]                    # hosts this service selects, in fleet order
 
 
-@dataclass(frozen=True)
-class HostFacts:
+@record
+class HostFacts(Record):
     """What one host reported (or why it could not)."""
 
     name: str
@@ -34,8 +35,8 @@ class HostFacts:
     agent: Optional[str] = None                    # what apply would do to the agent (plan only)
 
 
-@dataclass(frozen=True)
-class Change:
+@record
+class Change(Record):
     service: str
     old_release: Optional[str]
     new_release: str
@@ -43,14 +44,14 @@ class Change:
     stop_first: str = ""                           # why the replace stops the old slot first
 
 
-@dataclass(frozen=True)
-class Removal:
+@record
+class Removal(Record):
     service: str
     release: Optional[str]
 
 
-@dataclass(frozen=True)
-class HostPlan:
+@record
+class HostPlan(Record):
     host: str
     platform: Optional[str]
     changes: Tuple[Change, ...] = ()
@@ -69,16 +70,16 @@ class HostPlan:
         return not self.changes and not self.removals and self.error is None and self.agent is None
 
 
-@dataclass(frozen=True)
-class Wave:
+@record
+class Wave(Record):
     service: str
     number: int                                    # 0 is the canary wave when canary > 0
     canary: bool
     hosts: Tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class FleetPlan:
+@record
+class FleetPlan(Record):
     hosts: Tuple[HostPlan, ...]
     waves: Tuple[Wave, ...]
 

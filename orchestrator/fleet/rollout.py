@@ -12,6 +12,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 from orchestrator.errors import TransportError
 from orchestrator.transport.fanout import fan_out
 from orchestrator.fleet.planner import FleetPlan, Wave
+from runtime.records import Record, record
 
 HOST_TIMEOUT = 60.0        # what a host may take beyond its services' own timings (unpack, start)
 
@@ -57,8 +58,8 @@ class RolloutResult:
         return not self.failed and not self.halts
 
 
-@dataclass(frozen=True)
-class ServicePolicy:
+@record
+class ServicePolicy(Record):
     on_failure: str = "halt"                 # halt | rollback
     max_parallel: int = 16                   # bound on concurrent SSH work inside one wave
 

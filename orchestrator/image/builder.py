@@ -25,12 +25,13 @@ from orchestrator.manifest.model import (ContextCopyStep, CopyStep, DebianBase, 
                                          StageCopyStep, TemplateStep)
 from orchestrator.manifest.units import PLATFORM_ARCH
 from orchestrator.image.store import Store
+from runtime.records import Record, record
 
 BUILDER_VERSION = 1          # part of every cache key: bump when layer bytes would change
 
 
-@dataclass(frozen=True)
-class BuildEvent:
+@record
+class BuildEvent(Record):
     """One progress report: ``state`` is start | cached | built | emulated | warning | done."""
 
     service: str
@@ -42,8 +43,8 @@ class BuildEvent:
     seconds: float = 0.0
 
 
-@dataclass(frozen=True)
-class PlatformImage:
+@record
+class PlatformImage(Record):
     platform: str
     manifest_digest: str
     config_digest: str
@@ -55,8 +56,8 @@ class PlatformImage:
     emulated_steps: int = 0    # run steps executed through qemu-user
 
 
-@dataclass(frozen=True)
-class BuiltImage:
+@record
+class BuiltImage(Record):
     service: str
     index_digest: str
     manifests: Mapping[str, str]              # {platform: manifest digest}

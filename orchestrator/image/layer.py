@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from orchestrator.image.store import MT_LAYER_GZIP, Store
+from runtime.records import Record, record
 
 GZIP_LEVEL = 6
 
@@ -29,8 +30,8 @@ def source_date_epoch(environ=None) -> int:
         return 0
 
 
-@dataclass(frozen=True)
-class Layer:
+@record
+class Layer(Record):
     digest: str              # sha256 of the compressed blob
     diff_id: str             # sha256 of the uncompressed tar
     size: int

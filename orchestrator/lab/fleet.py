@@ -1,15 +1,15 @@
 """A lab seen as a fleet: SSH targets for its hosts (used by `orch apply` and the tests)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import List
 
 from orchestrator.lab.layout import HostLayout, LabLayout
 from orchestrator.transport.ssh import SSHTarget
+from runtime.records import Record, record
 
 
-@dataclass(frozen=True)
-class LabHost:
+@record
+class LabHost(Record):
     name: str
     address: str
     ssh_port: int

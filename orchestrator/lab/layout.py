@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple
 
 from orchestrator.errors import LabError
 from runtime import platforms
+from runtime.records import Record, record
 
 # Plain host kinds: one per platform of the one platform table, by its lab word (amd64, arm64, armv7)
 PLAIN_KINDS: Dict[str, str] = {p.lab: p.name for p in platforms.TABLE}
@@ -39,8 +39,8 @@ def lab_name(name: str, environ: Mapping[str, str]) -> str:
     return environ.get("ORCH_LAB_PREFIX", "") + name
 
 
-@dataclass(frozen=True)
-class LabSpec:
+@record
+class LabSpec(Record):
     """How many hosts of each kind a lab has."""
 
     name: str = "lab"
@@ -86,8 +86,8 @@ def kind_prefix(kind: str) -> str:
     return kind.replace("_", "-")
 
 
-@dataclass(frozen=True)
-class HostLayout:
+@record
+class HostLayout(Record):
     """Every name and path of one lab host."""
 
     lab: str
@@ -174,8 +174,8 @@ class HostLayout:
         return self.state_dir / "rootfs"
 
 
-@dataclass(frozen=True)
-class LabLayout:
+@record
+class LabLayout(Record):
     spec: LabSpec
     state_root: Path = DEFAULT_STATE_ROOT
 

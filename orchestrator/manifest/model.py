@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import field
 from types import MappingProxyType
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from orchestrator.errors import ManifestError
 from orchestrator.lab import layout as _lab
 from runtime import spec
+from runtime.records import Record, record
 
 EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -30,8 +31,8 @@ def frozen_map(d: Optional[Mapping]) -> Mapping:
 LabSpec = _lab.LabSpec
 
 
-@dataclass(frozen=True)
-class FleetHost:
+@record
+class FleetHost(Record):
     name: str
     address: str
     user: str = "root"
@@ -40,8 +41,8 @@ class FleetHost:
     platform: Optional[str] = None      # None: ask the agent (info) at apply time
 
 
-@dataclass(frozen=True)
-class Fleet:
+@record
+class Fleet(Record):
     name: str
     lab: Optional[LabSpec] = None       # exactly one of lab / hosts is set
     hosts: Tuple[FleetHost, ...] = ()
@@ -67,13 +68,13 @@ DEFAULT_FLEET = Fleet(name="lab", lab=LabSpec(name="lab", amd64=2, arm64=1, armv
 
 # ---------------------------------------------------------------- image
 
-@dataclass(frozen=True)
-class ScratchBase:
+@record
+class ScratchBase(Record):
     kind: str = "scratch"
 
 
-@dataclass(frozen=True)
-class DebianBase:
+@record
+class DebianBase(Record):
     suite: str
     packages: Tuple[str, ...] = ()
     kind: str = "debian"
@@ -81,22 +82,22 @@ class DebianBase:
     slim: bool = False            # minbase without docs, man pages and locales (debian:SUITE-slim)
 
 
-@dataclass(frozen=True)
-class OciBase:
+@record
+class OciBase(Record):
     dir: str                      # absolute path of an OCI image layout
     tag: Optional[str] = None     # org.opencontainers.image.ref.name; None: the only entry
     kind: str = "oci"
 
 
-@dataclass(frozen=True)
-class RegistryBase:
+@record
+class RegistryBase(Record):
     ref: str                      # e.g. 127.0.0.1:5000/library/busybox:1.36 or ...@sha256:...
     insecure: bool = False        # plain http (always used for loopback registries)
     kind: str = "registry"
 
 
-@dataclass(frozen=True)
-class StageBase:
+@record
+class StageBase(Record):
     stage: str                    # an earlier Dockerfile stage (FROM build AS final)
     kind: str = "stage"
 
@@ -104,8 +105,8 @@ class StageBase:
 Base = Union[ScratchBase, DebianBase, OciBase, RegistryBase, StageBase]
 
 
-@dataclass(frozen=True)
-class CopyStep:
+@record
+class CopyStep(Record):
     src: str                      # as written in the manifest (relative to the manifest's directory)
     path: str                     # absolute source path on this machine (checked: inside the directory)
     dest: str                     # absolute path in the image
@@ -114,8 +115,8 @@ class CopyStep:
     kind: str = "copy"
 
 
-@dataclass(frozen=True)
-class TemplateStep:
+@record
+class TemplateStep(Record):
     src: str
     path: str
     dest: str
@@ -125,8 +126,8 @@ class TemplateStep:
     kind: str = "template"
 
 
-@dataclass(frozen=True)
-class RunStep:
+@record
+class RunStep(Record):
     command: Tuple[str, ...]      # argv; a string in the manifest becomes ["/bin/sh", "-c", s]
     env: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     kind: str = "run"
@@ -136,8 +137,8 @@ class RunStep:
     label: str = ""
 
 
-@dataclass(frozen=True)
-class ContextCopyStep:
+@record
+class ContextCopyStep(Record):
     """Dockerfile COPY/ADD from the build context, resolved at load time (.dockerignore applied)."""
 
     label: str                                  # "Dockerfile:7 COPY app/ /srv/"
@@ -147,8 +148,8 @@ class ContextCopyStep:
     kind: str = "context"
 
 
-@dataclass(frozen=True)
-class StageCopyStep:
+@record
+class StageCopyStep(Record):
     """Dockerfile COPY --from=STAGE: paths (globs allowed) of an earlier stage's filesystem."""
 
     label: str
@@ -160,8 +161,8 @@ class StageCopyStep:
     kind: str = "stage-copy"
 
 
-@dataclass(frozen=True)
-class MkdirStep:
+@record
+class MkdirStep(Record):
     label: str
     path: str                                   # Dockerfile WORKDIR: made when missing
     kind: str = "mkdir"
@@ -170,8 +171,8 @@ class MkdirStep:
 Step = Union[CopyStep, TemplateStep, RunStep, ContextCopyStep, StageCopyStep, MkdirStep]
 
 
-@dataclass(frozen=True)
-class ImageConfig:
+@record
+class ImageConfig(Record):
     env: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     entrypoint: Optional[Tuple[str, ...]] = None
     cmd: Optional[Tuple[str, ...]] = None
@@ -182,8 +183,8 @@ class ImageConfig:
     stop_signal: Optional[str] = None
 
 
-@dataclass(frozen=True)
-class Stage:
+@record
+class Stage(Record):
     """One Dockerfile stage for one platform: a base, its steps and its image config."""
 
     name: str
@@ -193,14 +194,14 @@ class Stage:
     platform: str                               # FROM --platform may differ from the image's
 
 
-@dataclass(frozen=True)
-class DockerfileSpec:
+@record
+class DockerfileSpec(Record):
     path: str                                   # as shown in errors
     stages: Mapping[str, Tuple[Stage, ...]]     # {platform: stages in build order}; the last is the image
 
 
-@dataclass(frozen=True)
-class ImageSpec:
+@record
+class ImageSpec(Record):
     base: Base
     platforms: Tuple[str, ...]
     steps: Tuple[Step, ...] = ()
@@ -211,8 +212,8 @@ class ImageSpec:
 
 # ---------------------------------------------------------------- deploy
 
-@dataclass(frozen=True)
-class HostSelector:
+@record
+class HostSelector(Record):
     kind: str = "all"                     # all | names | labels
     names: Tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=lambda: EMPTY)
@@ -232,8 +233,8 @@ Volume = spec.Volume
 Resources = spec.Resources
 
 
-@dataclass(frozen=True)
-class Secret:
+@record
+class Secret(Record):
     """Where a secret's value comes from; the value itself is read only at apply time."""
 
     name: str
@@ -259,8 +260,8 @@ class Secret:
             raise ManifestError(f'cannot read secret file "{self.file}": {exc.strerror}', **where) from None
 
 
-@dataclass(frozen=True)
-class Strategy:
+@record
+class Strategy(Record):
     canary: int = 0                       # hosts in the first wave (0: no canary wave)
     max_parallel: Optional[int] = 1       # hosts per later wave, or ...
     max_parallel_percent: Optional[float] = None   # ... a percentage of the selected hosts
@@ -274,8 +275,8 @@ class Strategy:
         return max(1, self.max_parallel or 1)
 
 
-@dataclass(frozen=True)
-class DeploySpec:
+@record
+class DeploySpec(Record):
     hosts: HostSelector = HostSelector()
     ports: Tuple[Port, ...] = ()
     health: HealthCheck = HealthCheck()
@@ -320,8 +321,8 @@ class DeploySpec:
 
 # ---------------------------------------------------------------- top level
 
-@dataclass(frozen=True)
-class Service:
+@record
+class Service(Record):
     name: str
     image: ImageSpec
     deploy: DeploySpec
@@ -331,8 +332,8 @@ class Service:
     push: Optional[str] = None            # REGISTRY/REPO[:TAG] that `orch push SERVICE` sends the image to
 
 
-@dataclass(frozen=True)
-class Desired:
+@record
+class Desired(Record):
     directory: str                        # absolute manifests directory (lock file lives here)
     fleet: Fleet
     services: Mapping[str, Service]       # in file order

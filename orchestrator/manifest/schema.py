@@ -6,17 +6,17 @@ the helpers return the checked value or raise a located ``ManifestError``.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
 
 from orchestrator.errors import ManifestError
 from orchestrator.manifest.source import MAX_INT_DIGITS, LList, LMap, TStr
+from runtime.records import Record, record
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Ctx:
+@record
+class Ctx(Record):
     file: str
     path: Tuple[Any, ...]
     line: Optional[int]

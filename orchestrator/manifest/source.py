@@ -8,12 +8,12 @@ so that every later error can say ``file:line path: message``. Nothing outside
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Tuple
 
 import yaml
 
 from orchestrator.errors import ManifestError
+from runtime.records import Record, record
 
 __all__ = ["Doc", "LList", "LMap", "Renderer", "TStr", "YInt", "display_path", "has_markup", "read_documents",
            "render_tree"]
@@ -50,8 +50,8 @@ class TStr(str):
     """A string produced by rendering a Jinja2 expression (so '3' may stand for the int 3)."""
 
 
-@dataclass(frozen=True)
-class Doc:
+@record
+class Doc(Record):
     file: str        # as displayed in errors (relative to the working directory when below it)
     path: str        # absolute path of the file
     index: int       # 0-based document number within the file

@@ -16,12 +16,13 @@ import stat
 import subprocess
 import tempfile
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 from orchestrator.errors import HostKeyError, TransportError
 from runtime import door, protocol
+from runtime.records import Record, record
 
 
 class _OnFirstUse:
@@ -57,8 +58,8 @@ WINDOW = 64 * 1024 * 1024       # large SSH window: bulk transfers are not stall
 MAX_PACKET = 256 * 1024 - 1024  # below OpenSSH's 256 KiB packet limit
 
 
-@dataclass(frozen=True)
-class SSHTarget:
+@record
+class SSHTarget(Record):
     """Where and how to reach one host."""
 
     name: str
@@ -72,8 +73,8 @@ class SSHTarget:
     persist: bool = True                       # False: ~/.ssh/config says ControlMaster/ControlPersist no
 
 
-@dataclass(frozen=True)
-class CommandResult:
+@record
+class CommandResult(Record):
     exit_code: int
     stdout: bytes
     stderr: bytes

@@ -29,6 +29,7 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from orchestrator.image.store import Store
 from runtime import wire as host_wire
+from runtime.records import Record, record
 
 SEGMENT = 16 << 20              # recipe bytes per xz chunk at most (each compressed on its own)
 FIRST_SEGMENT = 1 << 20
@@ -36,8 +37,8 @@ PRESET = 9                      # 64 MiB dictionary at most (a chunk of 16 MiB u
 THREADS = 2
 
 
-@dataclass(frozen=True)
-class LayerInfo:
+@record
+class LayerInfo(Record):
     blob: str
     diff_id: str
     lowers: Tuple[Tuple[str, str], ...]       # (diff_id, blob) beneath it, bottom first

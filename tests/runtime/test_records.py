@@ -1,0 +1,66 @@
+"""@record means what @dataclass(frozen=True) means: equality, hash, repr, immutability,
+replace/asdict, defaults, fields left out of comparison or repr, inheritance."""
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Tuple
+
+import pytest
+from hypothesis import given, strategies as st
+
+from runtime.records import Record, record
+
+
+@record
+class Point(Record):
+    x: int
+    y: int = 0
+    note: str = field(default="", compare=False)
+    secret: str = field(default="", repr=False)
+    tags: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DPoint:
+    x: int
+    y: int = 0
+    note: str = field(default="", compare=False)
+    secret: str = field(default="", repr=False)
+    tags: Tuple[str, ...] = ()
+
+
+@record
+class Point3(Point):
+    z: int = 0
+
+
+@given(st.integers(), st.integers(), st.text(max_size=5), st.text(max_size=5),
+       st.integers(), st.integers(), st.text(max_size=5))
+def test_a_record_compares_hashes_and_shows_as_the_frozen_dataclass_does(x, y, note, secret, x2, y2, note2):
+    a, b = Point(x, y, note, secret), Point(x2, y2, note2, secret)
+    da, db = DPoint(x, y, note, secret), DPoint(x2, y2, note2, secret)
+    assert (a == b) == (da == db) and (a != b) == (da != db)
+    assert hash(a) == hash(da) and hash(b) == hash(db)
+    assert repr(a) == repr(da).replace("DPoint", "Point")
+
+
+def test_a_record_is_frozen_and_works_with_replace_asdict_and_sets():
+    p = Point(1, 2, tags=("a",))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.x = 3
+    assert dataclasses.replace(p, y=5) == Point(1, 5, tags=("a",))
+    assert dataclasses.asdict(p) == {"x": 1, "y": 2, "note": "", "secret": "", "tags": ("a",)}
+    assert len({p, Point(1, 2, note="other", tags=("a",)), Point(1, 3)}) == 2
+    assert p != (1, 2) and p.__eq__((1, 2)) is NotImplemented
+
+
+def test_a_subclass_compares_its_own_fields_and_never_equals_its_base():
+    assert Point3(1, 2, z=3) == Point3(1, 2, z=3) != Point3(1, 2, z=4)
+    assert Point3(1, 2) != Point(1, 2)
+    assert repr(Point3(1, z=3)) == "Point3(x=1, y=0, note='', tags=(), z=3)"
+
+
+def test_a_record_must_derive_from_record():
+    with pytest.raises(TypeError, match="derives from Record"):
+        @record
+        class Loose:
+            x: int
