@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets as _secrets
+import stat
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -135,9 +136,38 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644, durable: bool = Fals
 
 def write_json(path: str, obj: Any, mode: int = 0o644, durable: bool = False) -> None:
     """Sorted, compact: json's C encoder (an indented dump is its pure-Python one, ~5x slower,
-    and the agent writes state files many times per change; ``python3 -m json.tool`` reads)."""
-    write_atomic(path, json.dumps(obj, sort_keys=True, separators=(",", ":")).encode() + b"\n",
-                 mode, durable)
+    and the agent writes state files many times per change; ``python3 -m json.tool`` reads).
+    The bytes the file already holds, with its mode, are not written again (see ``holds``)."""
+    data = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    if not holds(path, data, mode, durable):
+        write_atomic(path, data, mode, durable)
+
+
+def holds(path: str, data: bytes, mode: int, durable: bool = False) -> bool:
+    """Whether the regular file at ``path`` (not a link) already holds ``data`` with ``mode``:
+    then nothing is written, no file made (each new one costs an inode and a rename, several
+    per state file and change). ``durable``: it is synced as a write would be (cheap when it
+    has nothing unwritten, the usual case)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != mode or st.st_size != len(data):
+            return False
+        if os.read(fd, len(data) + 1) != data:
+            return False
+        if durable:
+            os.fsync(fd)
+            dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        return True
+    finally:
+        os.close(fd)
 
 
 def read_json(path: str, default: Any = None) -> Any:
