@@ -99,6 +99,11 @@ def _layer_dict(layer: Layer) -> Dict[str, Any]:
     return {"digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size, "media_type": layer.media_type}
 
 
+def _emulated(platform: str) -> bool:
+    from orchestrator.image import sandbox     # a run step's: copies and templates need none
+    return sandbox.emulated(platform)
+
+
 class Builder:
     def __init__(self, store: Store, cache: LayerCache, lock: deb.LockFile, *, epoch: int,
                  progress: Progress = None, workroot: Optional[str] = None, update_lock: bool = False):
@@ -184,15 +189,16 @@ class Builder:
 
     def _step_layer(self, step, layers: List[Dict[str, Any]], base_config: Mapping[str, Any],
                     platform: str, stage: Stage, stages) -> Optional[Layer]:
-        """The layer a step adds (None: the step changes no file, e.g. WORKDIR of an existing directory)."""
-        from orchestrator.image import dockersteps, sandbox
-
+        """The layer a step adds (None: the step changes no file, e.g. WORKDIR of an existing directory).
+        The sandbox (runc, binfmt: ~7 ms of imports) and Dockerfile steps are imported by the
+        steps that use them: a copy or a template needs neither."""
         if isinstance(step, CopyStep):
             existing = self.cache.chain_paths(self.store, layers)
             return self._write(copy_entries(step, existing))
         if isinstance(step, TemplateStep):
             existing = self.cache.chain_paths(self.store, layers)
             return self._write(template_entries(step, existing))
+        from orchestrator.image import dockersteps
         if isinstance(step, ContextCopyStep):
             existing = self.cache.chain_paths(self.store, layers)
             uid, gid = dockersteps.layer_owner(self.store, layers, step.owner)
@@ -200,6 +206,7 @@ class Builder:
         if isinstance(step, MkdirStep):
             entries = dockersteps.mkdir_entries(step, self.cache.chain_paths(self.store, layers))
             return self._write(entries) if entries else None
+        from orchestrator.image import sandbox
         if isinstance(step, StageCopyStep):
             work = self._workdir("copy-")
             try:
@@ -262,9 +269,7 @@ class Builder:
                 result.cached += 1
                 self._emit(svc.name, platform, i, total, label, "cached")
             else:
-                from orchestrator.image import sandbox
-
-                if isinstance(step, RunStep) and sandbox.emulated(platform):
+                if isinstance(step, RunStep) and _emulated(platform):
                     result.emulated += 1
                     self._emit(svc.name, platform, i, total, label + f" (emulated: qemu-user for {platform}, slower)",
                                "emulated")

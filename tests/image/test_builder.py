@@ -164,3 +164,18 @@ def test_secrets_never_reach_a_blob(tmp_path, home, monkeypatch):
         data = open(os.path.join(home.root, "blobs", "sha256", name), "rb").read()
         for blob in (data, gzip.decompress(data) if data[:2] == b"\x1f\x8b" else b""):
             assert secret.encode() not in blob
+
+
+def test_copies_and_templates_build_without_importing_the_sandbox(tmp_path):
+    """Only a run step needs runc and binfmt: a change to copied files imports neither."""
+    import sys
+    src = project(tmp_path)
+    code = ("import sys\nfrom orchestrator.image import build_services\n"
+            "from orchestrator.manifest import load_desired\nfrom orchestrator.image.store import Store\n"
+            f"b = build_services(load_desired({src!r}, {{}}), Store({str(tmp_path / 'store')!r}))['app']\n"
+            "print(sum(i.built for i in b.images.values()), 'orchestrator.image.sandbox' in sys.modules,"
+            " 'runtime.bundle' in sys.modules)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=dict(os.environ, ORCH_HOME=str(tmp_path / "home")))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["9", "False", "False"]
