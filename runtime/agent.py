@@ -133,15 +133,16 @@ def verb_apply(layout: Layout, req: dict, log=None) -> dict:
 def verb_prepare(layout: Layout, req: dict, log=None) -> dict:
     """A later wave's containers, made while an earlier wave runs (the pipelined rollout): for
     each service of an ``apply`` request, what ``apply`` would do up to its ``Start`` (unpack
-    the image, stop a stale slot that does not serve), then ``Start`` without its last step: layers, bundle, network and ``runc
-    create``. Nothing of the release runs, and neither the target nor what serves changes.
-    The container is held while the session's lock is: ``apply`` begins it (``Begin``), or it is
-    stopped once the lock is gone (by ``serve``). Best effort: a service that cannot be
-    prepared now (a drain, stop-first, no room, a failure) is left to ``apply``, with why.
-    It runs at a background priority (the host serves meanwhile); ``Begin`` gives the
-    container the agent's own priority before it starts."""
-    from runtime import admission, snapshot
-    from runtime.gc import read_records
+    the image, stop a stale slot that does not serve), then ``Start`` without its last step:
+    layers, bundle, network and ``runc create``. Nothing of the release runs, and neither the
+    target nor what serves changes. The container is held while the session's lock is:
+    ``apply`` begins it (``Begin``), or it is stopped once the lock is gone (by ``serve``).
+    Best effort: a service that cannot be prepared now (a drain, stop-first, volumes a userns
+    start hands over, no room, a failure) is left to ``apply``, with why. It runs at a
+    background priority (the host serves meanwhile), a step at a time under the converge lock
+    (``serve`` looks after what serves between them); ``Begin`` gives the container the
+    agent's own priority before it starts."""
+    from runtime import admission
     services = req.get("services")
     if not isinstance(services, dict) or not services:
         raise BadRequest("prepare: expected {\"services\": {NAME: {...}}, \"lock\": ...}")
@@ -154,12 +155,8 @@ def verb_prepare(layout: Layout, req: dict, log=None) -> dict:
     before = os.getpriority(os.PRIO_PROCESS, 0)
     _set_priority(max(BACKGROUND_NICE, before))    # the host serves meanwhile: it yields to that
     try:
-        with h.state.flock("converge.lock"):
-            snapshot.forget(layout.run)       # a reader asks the agent until serve writes anew
-            records = read_records(layout)
-            for n, t in checked.items():
-                out[n] = _prepare_one(h, n, t, dict(services[n].get("secrets") or {}),
-                                      str(token), records)
+        for n, t in checked.items():
+            out[n] = _prepare_one(h, n, t, dict(services[n].get("secrets") or {}), str(token))
     finally:
         _set_priority(before)
     return {"services": out}
@@ -175,46 +172,62 @@ def _set_priority(nice: int) -> None:
         pass
 
 
-def _prepare_one(h, name: str, t: dict, secrets: dict, token: str, records: dict) -> dict:
-    from runtime import planner
-    from runtime.executors import make_container
+def _prepare_one(h, name: str, t: dict, secrets: dict, token: str) -> dict:
     from runtime.host import want_of
     from runtime.spec import Target
+    from runtime.state import lock_mark
     target = Target.from_json(name, t)
     want = want_of(name, target)
     if want.exclusive or want.stop_first:
         return {"prepared": None, "why": "one slot at a time: apply stops the old one first"}
-    wants = tuple(w for w in h.wants() if w.service != name) + (want,)
+    if target.deploy.userns and target.deploy.volumes:
+        return {"prepared": None, "why": "its start hands its volumes over (userns)"}
     try:
         for _ in range(4):
-            obs = h.observe(wants)
-            step = next((s for s in planner.plan(wants, obs)
-                         if getattr(s, "service", None) == name
-                         or getattr(s, "blocks", None) == name
-                         or isinstance(s, planner.EnsureNetwork)
-                         or (isinstance(s, planner.Unpack) and s.manifest == want.manifest)), None)
-            serving = next((c.slot for c in obs.current if c.service == name), None)
-            if isinstance(step, (planner.EnsureNetwork, planner.Unpack)) or (
-                    isinstance(step, planner.Stop) and step.slot != serving):
-                h.execute(step, obs)      # what apply would do first; nothing that serves
-                continue
-            if isinstance(step, planner.Begin):
-                return {"prepared": step.slot, "instance": step.instance}
-            if not isinstance(step, planner.Start):
-                why = getattr(step, "why", "") or type(step).__name__ if step else "nothing to start"
-                return {"prepared": None, "why": why}
-            # the record first: gc keeps what a container runs only while its record is there
-            records.setdefault(name, {})[t["release"]] = t
-            h.state.save_records(records)
-            h.state.journal("Prepare", "begin", service=name, slot=step.slot, release=step.release)
-            meta = make_container(h, name, step.slot, target, secrets, prepared=token)
-            h.state.journal("Prepare", "done")
-            return {"prepared": step.slot, "instance": meta.instance}
+            with h.state.flock("converge.lock"):
+                done = _prepare_step(h, name, t, target, want, secrets, lock_mark(token))
+            if done is not None:
+                return done
     except Exception as exc:  # noqa: BLE001 - apply starts it the usual way and reports what fails
         msg = exc.message if isinstance(exc, AgentFailure) else f"{type(exc).__name__}: {exc}"
         h.log(f"prepare {name}: {msg}")
         return {"prepared": None, "why": msg[:500]}
     return {"prepared": None, "why": "still not ready to start after 4 steps"}
+
+
+def _prepare_step(h, name: str, t: dict, target, want, secrets: dict, mark: str) -> Optional[dict]:
+    """The next step of a preparation, the converge lock held: None when a step ran and
+    another may follow, else the service's answer."""
+    from runtime import planner, snapshot
+    from runtime.executors import make_container
+    from runtime.gc import read_records
+    wants = tuple(w for w in h.wants() if w.service != name) + (want,)
+    obs = h.observe(wants)
+    step = next((s for s in planner.plan(wants, obs)
+                 if getattr(s, "service", None) == name
+                 or getattr(s, "blocks", None) == name
+                 or isinstance(s, planner.EnsureNetwork)
+                 or (isinstance(s, planner.Unpack) and s.manifest == want.manifest)), None)
+    serving = next((c.slot for c in obs.current if c.service == name), None)
+    if isinstance(step, (planner.EnsureNetwork, planner.Unpack)) or (
+            isinstance(step, planner.Stop) and step.slot != serving):
+        snapshot.forget(h.layout.run)     # a reader asks the agent until serve writes anew
+        h.execute(step, obs)              # what apply would do first; nothing that serves
+        return None
+    if isinstance(step, planner.Begin):
+        return {"prepared": step.slot, "instance": step.instance}
+    if not isinstance(step, planner.Start):
+        why = (getattr(step, "why", "") or type(step).__name__) if step else "nothing to start"
+        return {"prepared": None, "why": why}
+    snapshot.forget(h.layout.run)
+    # the record first: gc keeps what a container runs only while its record is there
+    records = read_records(h.layout)
+    records.setdefault(name, {})[t["release"]] = t
+    h.state.save_records(records)
+    h.state.journal("Prepare", "begin", service=name, slot=step.slot, release=step.release)
+    meta = make_container(h, name, step.slot, target, secrets, prepared=mark)
+    h.state.journal("Prepare", "done")
+    return {"prepared": step.slot, "instance": meta.instance}
 
 
 def start_finisher(layout: Layout, services: List[str]) -> None:
@@ -273,14 +286,18 @@ def verb_finish(layout: Layout, services: List[str], log=None) -> dict:
     """Drain and stop what `apply` left to do for ``services`` (see ``start_finisher``)."""
     from runtime import reconcile
     from runtime.spec import Target
+    before = os.getpriority(os.PRIO_PROCESS, 0)
     _background_priority()
-    h = make_host(layout, log)
-    targets = h.state.target()
-    wait = max([Target.from_json(n, targets[n]).deploy.drain + Target.from_json(n, targets[n]).deploy.stop_timeout
-                for n in services if n in targets] + [0.0])
-    reconcile.finish_background(h, services, h.clock() + wait + 30.0)
-    from runtime.cli import write_snapshot_now
-    write_snapshot_now(layout)      # the host as it is now: a next command's first look
+    try:
+        h = make_host(layout, log)
+        targets = h.state.target()
+        wait = max([Target.from_json(n, targets[n]).deploy.drain + Target.from_json(n, targets[n]).deploy.stop_timeout
+                    for n in services if n in targets] + [0.0])
+        reconcile.finish_background(h, services, h.clock() + wait + 30.0)
+        from runtime.cli import write_snapshot_now
+        write_snapshot_now(layout)      # the host as it is now: a next command's first look
+    finally:
+        _set_priority(before)
     return {"services": {n: {"ok": True} for n in services}}
 
 
@@ -473,7 +490,10 @@ def verb_lock(layout: Layout, req: dict) -> dict:
                                                   str(token) if token else None,
                                                   bool(req.get("force")))}
     if isinstance(req.get("observe"), dict):     # what apply reads once it holds the lock
-        out["observe"] = verb_observe(layout, req["observe"])
+        try:
+            out["observe"] = verb_observe(layout, req["observe"])
+        except Exception as exc:  # noqa: BLE001 - the lock is held: say so; orch observes again
+            out["observe_error"] = f"{type(exc).__name__}: {exc}"[:500]
     return out
 
 

@@ -4,7 +4,6 @@ inspect, stop and remove, leaving nothing behind (no mount, no runtime state, no
 from __future__ import annotations
 
 import base64
-import ctypes
 import json
 import os
 import secrets as _secrets
@@ -33,7 +32,13 @@ def mounted(path: str) -> bool:
 
 
 def _libc():
+    import ctypes        # here, not at import: serve preloads this module and stays small
     return ctypes.CDLL(None, use_errno=True)
+
+
+def _errno() -> int:
+    import ctypes
+    return ctypes.get_errno()
 
 
 MS_NOSUID, MS_NODEV = 2, 4
@@ -44,13 +49,13 @@ def sys_mount(source: str, target: str, fstype: str, options: str, flags: int = 
     rc = _libc().mount(source.encode(), target.encode(), fstype.encode(), flags,
                        options.encode())
     if rc != 0:
-        err = ctypes.get_errno()
+        err = _errno()
         raise RuntimeFailure(f"mount {fstype} on {target}: {os.strerror(err)}")
 
 
 def sys_umount(target: str) -> None:
     if _libc().umount2(target.encode(), 0) != 0:
-        err = ctypes.get_errno()
+        err = _errno()
         raise RuntimeFailure(f"umount {target}: {os.strerror(err)}")
 
 
@@ -173,17 +178,32 @@ def create(layout: Layout, rt: oci.Runtime, host_id: str, service: str, slot: st
 
 def begin(layout: Layout, rt: oci.Runtime, meta: Meta) -> Meta:
     """Start a container ``create(prepared=...)`` left created, with this process's priority
-    (it was made at a background one, see agent.verb_prepare). On failure it is removed."""
+    (it was made at a background one, see agent.verb_prepare); from now on it counts as
+    started (``created``: its settle window and restart records start here, not when it was
+    made). On failure it is removed, unless an agent that died right after starting it
+    already had (its process runs the image's entrypoint: recorded as started)."""
     meta_path = os.path.join(cdir(layout, meta.id), "meta.json")
     try:
         reprioritize(meta.pid, os.getpriority(os.PRIO_PROCESS, 0))
         oci.run_start(rt_of(meta, rt), meta.id)
     except BaseException:
-        remove(layout, rt, meta, 0.0)
-        raise
-    meta.started, meta.prepared = True, ""
+        if not started_already(meta):
+            remove(layout, rt, meta, 0.0)
+            raise
+    meta.started, meta.prepared, meta.created = True, "", time.time()
     meta.save(meta_path)
     return meta
+
+
+def started_already(meta: Meta) -> bool:
+    """Whether a created container's process has gone on to the image's entrypoint (before
+    ``start`` it is the runtime's own init, waiting)."""
+    try:
+        with open(f"/proc/{meta.pid}/comm") as f:
+            comm = f.read().strip()
+    except OSError:
+        return False
+    return oci.proc_alive(meta.pid, meta.starttime) and not comm.startswith(("runc", "crun"))
 
 
 def reprioritize(pid: int, nice: int) -> None:

@@ -127,7 +127,8 @@ def ex_stop(h: Host, step: Stop, obs: Observed) -> None:
         return
     t = h.targets().get(step.service) or _record_of(h, meta)   # removed: its release's record
     timeout = t.deploy.stop_timeout if t is not None else Deploy.stop_timeout
-    if t is not None and t.deploy.pre_stop and oci.proc_alive(meta.pid, meta.starttime):
+    if t is not None and t.deploy.pre_stop and meta.started and oci.proc_alive(meta.pid, meta.starttime):
+        # (never in a container that was only created: nothing of its image has run yet)
         code = exec_in(h, meta)(t.deploy.pre_stop, timeout)      # e.g. a database's own shutdown
         if code != 0:
             h.log(f"{step.service}: pre_stop exited {code}; stopping anyway")

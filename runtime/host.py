@@ -126,7 +126,7 @@ class Host:
         images = frozenset(w.manifest for w in wants
                            if unpack.is_unpacked(self.layout, w.manifest))
         failed = frozenset((s, r) for s, rels in st["failed"].items() for r in rels)
-        holder = self.state.lock_token() if any(m.prepared for m in metas) else None
+        holder = self.state.lock_mark() if any(m.prepared for m in metas) else None
         held = frozenset(m.instance for m in metas if holder and m.prepared == holder)
         return Observed(boxes=tuple(boxes), current=current,
                         healthy=frozenset(st["healthy"]), settled=frozenset(st["settled"]),

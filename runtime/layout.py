@@ -149,7 +149,7 @@ def holds(path: str, data: bytes, mode: int, durable: bool = False) -> bool:
     per state file and change). ``durable``: it is synced as a write would be (cheap when it
     has nothing unwritten, the usual case)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)   # a FIFO: no wait
     except OSError:
         return False
     try:

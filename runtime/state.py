@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import time
@@ -276,6 +277,11 @@ class State:
             return None
         return _token_of(cur)
 
+    def lock_mark(self) -> Optional[str]:
+        """``lock_mark`` of the token that holds the deploy lock now, or None."""
+        token = self.lock_token()
+        return lock_mark(token) if token is not None else None
+
     def check_lock(self, token: Optional[str], verb: str) -> None:
         """A mutating verb runs only for the session that holds the deploy lock."""
         cur = read_json(self._p("lock.json"))
@@ -285,6 +291,12 @@ class State:
         if not token or _token_of(cur) != token:
             raise Locked(f"{verb}: refused, the deploy lock is held by {cur['holder']}",
                          holder=cur["holder"], since=cur["since"], expires=cur["expires"])
+
+
+def lock_mark(token: str) -> str:
+    """What stands for a lock token outside lock.json (a prepared container's meta.json,
+    which a userns container's mapped root owns): its hash, never the token itself."""
+    return hashlib.sha256(("orch-lock:" + token).encode()).hexdigest()[:32]
 
 
 def _token_of(rec: Dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from orchestrator.agent.client import (AgentClient, AgentMissing, agent_path,
                                        check_versions, put_agent)
@@ -98,19 +98,22 @@ def read_host(conn: SSHConnection, digest: str, digests: Sequence[str] = (), *,
 
 def install_and_observe(conn: SSHConnection, local_pyz: str, digest: str,
                         digests: Sequence[str] = (), *, allow_downgrade: bool = False,
-                        snapshot: bool = False) -> Tuple[AgentClient, dict]:
+                        releases: Optional[Mapping[str, str]] = None) -> Tuple[AgentClient, dict]:
     """For commands that change hosts (apply, rollback): read the host; where this orch's agent
     is missing, install it (refusing to replace a newer one unless ``allow_downgrade``); make
     sure `serve` runs it. One round trip in the steady state.
 
-    With ``snapshot`` (apply's first look, which it makes again under its lock before it changes
-    anything): a fresh snapshot that `serve` keeps, written by this very agent, is the answer.
-    No agent process starts for it; the client opens its session when the command first asks
-    the host for more (its lock, when something changes there or elsewhere in the fleet)."""
-    if snapshot:
+    With ``releases`` (apply's first look, which it makes again under its lock before it
+    changes anything; service -> release wanted there): a fresh snapshot that `serve` keeps,
+    written by this very agent, is the answer when `serve` itself gave it at its door (so it
+    runs), or when it shows those releases serving (a no-op, however it was read). No agent
+    process starts for it; the client opens its session when the command first asks the host
+    for more (its lock, when something changes there or elsewhere in the fleet)."""
+    if releases is not None:
         path = agent_path(digest)
-        seen = read_snapshot(conn, path, digest, digests)
-        if seen is not None:
+        seen, at_door = read_snapshot(conn, path, digest, digests, door_too=True)
+        if seen is not None and (at_door or all(serving(seen["status"], name, rel)
+                                                for name, rel in releases.items())):
             client = AgentClient(conn, path, lazy_session=True)
             client.check(seen["info"])
             _check_info(conn, path, digest, seen["info"])
@@ -128,28 +131,39 @@ def install_and_observe(conn: SSHConnection, local_pyz: str, digest: str,
     return client, view.answer
 
 
+def serving(status: Mapping, service: str, release: str) -> bool:
+    """`release` of `service` runs, has not been restarting and is not unhealthy."""
+    s = (status.get("services") or {}).get(service) or {}
+    return s.get("release") == release and s.get("state") == "running" and not s.get("restarts") \
+        and s.get("health") != "unhealthy"
+
+
 def install_agent_and_serve(conn: SSHConnection, local_pyz: str, digest: str) -> AgentClient:
     """Install the agent if its digest is new there, and make sure `serve` runs that agent."""
     return install_and_observe(conn, local_pyz, digest)[0]
 
 
-def read_snapshot(conn: SSHConnection, path: str, digest: str, digests: Sequence[str]) -> Optional[dict]:
+def read_snapshot(conn: SSHConnection, path: str, digest: str, digests: Sequence[str],
+                  door_too: bool = False):
     """The observe answer from serve's snapshot (runtime/snapshot.py), if it is fresh and was
-    written by this very agent; `have` narrowed to `digests`. None otherwise."""
+    written by this very agent; `have` narrowed to `digests`. None otherwise. ``door_too``:
+    (answer, whether serve gave it at its door, so that serve runs now) instead."""
     out = conn.read_door(door.request("snapshot"))       # serve answers: no process started
+    at_door = out is not None
     if out is None:
         res = conn.run_shared(["cat", posixpath.join(protocol.DEFAULT_RUN, snapshot.NAME), "/proc/uptime"],
                               timeout=30)
         out = res.stdout if res.exit_code == 0 else b""
     seen = snapshot.parse_read(out)
-    if seen is None:
-        return None
-    info = seen.get("info") or {}
-    if info.get("agent_digest") != digest or info.get("serve_agent") != path or not isinstance(seen.get("status"), dict):
-        return None
-    present = set((seen.get("have") or {}).get("present") or [])
-    seen["have"] = {"present": [d for d in digests if d in present], "partial": {}}
-    return seen
+    if seen is not None:
+        info = seen.get("info") or {}
+        if info.get("agent_digest") != digest or info.get("serve_agent") != path \
+                or not isinstance(seen.get("status"), dict):
+            seen = None
+        else:
+            present = set((seen.get("have") or {}).get("present") or [])
+            seen["have"] = {"present": [d for d in digests if d in present], "partial": {}}
+    return (seen, at_door) if door_too else seen
 
 
 def _check_info(conn: SSHConnection, path: str, digest: str, info: dict) -> None:

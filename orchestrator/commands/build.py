@@ -60,7 +60,8 @@ class BuildProgress:
                 self._timer.cancel()
             if self.progress is not None:
                 return self.progress.__exit__(*exc)
-            self._summarize()
+            if exc[0] is None:                     # a failed build reports its error instead
+                self._summarize()
         return None
 
     def _summarize(self) -> None:

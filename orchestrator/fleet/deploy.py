@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -217,7 +218,8 @@ def observe(prep: Prepared, pool: ConnectionPool, *, install: bool = True,
         elif install:
             client, seen = install_and_observe(
                 conn, prep.agent_pyz, prep.agent_digest, wanted, allow_downgrade=allow_downgrade,
-                snapshot=again is None)
+                releases=None if again is not None else
+                {r.service: r.release for r in prep.releases if host.name in r.host_names})
         else:
             view: HostView = read_host(conn, prep.agent_digest, wanted)
             client, seen, agent = view.client, view.answer, view.would_install(prep.agent_digest)
@@ -328,7 +330,8 @@ def _apply_locked(prep: Prepared, obs: Observed, pool: ConnectionPool, lock: Fle
 
 def later_waves(plan) -> Dict[str, List[str]]:
     """host -> the services it changes in a wave after that service's first: what ``prepare``
-    can make on it while the first wave (the canary) runs."""
+    can make on it while the first waves (the canaries) run. A host in any service's first
+    wave is left out: its canary's apply would wait for that preparation."""
     first: Dict[str, object] = {}
     out: Dict[str, List[str]] = {}
     for w in plan.waves:
@@ -336,7 +339,8 @@ def later_waves(plan) -> Dict[str, List[str]]:
             continue
         for h in w.hosts:
             out.setdefault(h, []).append(w.service)
-    return out
+    busy = {h for w in first.values() for h in w.hosts}
+    return {h: services for h, services in out.items() if h not in busy}
 
 
 def _roll_out(prep: Prepared, obs: Observed, lock: FleetLock, report: ApplyReport, who: str,
@@ -362,10 +366,15 @@ def _roll_out(prep: Prepared, obs: Observed, lock: FleetLock, report: ApplyRepor
         if on_event:
             on_event(f"{w.service}: {'canary' if w.canary else 'wave ' + str(w.number)} -> {', '.join(w.hosts)}")
 
+    def on_outcome(o) -> None:
+        if not o.ok:
+            shipping.stop_preparing()          # its later waves may not run: prepare no more
+        if on_event:
+            on_event(f"{o.host}: {o.service} {'ok ' + (o.release or '') if o.ok else 'FAILED: ' + str(o.error)}")
+
     report.rollout = run_rollout(
         plan, policies, apply_one, revert_one, dropped=dropped, on_wave=on_wave, ready=shipping.ready,
-        on_outcome=(lambda o: on_event(f"{o.host}: {o.service} {'ok ' + (o.release or '') if o.ok else 'FAILED: ' + str(o.error)}"))
-        if on_event else None)
+        on_outcome=on_outcome)
     if not report.rollout.halted:
         _remove_dropped(plan, obs, lock, report, who, on_event)
 
@@ -403,6 +412,8 @@ class Shipping:
         from concurrent.futures import ThreadPoolExecutor, wait
 
         later = later_waves(obs.plan) if prepare_one is not None else {}
+        self._preparing = threading.Event()           # cleared: no more preparations
+        self._preparing.set()
         todo = {hp.host: hp for hp in obs.plan.hosts
                 if (hp.blobs or hp.host in later) and not hp.error}
         from orchestrator.transport.wire import wire_job    # the fleet's link: recipes, a bandwidth cap
@@ -423,7 +434,7 @@ class Shipping:
                 shipped = ship_blobs(connect, hp.blobs, prep.store.open_blob, partial=dict(hp.resume),
                                      on_bytes=(lambda n: on_bytes(hp.host, n)) if on_bytes else None,
                                      wire=wire)
-            if hp.host in later:
+            if hp.host in later and self._preparing.is_set() and hp.host not in report.lost:
                 try:
                     prepare_one(hp.host, later[hp.host])
                 except Exception:  # noqa: BLE001 - best effort: its apply makes the container
@@ -452,8 +463,14 @@ class Shipping:
                 f"{host}: {type(exc).__name__}: {exc}"
             return False
 
+    def stop_preparing(self) -> None:
+        """A wave failed (its later waves may never run), or the rollout is over: no host not
+        yet prepared is prepared any more."""
+        self._preparing.clear()
+
     def finish(self) -> None:
         """Every shipment ended (and reported), also those of waves that never ran."""
+        self.stop_preparing()
         for host in list(self.futures):
             self.ready(host)
         self._pool.shutdown()

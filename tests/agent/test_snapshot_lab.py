@@ -66,8 +66,16 @@ def test_a_first_look_reads_the_snapshot_and_a_change_opens_a_session_at_its_loc
         seen = wait_snapshot(conn, prep, digests)
         assert seen["status"]["services"]["hello"]["release"] == rel.release
         assert sorted(seen["have"]["present"]) == sorted(digests)
-        client, body = install_and_observe(conn, prep.agent_pyz, prep.agent_digest, digests, snapshot=True)
+        client, body = install_and_observe(conn, prep.agent_pyz, prep.agent_digest, digests,
+                                           releases={"hello": rel.release})
         assert client.session is None and body["status"]["services"]["hello"]["state"] == "running"
+        from runtime import door
+        at_door = conn.read_door(door.request("snapshot")) is not None
+        client, body = install_and_observe(conn, prep.agent_pyz, prep.agent_digest, digests,
+                                           releases={"hello": "r-0000000000000000"})
+        # a change: read at serve's door (serve runs; the plan is made again under the lock),
+        # else through the agent, in its session
+        assert (client.session is None) == at_door
         # a change is planned from the snapshot too (and again under the lock): the session
         # opens at the first verb, a fork of serve through its door
         client.lock("test", 60, token="test-token")

@@ -27,19 +27,26 @@ script = {
     "slow step": [ev(0, "start", "base debian"), ev(0, "cached", "base debian"), ev(1, "start"),
                   ev(1, "built", seconds=0.01), ev(2, "start"), "sleep", "check step",
                   ev(2, "built", seconds=0.3), ev(3, "done", "image", 0.3)],
+    "failed": [ev(0, "start", "base debian"), ev(0, "cached", "base debian"), ev(1, "start"),
+               ev(1, "built", seconds=0.01), "fail"],
     "warning": [ev(0, "start", "base debian"), ev(0, "warning", "no orch.lock: resolved from the mirror"),
                 ev(0, "cached", "base debian"), ev(3, "done", "image")],
 }[sys.argv[1]]
-with BuildProgress(grace=0.05) as progress:
-    for item in script:
-        if item == "sleep":
-            time.sleep(0.3)
-        elif item == "check step":
-            print("open while the step runs:", "rich" in sys.modules and progress.shown, flush=True)
-        elif item == "check":
-            print("open while the base runs:", "rich" in sys.modules and progress.shown, flush=True)
-        else:
-            progress(item)
+try:
+    with BuildProgress(grace=0.05) as progress:
+        for item in script:
+            if item == "sleep":
+                time.sleep(0.3)
+            elif item == "fail":
+                raise RuntimeError("the build failed")
+            elif item == "check step":
+                print("open while the step runs:", "rich" in sys.modules and progress.shown, flush=True)
+            elif item == "check":
+                print("open while the base runs:", "rich" in sys.modules and progress.shown, flush=True)
+            else:
+                progress(item)
+except RuntimeError as exc:
+    print(exc)
 print("rich imported:", "rich" in sys.modules)
 """
 
@@ -81,3 +88,8 @@ def test_a_base_that_takes_long_to_build_is_shown():
 def test_a_warning_is_printed():
     out, err = run_display("warning")
     assert "web linux/amd64: no orch.lock: resolved from the mirror" in err
+
+
+def test_a_failed_build_prints_no_summary_line():
+    out, err = run_display("failed")
+    assert out == "the build failed\nrich imported: False\n" and err == ""

@@ -200,16 +200,19 @@ def wait_settled(names, timeout: float = 20.0) -> None:
         time.sleep(0.2)
 
 
-def serving_pids(host_name: str) -> list:
-    """The serving container's init and every process under it, on the machine's pid numbers."""
+def serving_meta(host_name: str) -> dict:
     import json
 
     from orchestrator.lab.layout import LabLayout, LabSpec
     root = LabLayout(LabSpec(LAB)).host(host_name).var_lib_orch
     current = json.loads((root / "state" / "status.json").read_text())["current"]["hello"]
-    meta = next(json.loads(p.read_text()) for p in (root / "containers").glob("*/meta.json")
+    return next(json.loads(p.read_text()) for p in (root / "containers").glob("*/meta.json")
                 if json.loads(p.read_text())["slot"] == current["slot"])
-    pids, todo = [], [meta["pid"]]
+
+
+def serving_pids(host_name: str) -> list:
+    """The serving container's init and every process under it, on the machine's pid numbers."""
+    pids, todo = [], [serving_meta(host_name)["pid"]]
     while todo:
         pid = todo.pop()
         pids.append(pid)
@@ -249,6 +252,8 @@ def test_later_waves_are_made_while_the_canary_runs_and_only_started_in_their_wa
         assert prepared_metas(n) == []                      # what began is no longer held
         # made at a background priority, it serves at the agent's own
         assert {nice_of(pid) for pid in serving_pids(n)} == {0}
+        # and counts as started when it began (its settle window, its restart records)
+        assert serving_meta(n)["created"] >= begun["t"] - 0.01
     for host in prep.hosts:
         assert css.read_bytes() == fetch(host.target.address, "/style.css")
 
@@ -273,6 +278,8 @@ def test_failing_canary_halts_with_no_other_host_changed(lab_project, tmp_path):
     for n in later:
         steps = [e["step"] for e in journal(n)[seen[n]:]]
         assert "Prepare" in steps and "Begin" not in steps and "Start" not in steps
+        for meta in prepared_metas(n):      # what holds it is the lock token's hash, not the token
+            assert len(meta["prepared"]) == 32 and int(meta["prepared"], 16) >= 0
     deadline = time.monotonic() + 10
     while any(prepared_metas(n) for n in later) and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -145,12 +145,15 @@ def test_a_wave_waits_only_for_its_own_hosts_blobs_and_a_failed_shipment_drops_i
     assert res.skipped == {}
 
 
-def test_later_waves_name_each_host_with_the_services_it_changes_after_their_first_wave():
+def test_later_waves_name_each_host_with_the_services_it_changes_after_their_first_wave_but_no_canary():
     from types import SimpleNamespace as NS
 
     from orchestrator.fleet.deploy import later_waves
     plan = NS(waves=[NS(service="web", hosts=("h1",)), NS(service="db", hosts=("h2",)),
                      NS(service="web", hosts=("h2", "h3")), NS(service="db", hosts=("h1",)),
                      NS(service="web", hosts=("h4",))])
-    assert later_waves(plan) == {"h2": ["web"], "h3": ["web"], "h1": ["db"], "h4": ["web"]}
+    # h1 and h2 run a canary (web's, db's): their own canary would wait for a preparation
+    assert later_waves(plan) == {"h3": ["web"], "h4": ["web"]}
     assert later_waves(NS(waves=[])) == {}
+    assert later_waves(NS(waves=[NS(service="web", hosts=("h1",)), NS(service="web", hosts=("h2", "h3"))])) \
+        == {"h2": ["web"], "h3": ["web"]}

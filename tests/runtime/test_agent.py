@@ -95,6 +95,10 @@ def test_lock_can_answer_what_observe_would_once_it_is_held(agent):
                                        "observe": {"digests": [digest]}})
     assert rc == protocol.EXIT_LOCKED and "observe" not in body          # not held: nothing read
     assert "observe" not in agent.call("lock", req={"holder": "ci", "token": "t1", "ttl": 30})[1]
+    rc, body = agent.call("lock", req={"holder": "ci", "token": "t1", "ttl": 30,
+                                       "observe": {"digests": ["not-a-digest"]}})
+    assert rc == 0 and "observe" not in body and "digest" in body["observe_error"]   # still held
+    assert agent.call("lock", req={"holder": "bob", "token": "t2", "ttl": 30})[0] == protocol.EXIT_LOCKED
     rc, body = agent.call("unlock", req={"token": "t1", "status": True})
     assert rc == 0 and body["released"]["holder"] == "ci"
     assert body["status"] == agent.call("status")[1]           # what the host runs as it goes

@@ -37,3 +37,14 @@ def test_a_symlink_is_never_written_through(tmp_path):
     p.symlink_to(outside)
     write_json(str(p), {"a": 1})
     assert not p.is_symlink() and outside.read_text() == '{"a":1}\n'
+
+
+def test_a_fifo_in_the_way_is_replaced_not_waited_on(tmp_path):
+    import subprocess
+    import sys
+    p = tmp_path / "status.json"
+    os.mkfifo(p)
+    code = f"from runtime.layout import write_json\nwrite_json({str(p)!r}, {{'a': 1}})\n"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=20,
+                   cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert p.read_text() == '{"a":1}\n'
