@@ -123,9 +123,10 @@ def verb_apply(layout: Layout, req: dict, log=None) -> dict:
                                  for n, t in checked.items()}}
         given_up = reconcile.converge(h, services=list(checked))
         results = {n: _given_up(n, given_up) or reconcile.result_of(h, n) for n in checked}
-        _collect(h)
         pending = reconcile.old_slots(h, checked)
-    if pending:
+        if not pending:
+            _collect(h)
+    if pending:      # it collects first, after the answer (the old slot's release is kept anyway)
         start_finisher(layout, pending)
     return {"services": results}
 
@@ -283,13 +284,15 @@ def _background_priority() -> None:
 
 
 def verb_finish(layout: Layout, services: List[str], log=None) -> dict:
-    """Drain and stop what `apply` left to do for ``services`` (see ``start_finisher``)."""
+    """What `apply` left to do for ``services`` after it answered (see ``start_finisher``):
+    collect garbage, then drain and stop the old slots."""
     from runtime import reconcile
     from runtime.spec import Target
     before = os.getpriority(os.PRIO_PROCESS, 0)
     _background_priority()
     try:
         h = make_host(layout, log)
+        _collect_now(h)         # what apply left to collect, now that it has answered
         targets = h.state.target()
         wait = max([Target.from_json(n, targets[n]).deploy.drain + Target.from_json(n, targets[n]).deploy.stop_timeout
                     for n in services if n in targets] + [0.0])
@@ -513,6 +516,15 @@ def verb_audit(layout: Layout, req: dict) -> dict:
     return {"lines": State(layout).audit_lines()}
 
 
+
+
+def _collect_now(h) -> None:
+    """``_collect`` under the converge lock (taken here), with the snapshot forgotten first."""
+    from runtime import gc
+    try:
+        gc.run_gc(h)
+    except Exception as exc:  # noqa: BLE001 - reported, the next change collects again
+        h.log(f"gc: {type(exc).__name__}: {exc}")
 
 
 def _collect(h) -> None:
