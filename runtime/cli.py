@@ -124,7 +124,7 @@ def answer_session(layout: Layout, stdin, stdout, log: Callable[[str], None], ar
         code, body = dispatch(verb, layout, request, Io(stream, None, log, argv0))
         if verb == "lock" and code == protocol.EXIT_OK and not warm:
             warm.append(_start_warm_up())
-        if verb in ("apply", "prepare", "rollback", "remove", "gc") and not changed:
+        if verb in protocol.MUTATING and not changed:
             changed.append(verb)
         return code, body if body is not None else {}
     code = session.run_session(one, stdin, stdout)

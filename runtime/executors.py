@@ -51,17 +51,19 @@ def make_container(h: Host, service: str, slot: str, target: Target, secrets: Di
                             prepared=prepared)
 
 
-def ex_start(h: Host, step: Start, obs: Observed) -> None:
-    st = h.state.status()         # whether it fits was the planner's call
-    if st["restarts"].pop(f"{step.service}/{step.slot}", None) is not None:
+def _forget_restarts(h: Host, service: str, slot: str) -> None:
+    st = h.state.status()
+    if st["restarts"].pop(f"{service}/{slot}", None) is not None:
         h.state.save_status(st)             # a new container starts with no crash record
+
+
+def ex_start(h: Host, step: Start, obs: Observed) -> None:
+    _forget_restarts(h, step.service, step.slot)     # whether it fits was the planner's call
     _start(h, step.service, step.slot)
 
 
 def ex_begin(h: Host, step: Begin, obs: Observed) -> None:
-    st = h.state.status()
-    if st["restarts"].pop(f"{step.service}/{step.slot}", None) is not None:
-        h.state.save_status(st)             # a new container starts with no crash record
+    _forget_restarts(h, step.service, step.slot)
     container.begin(h.layout, h.rt, h.metas[(step.service, step.slot)])
 
 
