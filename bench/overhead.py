@@ -13,7 +13,7 @@ apart on a machine whose load moves. Host runs use the very busybox binary of th
 container), so a figure compares the same program:
 - cpu:  `busybox awk` arithmetic (one process, no system calls) and `busybox head -c 300 MB
         /dev/zero | busybox sha256sum` (two processes and a pipe), in the container through
-        `runc exec` (its cgroups, seccomp filter and namespaces) and as a host process;
+        `crun exec` (its cgroups, seccomp filter and namespaces) and as a host process;
 - disk: 256 MiB written with `busybox dd conv=fsync` to the container's volume and to a
         directory beside it on the same file system (both printed);
 - http: requests/s of `ab` (apache2-utils; a new connection per request, 1 KiB file) to
@@ -84,7 +84,7 @@ BENCH = "/var/lib/orch/bench-host"
 AWK = "{bb} awk 'BEGIN {{ for (i = 0; i < 6000000; i++) s += i * i; print s }}'"
 PIPE = "{bb} head -c 300000000 /dev/zero | {bb} sha256sum"
 DISK = "{bb} dd if=/dev/zero of={dir}/ovh.bin bs=1M count=256 conv=fsync 2>/dev/null && {bb} rm {dir}/ovh.bin"
-RUNC = "runc --root /run/orch/runc"
+RUNTIME = "crun --root /run/orch/crun"   # a plain lab host runs crun (orchestrator/lab/hostinit.py)
 
 
 def deploy(directory: Path) -> None:
@@ -154,13 +154,13 @@ def main() -> int:
         deploy(project)
         h = Host(lab, lab.hosts[0])
         addr = lab.hosts[0].address
-        ids = {c.rsplit("-", 2)[-2]: c for c in h.sh(f"{RUNC} list -q").split()}
-        bridged = shlex.split(f"{RUNC} exec {ids['ovh']}")
-        hostnet = shlex.split(f"{RUNC} exec {ids['ovhh']}")
+        ids = {c.rsplit("-", 2)[-2]: c for c in h.sh(f"{RUNTIME} list -q").split()}
+        bridged = shlex.split(f"{RUNTIME} exec {ids['ovh']}")
+        hostnet = shlex.split(f"{RUNTIME} exec {ids['ovhh']}")
         ip = re.search(r"inet (\d+\.\d+\.\d+\.\d+)",
-                       h.sh(f"{RUNC} exec {ids['ovh']} busybox ip -4 addr show eth0")).group(1)
+                       h.sh(f"{RUNTIME} exec {ids['ovh']} busybox ip -4 addr show eth0")).group(1)
         bb = f"{BENCH}/busybox"
-        h.sh(f"mkdir -p {BENCH}/www && {RUNC} exec {ids['ovh']} busybox cat /bin/busybox > {bb} "
+        h.sh(f"mkdir -p {BENCH}/www && {RUNTIME} exec {ids['ovh']} busybox cat /bin/busybox > {bb} "
              f"&& chmod 755 {bb} && printf '%01023d\\n' 0 > {BENCH}/www/index.html")
         h.sh(f"{bb} start-stop-daemon -S -b -m -p /run/bench-httpd.pid -x {bb} -- "
              f"httpd -f -p 9080 -h {BENCH}/www")

@@ -12,6 +12,7 @@ load + build, observe (per host), lock, ship, every agent verb per host, final s
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,6 +39,15 @@ def traced_call(orig):
     return call
 
 
+def machine_busy() -> float:
+    """CPU seconds the whole machine spent busy (all cores, /proc/stat), for the share a
+    round takes: on a 2-core machine a rollout to 5 hosts can be CPU-bound."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def phase(name, fn, *args, **kw):
     t = time.monotonic()
     try:
@@ -60,6 +70,7 @@ def main() -> int:
             with open(Path(args.directory) / args.touch, "a") as f:
                 f.write(f"\n/* phases {time.time()} */\n" if not args.touch.endswith(".py") else f"\n# {time.time()}\n")
         start = time.monotonic()
+        busy0, here0 = machine_busy(), time.process_time()
         prep = phase("load + build", deploy.prepare, args.directory, {})
         with ConnectionPool(h.target for h in prep.hosts) as pool:
             obs = phase("observe (all hosts)", deploy.observe, prep, pool)
@@ -68,7 +79,9 @@ def main() -> int:
             t = time.monotonic()
         EVENTS.append((t, time.monotonic(), "close sessions"))
         total = time.monotonic() - start
-        print(f"\nround {r + 1}: {total:.3f} s")
+        busy, here = machine_busy() - busy0, time.process_time() - here0
+        print(f"\nround {r + 1}: {total:.3f} s   (cpu: this process {here:.2f} s, whole machine "
+              f"{busy:.2f} s of {total * (os.cpu_count() or 1):.2f} s)")
         for a, b, name in sorted(EVENTS):
             print(f"  {a - start:7.3f} -> {b - start:7.3f}  {b - a:6.3f} s  {name}")
     return 0

@@ -24,14 +24,14 @@ pytestmark = pytest.mark.lab
 
 LAB = f"test-hnet-{secrets.token_hex(2)}"
 EDGE_PORT, WEB_PORT = 8480, 8481
-RUNC = ["runc", "--root", "/run/orch/runc"]
+RUNTIME = ["crun", "--root", "/run/orch/crun"]   # a plain lab host runs crun (lab/hostinit.py)
 STOP_SAMPLING = "/tmp/orch-test-stop-sampling"
-# Runs on the host: one line per sample with the container ids runc lists, every 20 ms, until
+# Runs on the host: one line per sample with the container ids crun lists, every 20 ms, until
 # STOP_SAMPLING exists (or 120 s pass). Sampling on the host, not one SSH command per sample,
 # gives hundreds of samples even on a loaded machine.
 SAMPLER = ("end=$(($(date +%s) + 120)); "
            f"while [ ! -e {STOP_SAMPLING} ] && [ $(date +%s) -lt $end ]; do "
-           f"echo \"sample $({' '.join(RUNC)} list -q | tr '\\n' ' ')\"; sleep 0.02; done")
+           f"echo \"sample $({' '.join(RUNTIME)} list -q | tr '\\n' ' ')\"; sleep 0.02; done")
 
 EDGE = f"""kind: Service
 name: edge
@@ -107,7 +107,7 @@ def test_a_host_network_service_serves_on_the_host_and_is_replaced_stop_first(pr
         published = [e[0] for item in json.loads(out)["nftables"] if "map" in item
                      for e in item["map"].get("elem", [])]
         assert published == [WEB_PORT], out                   # no DNAT for the host-network one
-        rc, out, err = run(pool, name, RUNC + ["list", "-f", "json"])
+        rc, out, err = run(pool, name, RUNTIME + ["list", "-f", "json"])
         ids = {c["id"].rsplit("-", 2)[-2]: c for c in json.loads(out)}
         edge_pid, web_pid = ids["edge"]["pid"], ids["web"]["pid"]
         rc, mine, _ = run(pool, name, ["readlink", "/proc/self/ns/net"])
@@ -115,7 +115,7 @@ def test_a_host_network_service_serves_on_the_host_and_is_replaced_stop_first(pr
         rc, web_ns, _ = run(pool, name, ["readlink", f"/proc/{web_pid}/ns/net"])
         assert edge_ns == mine and web_ns != mine             # the host's namespace, no veth
         # the bridged container cannot reach it: nothing from the bridge reaches the host
-        rc, out, err = run(pool, name, RUNC + ["exec", ids["web"]["id"], "/bin/busybox", "wget",
+        rc, out, err = run(pool, name, RUNTIME + ["exec", ids["web"]["id"], "/bin/busybox", "wget",
                                                "-T", "2", "-q", "-O-",
                                                f"http://10.88.0.1:{EDGE_PORT}/"])
         assert rc != 0 and "edge v1" not in out, (rc, out, err)
@@ -168,7 +168,7 @@ def edge_netns_is_the_hosts(pool, name: str) -> bool:
     slot, stopped after its drain on the host, is gone)."""
     deadline = time.monotonic() + 20
     while True:
-        rc, out, err = run(pool, name, RUNC + ["list", "-f", "json"])
+        rc, out, err = run(pool, name, RUNTIME + ["list", "-f", "json"])
         running = [c for c in json.loads(out) if "-edge-" in c["id"] and c["status"] == "running"]
         if len(running) == 1 or time.monotonic() > deadline:
             break
