@@ -169,12 +169,13 @@ def read_snapshot(conn: SSHConnection, path: str, digest: str, digests: Sequence
 def _check_info(conn: SSHConnection, path: str, digest: str, info: dict) -> None:
     missing = []
     if not info.get("runtime"):
-        missing.append("runc (or crun)")
+        missing.append("crun (or runc)")
     if not info.get("nft"):
         missing.append("nftables")
     if missing:
         raise AgentError(f"host lacks {' and '.join(missing)}", host=conn.target.name,
-                         hint="install them there: apt-get install runc nftables")
+                         hint="install them there: apt-get install crun nftables "
+                              "(crun starts containers faster than runc; either works)")
     if info.get("agent_digest") not in (None, digest):
         raise AgentError(f"agent at {path} reports digest {info.get('agent_digest')}, expected {digest}",
                          host=conn.target.name)
