@@ -64,3 +64,34 @@ def test_a_record_must_derive_from_record():
         @record
         class Loose:
             x: int
+
+
+@record
+class Made(Record):
+    """A record with a default factory and a __post_init__ that checks."""
+    name: str
+    items: Tuple[str, ...] = field(default_factory=tuple)
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.name:
+            raise ValueError("name is empty")
+
+
+def test_a_record_is_made_as_a_dataclass_is_by_position_name_default_and_factory():
+    assert Point(1) == Point(x=1) and repr(Point(1)) == repr(DPoint(1)).replace("DPoint", "Point")
+    assert (Point(1, 2, "n", "s", ("t",)).tags, Point(y=2, x=1).y) == (("t",), 2)
+    a, b = Made("a"), Made("b")
+    assert a.items == () and a.extra == {} and a.extra is not b.extra   # a fresh one each
+    with pytest.raises(ValueError, match="name is empty"):
+        Made("")                                                         # __post_init__ ran
+    for bad in (lambda: Point(), lambda: Point(1, x=2), lambda: Point(1, 2, "", "", (), 9),
+                lambda: Point(1, nope=3)):
+        with pytest.raises(TypeError):
+            bad()
+    for bad in (lambda: DPoint(), lambda: DPoint(1, x=2), lambda: DPoint(1, 2, "", "", (), 9),
+                lambda: DPoint(1, nope=3)):
+        with pytest.raises(TypeError):
+            bad()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del Point(1).x
