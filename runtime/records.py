@@ -11,7 +11,8 @@ order, by position or name, with their defaults and default factories, then call
 ``__post_init__``; setting or deleting an attribute raises ``FrozenInstanceError``; equal when
 the class is the same and the fields that compare are equal, the hash of those fields, and
 ``Name(field=value, ...)`` of the fields that show. An instance takes a few microseconds more
-to make than a generated ``__init__`` would.
+to make than a generated ``__init__`` would. ``@mutable`` is the same for a plain (mutable)
+``@dataclass``: equal by its fields, unhashable, attributes may be set.
 
 Stdlib only (the agent imports it too).
 """
@@ -51,8 +52,9 @@ def _names(cls: Type) -> Tuple[Tuple[str, ...], Tuple[str, ...], Tuple[str, ...]
     return got
 
 
-class Record:
-    """The base of every ``@record`` class (see the module's docstring)."""
+class _Fields:
+    """What records and mutables share: ``__init__``, ``__eq__`` and ``__repr__`` from the
+    class's fields."""
     __slots__ = ()
 
     def __init__(self, *args: Any, **kw: Any) -> None:
@@ -85,24 +87,36 @@ class Record:
         if post_init:
             self.__post_init__()
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise FrozenInstanceError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise FrozenInstanceError(f"cannot delete field {name!r}")
-
     def __eq__(self, other: Any) -> bool:
         if other.__class__ is not self.__class__:
             return NotImplemented
         names = _names(self.__class__)[0]     # tuples, as a dataclass compares (NaN is itself)
         return tuple(getattr(self, n) for n in names) == tuple(getattr(other, n) for n in names)
 
-    def __hash__(self) -> int:
-        return hash(tuple(getattr(self, n) for n in _names(self.__class__)[1]))
-
     def __repr__(self) -> str:
         shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in _names(self.__class__)[2])
         return f"{self.__class__.__qualname__}({shown})"
+
+
+class Record(_Fields):
+    """The base of every ``@record`` class (see the module's docstring): frozen, hashable."""
+    __slots__ = ()
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, n) for n in _names(self.__class__)[1]))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+
+class Mutable(_Fields):
+    """The base of every ``@mutable`` class: ``@dataclass`` (mutable, unhashable, equal by its
+    fields) without generated code, as ``@record`` is for frozen ones."""
+    __slots__ = ()
+    __hash__ = None     # type: ignore[assignment]
 
 
 def record(cls: Type[T]) -> Type[T]:
@@ -110,5 +124,14 @@ def record(cls: Type[T]) -> Type[T]:
     if not issubclass(cls, Record):
         raise TypeError(f"{cls.__qualname__}: a @record class derives from Record")
     if not cls.__doc__:     # else dataclass works one out from the signature (inspect: slow)
+        cls.__doc__ = cls.__qualname__
+    return dataclass(init=False, eq=False, repr=False)(cls)
+
+
+def mutable(cls: Type[T]) -> Type[T]:
+    """``@mutable class X(Mutable): ...``: a (mutable) dataclass with Mutable's methods."""
+    if not issubclass(cls, Mutable):
+        raise TypeError(f"{cls.__qualname__}: a @mutable class derives from Mutable")
+    if not cls.__doc__:
         cls.__doc__ = cls.__qualname__
     return dataclass(init=False, eq=False, repr=False)(cls)

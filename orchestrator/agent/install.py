@@ -7,7 +7,7 @@ containers are run detached by the OCI runtime and keep serving.
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from orchestrator.agent.client import (AgentClient, AgentMissing, agent_path,
@@ -16,6 +16,7 @@ from orchestrator.agent.session import AgentSession, SessionGone
 from orchestrator.errors import AgentError
 from orchestrator.transport.ssh import SSHConnection
 from runtime import door, platforms, protocol, snapshot
+from runtime.records import Mutable, mutable
 
 UNIT_PATH = "/etc/systemd/system/orch-agent.service"
 
@@ -38,8 +39,8 @@ def render_unit(agent_path: str) -> str:
     ])
 
 
-@dataclass
-class HostView:
+@mutable
+class HostView(Mutable):
     """What a host's agent says, read without changing anything there."""
 
     client: Optional[AgentClient]       # a read-only session on the agent that is there, if any

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from orchestrator.agent.client import AgentClient
@@ -26,9 +26,10 @@ from orchestrator.transport.shipper import ShipResult, reconnecting_client, ship
 from orchestrator.transport.ssh import ConnectionPool
 from orchestrator.image.store import Store
 from runtime import protocol
+from runtime.records import Mutable, mutable
 
-@dataclass
-class Prepared:
+@mutable
+class Prepared(Mutable):
     desired: Desired
     store: Store
     releases: List[DesiredRelease]
@@ -38,15 +39,15 @@ class Prepared:
     secret_macs: Dict[str, str] = field(default_factory=dict)   # service -> keyed MAC of its secret values
 
 
-@dataclass
-class Observed:
+@mutable
+class Observed(Mutable):
     facts: Dict[str, HostFacts]
     clients: Dict[str, AgentClient]
     plan: FleetPlan
 
 
-@dataclass
-class ApplyReport:
+@mutable
+class ApplyReport(Mutable):
     plan: FleetPlan
     shipped: Dict[str, ShipResult] = field(default_factory=dict)
     ship_failed: Dict[str, str] = field(default_factory=dict)
@@ -137,8 +138,8 @@ def agent_bundle(store: Store):
     return str(pyz), digest
 
 
-@dataclass
-class FleetAccess:
+@mutable
+class FleetAccess(Mutable):
     """The fleet of a manifests directory with the agent ready on each host (no image build)."""
 
     desired: Desired

@@ -30,13 +30,14 @@ import os
 import secrets
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Callable, Dict, Iterator, Mapping, Optional
 
 from orchestrator.agent.client import AgentClient
 from orchestrator.errors import LockHeldError, OrchError
 from orchestrator.transport.fanout import fan_out
 from runtime import protocol
+from runtime.records import Mutable, mutable
 
 LOCK_TTL = 900.0               # a session that dies leaves a lock that expires after this
 MAX_PARALLEL_HOSTS = 32
@@ -51,8 +52,8 @@ def operator() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-@dataclass
-class FleetLock:
+@mutable
+class FleetLock(Mutable):
     """What a session holds: the token the agents check, on which hosts."""
 
     holder: str                                    # shown to others: "alice@laptop pid 42"

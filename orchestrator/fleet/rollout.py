@@ -6,13 +6,13 @@ which hosts go when, drops failed hosts, and reverts hosts on `on_failure: rollb
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from orchestrator.errors import TransportError
 from orchestrator.transport.fanout import fan_out
 from orchestrator.fleet.planner import FleetPlan, Wave
-from runtime.records import Record, record
+from runtime.records import Mutable, Record, mutable, record
 
 HOST_TIMEOUT = 60.0        # what a host may take beyond its services' own timings (unpack, start)
 
@@ -28,8 +28,8 @@ def apply_deadline(deploy: Mapping, base: float = HOST_TIMEOUT) -> float:
     return round(base + health + d.monitor + d.drain + d.stop_timeout + MIN_SETTLE, 1)
 
 
-@dataclass
-class HostOutcome:
+@mutable
+class HostOutcome(Mutable):
     host: str
     service: str
     ok: bool
@@ -39,8 +39,8 @@ class HostOutcome:
     unreachable: bool = False                # no answer (link lost, deadline passed): dropped
 
 
-@dataclass
-class RolloutResult:
+@mutable
+class RolloutResult(Mutable):
     outcomes: List[HostOutcome] = field(default_factory=list)
     halts: Dict[str, str] = field(default_factory=dict)       # service -> why its later waves did not run
     skipped: Dict[str, List[str]] = field(default_factory=dict)   # service -> hosts never tried

@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from orchestrator.image import debian as deb
@@ -25,7 +25,7 @@ from orchestrator.manifest.model import (ContextCopyStep, CopyStep, DebianBase, 
                                          StageCopyStep, TemplateStep)
 from orchestrator.manifest.units import PLATFORM_ARCH
 from orchestrator.image.store import Store
-from runtime.records import Record, record
+from runtime.records import Mutable, Record, mutable, record
 
 BUILDER_VERSION = 1          # part of every cache key: bump when layer bytes would change
 
@@ -72,8 +72,8 @@ class BuiltImage(Record):
 Progress = Optional[Callable[[BuildEvent], None]]
 
 
-@dataclass
-class _StageResult:
+@mutable
+class _StageResult(Mutable):
     key: str                               # the cache chain key after the stage's last step
     layers: List[Dict[str, Any]]
     config: Dict[str, Any]                 # the rendered image config (a later FROM STAGE starts from it)

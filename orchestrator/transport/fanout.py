@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Callable, Dict, Generic, Iterable, Optional, TypeVar
 
 from orchestrator.errors import OrchError
+from runtime.records import Mutable, mutable
 
 T = TypeVar("T")
 H = TypeVar("H")
 
 
-@dataclass
-class FanOutResult(Generic[T]):
+@mutable
+class FanOutResult(Mutable, Generic[T]):
     ok: Dict[str, T] = field(default_factory=dict)
     failed: Dict[str, OrchError] = field(default_factory=dict)
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
 from orchestrator.agent.client import AgentClient
 from orchestrator.errors import TransportError
 from orchestrator.transport.ssh import ConnectionPool
 from runtime import protocol
+from runtime.records import Mutable, mutable
 
 
-@dataclass
-class ShipResult:
+@mutable
+class ShipResult(Mutable):
     host: str
     blobs: int
     bytes_sent: int                          # on the wire, all attempts together

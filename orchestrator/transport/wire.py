@@ -24,12 +24,12 @@ import tarfile
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from orchestrator.image.store import Store
 from runtime import wire as host_wire
-from runtime.records import Record, record
+from runtime.records import Mutable, Record, mutable, record
 
 SEGMENT = 16 << 20              # recipe bytes per xz chunk at most (each compressed on its own)
 FIRST_SEGMENT = 1 << 20
@@ -45,8 +45,8 @@ class LayerInfo(Record):
     platform: str = ""
 
 
-@dataclass
-class WireJob:
+@mutable
+class WireJob(Mutable):
     """How one deploy ships: the local store, the layers of the manifests being shipped (by
     blob digest), whether layers go as recipes, and the bandwidth cap shared by all hosts."""
     store: Store

@@ -7,7 +7,7 @@ from typing import Tuple
 import pytest
 from hypothesis import given, strategies as st
 
-from runtime.records import Record, record
+from runtime.records import Mutable, Record, mutable, record
 
 
 @record
@@ -95,3 +95,34 @@ def test_a_record_is_made_as_a_dataclass_is_by_position_name_default_and_factory
             bad()
     with pytest.raises(dataclasses.FrozenInstanceError):
         del Point(1).x
+
+
+@mutable
+class Tally(Mutable):
+    name: str
+    counts: dict = field(default_factory=dict)
+    note: str = field(default="", compare=False)
+
+
+@dataclass
+class DTally:
+    name: str
+    counts: dict = field(default_factory=dict)
+    note: str = field(default="", compare=False)
+
+
+def test_a_mutable_is_a_plain_dataclass_equal_by_its_fields_and_unhashable():
+    a, b = Tally("a"), Tally("a", note="other")
+    assert a == b and a.counts is not b.counts and repr(a) == repr(DTally("a")).replace("DTally", "Tally")
+    a.counts["x"] = 1
+    a.name = "renamed"
+    assert a != b and (a.name, a.counts) == ("renamed", {"x": 1})
+    with pytest.raises(TypeError):
+        hash(a)
+    with pytest.raises(TypeError):
+        hash(DTally("a"))
+    assert dataclasses.replace(a, note="n") == a and dataclasses.asdict(b)["counts"] == {}
+    with pytest.raises(TypeError, match="derives from Mutable"):
+        @mutable
+        class Loose:
+            x: int
