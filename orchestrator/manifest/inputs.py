@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator, List, Mapping, Optional, Set
 
-import yaml
 
 from orchestrator.errors import ManifestError, ManifestErrors
 from orchestrator.manifest.loader import load_desired, manifest_files
@@ -62,6 +61,8 @@ def load_checked(directory: str, variables: Mapping[str, Any], environ: Mapping[
         raise problems[0]
     if problems:
         raise ManifestErrors(problems, "in the manifests and their inputs (nothing was built, no host contacted)")
+    from orchestrator.manifest import parse_cache
+    parse_cache.flush()         # bad input writes nothing, not even its parse
     return desired
 
 
@@ -196,5 +197,5 @@ def _documents(files: LocalFiles, path: str) -> List[Any]:
     """The YAML documents of a manifest file, with line numbers (empty when unreadable)."""
     try:
         return [d.data for d in parse_documents(files.read_text(path), path)]
-    except (OSError, UnicodeDecodeError, ManifestError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, ManifestError):   # yaml's errors become ManifestError
         return []

@@ -54,6 +54,8 @@ def load_desired(directory: str, vars: Optional[Mapping[str, Any]] = None, *,
     files = manifest_files(directory)
     if not files:
         raise ManifestError(f'no manifests (*.yaml) in "{display_path(directory)}"')
+    from orchestrator.manifest import parse_cache
+    parse_cache.forget()        # what an earlier load that failed noted is not written
     docs = [d for f in files for d in read_documents(f)]
     variables = _collect_vars(docs)
     variables.update(dict(vars or {}))
@@ -117,8 +119,11 @@ def load_desired(directory: str, vars: Optional[Mapping[str, Any]] = None, *,
         services[svc.name] = svc
     _check_ports(services)
     _check_needs(services)
-    return Desired(directory=directory, fleet=fleet, services=frozen_map(services),
-                   vars=frozen_map(variables))
+    desired = Desired(directory=directory, fleet=fleet, services=frozen_map(services),
+                      vars=frozen_map(variables))
+    if problems is None:        # else the caller decides (inputs.load_checked)
+        parse_cache.flush()     # bad manifests write nothing, not even their parse
+    return desired
 
 
 def _with_inventory(variables: Mapping[str, Any], fleet: Fleet) -> Dict[str, Any]:
