@@ -1,7 +1,7 @@
 """Run one function per host in parallel, with a bound; partial failure is a value, not a crash."""
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from dataclasses import field
 from typing import Callable, Dict, Generic, Iterable, Optional, TypeVar
 
@@ -45,12 +45,35 @@ def fan_out(hosts: Iterable[H], fn: Callable[[H], T], *, name: Callable[[H], str
             wrapped.__cause__ = exc
             return name(host), None, wrapped
 
-    with ThreadPoolExecutor(max_workers=max(1, min(max_parallel, len(hosts)))) as pool:
-        for host_name, value, error in pool.map(one, hosts):
-            if error is None:
-                result.ok[host_name] = value
-            else:
-                result.failed[host_name] = error
-            if on_done:
-                on_done(host_name, value, error)
+    # plain threads, not concurrent.futures (whose import, logging's with it, every command
+    # paid): workers take the hosts in order; results are handed on in that order
+    done = [threading.Event() for _ in hosts]
+    answers: list = [None] * len(hosts)
+    todo = iter(range(len(hosts)))
+    take = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with take:
+                i = next(todo, None)
+            if i is None:
+                return
+            answers[i] = one(hosts[i])
+            done[i].set()
+
+    workers = [threading.Thread(target=worker, daemon=True, name="fan-out")
+               for _ in range(max(1, min(max_parallel, len(hosts))))]
+    for w in workers:
+        w.start()
+    for i in range(len(hosts)):
+        done[i].wait()
+        host_name, value, error = answers[i]
+        if error is None:
+            result.ok[host_name] = value
+        else:
+            result.failed[host_name] = error
+        if on_done:
+            on_done(host_name, value, error)
+    for w in workers:
+        w.join()
     return result

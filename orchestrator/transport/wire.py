@@ -23,7 +23,6 @@ import struct
 import tarfile
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import field
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
@@ -244,6 +243,7 @@ def iter_chunks(store: Store, info: LayerInfo, known: Set[str]) -> Iterator[byte
     stop = threading.Event()
 
     def produce() -> None:
+        from concurrent.futures import ThreadPoolExecutor
         try:
             with ThreadPoolExecutor(THREADS) as pool:
                 pending = []

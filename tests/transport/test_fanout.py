@@ -37,3 +37,25 @@ def test_parallelism_is_bounded():
 
     fan_out([H(str(i)) for i in range(20)], fn, max_parallel=3)
     assert peak[0] == 3
+
+
+def test_results_are_handed_on_in_the_hosts_order_while_later_hosts_still_run():
+    seen = []
+    release = threading.Event()
+
+    def fn(h):
+        if h.name == "slow":
+            release.wait(5)
+        return h.name
+
+    def on_done(name, value, error):
+        seen.append(name)
+        if name == "a":
+            release.set()           # the slow one finishes only after "a" was handed on
+
+    res = fan_out([H("a"), H("slow"), H("b")], fn, on_done=on_done)
+    assert seen == ["a", "slow", "b"] and res.ok == {"a": "a", "slow": "slow", "b": "b"}
+
+
+def test_no_hosts_and_one_host():
+    assert fan_out([], lambda h: 1).ok == {} and fan_out([H("x")], lambda h: 1).ok == {"x": 1}
