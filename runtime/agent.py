@@ -250,6 +250,8 @@ def start_finisher(layout: Layout, services: List[str]) -> None:
         if os.fork():                          # the finisher is nobody's child: no zombie
             code = 0
         else:
+            import gc
+            gc.freeze()     # the session's objects are never scanned here (nor copied for it)
             null = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(null, fd)

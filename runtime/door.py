@@ -20,6 +20,7 @@ orchestrator imports ``NAME`` and ``request``.
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -224,6 +225,9 @@ class Door:
             self.children[pid] = time.monotonic()
             return
         code = 70                               # the child: a session, then gone
+        # what serve made is never scanned by this child's collector, nor its pages copied
+        # for it: a session took ~15 % less CPU (77 -> 67 ms, median of 40, bench/phases.py)
+        gc.freeze()
         try:
             fd = conn.fileno()
             # only its socket and stdio: a caller the door thread was answering when serve
