@@ -134,6 +134,8 @@ def preload_change_modules() -> None:
             importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001 - a session imports it again and reports it
             _log(f"serve: cannot load {name}: {exc}")
+    import gc
+    gc.freeze()     # the code loaded so far lives as long as serve: its collector skips it
 
 
 SNAPSHOT_EVERY = 1.0
