@@ -35,45 +35,60 @@ def fan_out(hosts: Iterable[H], fn: Callable[[H], T], *, name: Callable[[H], str
     if not hosts:
         return result
 
-    def one(host: H):
+    names = [name(h) for h in hosts]        # a name that cannot be told fails here, at once
+
+    def one(i: int):
         try:
-            return name(host), fn(host), None
+            return fn(hosts[i]), None
         except OrchError as exc:
-            return name(host), None, exc
+            return None, exc
         except Exception as exc:  # noqa: BLE001 - a host's failure must not take the others down
-            wrapped = OrchError(f"{name(host)}: {type(exc).__name__}: {exc}")
+            wrapped = OrchError(f"{names[i]}: {type(exc).__name__}: {exc}")
             wrapped.__cause__ = exc
-            return name(host), None, wrapped
+            return None, wrapped
 
     # plain threads, not concurrent.futures (whose import, logging's with it, every command
-    # paid): workers take the hosts in order; results are handed on in that order
+    # paid): workers take the hosts in order; results are handed on in that order. Anything
+    # else a host's call raises (SystemExit, KeyboardInterrupt) is raised here, as the pool
+    # raised it; and once this thread stops early, no host not yet begun is begun, and it
+    # waits for the calls under way (their hosts' sessions) before it raises.
     done = [threading.Event() for _ in hosts]
     answers: list = [None] * len(hosts)
     todo = iter(range(len(hosts)))
     take = threading.Lock()
+    stop = threading.Event()
 
     def worker() -> None:
-        while True:
+        while not stop.is_set():
             with take:
                 i = next(todo, None)
             if i is None:
                 return
-            answers[i] = one(hosts[i])
-            done[i].set()
+            try:
+                answers[i] = one(i)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                answers[i] = exc
+            finally:
+                done[i].set()
 
     workers = [threading.Thread(target=worker, daemon=True, name="fan-out")
                for _ in range(max(1, min(max_parallel, len(hosts))))]
     for w in workers:
         w.start()
-    for i in range(len(hosts)):
-        done[i].wait()
-        host_name, value, error = answers[i]
-        if error is None:
-            result.ok[host_name] = value
-        else:
-            result.failed[host_name] = error
-        if on_done:
-            on_done(host_name, value, error)
-    for w in workers:
-        w.join()
+    try:
+        for i in range(len(hosts)):
+            done[i].wait()
+            if isinstance(answers[i], BaseException):
+                raise answers[i]
+            value, error = answers[i]
+            if error is None:
+                result.ok[names[i]] = value
+            else:
+                result.failed[names[i]] = error
+            if on_done:
+                on_done(names[i], value, error)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
     return result

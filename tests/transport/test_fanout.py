@@ -59,3 +59,37 @@ def test_results_are_handed_on_in_the_hosts_order_while_later_hosts_still_run():
 
 def test_no_hosts_and_one_host():
     assert fan_out([], lambda h: 1).ok == {} and fan_out([H("x")], lambda h: 1).ok == {"x": 1}
+
+
+def test_an_exit_in_one_hosts_call_is_raised_here_and_nothing_hangs():
+    import pytest
+
+    def fn(h):
+        if h.name == "b":
+            raise SystemExit(3)
+        return 1
+    with pytest.raises(SystemExit):
+        fan_out([H("a"), H("b"), H("c")], fn)
+
+
+def test_a_host_without_a_name_fails_at_once():
+    import pytest
+    with pytest.raises(AttributeError):
+        fan_out([H("a"), object()], lambda h: 1)
+
+
+def test_once_the_caller_stops_no_more_hosts_begin_and_the_running_ones_are_waited_for():
+    import pytest
+    began, finished = [], []
+
+    def fn(h):
+        began.append(h.name)
+        time.sleep(0.05)
+        finished.append(h.name)
+
+    def on_done(name, value, error):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fan_out([H(str(i)) for i in range(10)], fn, max_parallel=2, on_done=on_done)
+    assert len(began) <= 4 and sorted(began) == sorted(finished)   # none left running
