@@ -3,13 +3,13 @@ after an edit of the app's code) neither imports yaml nor parses (~15-25 ms of e
 
 An entry is the exact trees ``yaml_parse.parse`` returned for a text (``LMap``/``LList`` with
 their lines, ``YInt`` with its source text, scalars), as JSON, under
-``$ORCH_HOME/cache/manifests/<key>.json``. The key is the sha256 of the text, of the parser's
-own source and of the installed yaml package's identity: a change to any of them is a miss, and
-a miss parses as before. Only a successful parse is stored (an error always comes from the
+``$ORCH_HOME/cache/manifests/<key>.json``. The key is the sha256 of the text, of the source of
+the parser, its limits and this module, and of the installed yaml package's identity: a change
+to any of them is a miss, and a miss parses as before. Only a successful parse is stored (an error always comes from the
 parser), only once the manifests loaded without a problem (``flush``: bad input writes
 nothing), and only trees of scalars JSON keeps exactly (str, int, float, bool, null): a document
 holding a timestamp or binary value is not cached. An entry that does not decode to such trees
-(truncated, edited by hand) is a miss, never an error. JSON, not pickle or marshal: reading an
+(truncated, edited by hand, or beyond the parser's limits) is a miss, never an error. JSON, not pickle or marshal: reading an
 entry cannot run code or crash the interpreter.
 """
 from __future__ import annotations
@@ -19,12 +19,15 @@ import importlib.util
 import json
 import os
 import tempfile
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from orchestrator.manifest.source import LList, LMap, YInt
+from orchestrator.manifest.source import MAX_DEPTH, MAX_FILE_BYTES, MAX_SCALAR, MAX_VALUES, LList, LMap, YInt
 
 FORMAT = "orch-parse-1"
 KEEP = 256                      # entries; the oldest go when a save finds more
+MAX_ENTRY = 16 * MAX_FILE_BYTES     # bytes of one entry read (lines and markers make it bigger)
+SOURCES = ("yaml_parse.py", "source.py", "parse_cache.py")   # what makes the trees: in the key
 
 Parsed = List[Tuple[int, int, Any]]
 
@@ -59,30 +62,42 @@ def _key(key: Any) -> Any:
     return key
 
 
-def decode(value: Any) -> Any:
-    """``encode``'s inverse; ValueError on anything ``encode`` does not make."""
+def decode(value: Any, budget: Optional[List[int]] = None) -> Any:
+    """``encode``'s inverse; ValueError on anything ``encode`` does not make, or on a tree the
+    parser would have refused (deeper, longer or bigger than its limits). ``budget``: values
+    left for the file (shared by its documents)."""
+    return _decode(value, 1, [MAX_VALUES] if budget is None else budget)
+
+
+def _decode(value: Any, depth: int, budget: List[int]) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0 or depth > MAX_DEPTH + 1:
+        raise ValueError("beyond the limits")
     if isinstance(value, dict):
         if value.keys() == {"m", "k"}:
             out = LMap()
             out.line, out.key_lines = _int(value["m"]), {}
             for key, line, v in _rows(value["k"], 3):
-                if not _scalar_ok(key) or key is None or key in out:
+                if not _scalar_ok(key) or key is None or key in out or \
+                        (type(key) is str and len(key) > MAX_SCALAR):
                     raise ValueError("bad key")
-                out[key] = decode(v)
+                out[key] = _decode(v, depth + 1, budget)
                 out.key_lines[key] = _int(line)
             return out
         if value.keys() == {"l", "i"}:
             seq = LList()
             seq.line, seq.item_lines = _int(value["l"]), []
             for line, v in _rows(value["i"], 2):
-                seq.append(decode(v))
+                seq.append(_decode(v, depth + 1, budget))
                 seq.item_lines.append(_int(line))
             return seq
-        if value.keys() == {"y", "s"} and type(value["s"]) is str:
+        if value.keys() == {"y", "s"} and type(value["s"]) is str and len(value["s"]) <= MAX_SCALAR:
             out_int = YInt(_int(value["y"]))
             out_int.src = value["s"]
             return out_int
         raise ValueError("bad entry")
+    if type(value) is str and len(value) > MAX_SCALAR:
+        raise ValueError("scalar too long")
     if _scalar_ok(value):
         return value
     raise ValueError("bad value")
@@ -101,6 +116,7 @@ def _rows(rows: Any, width: int) -> List[list]:
 
 
 def key_of(text: str, parser_source: bytes, yaml_identity: str) -> str:
+    """``parser_source``: the bytes of SOURCES, one after the other."""
     h = hashlib.sha256()
     for part in (FORMAT.encode(), hashlib.sha256(parser_source).digest(), yaml_identity.encode(),
                  text.encode("utf-8", "surrogatepass")):
@@ -118,8 +134,10 @@ def cache_dir() -> str:
 def _key_here(text: str) -> Optional[str]:
     """The key of ``text`` for this parser and this yaml (None when either cannot be read)."""
     try:
-        with open(os.path.join(os.path.dirname(__file__), "yaml_parse.py"), "rb") as f:
-            parser = f.read()
+        parser = b""
+        for name in SOURCES:
+            with open(os.path.join(os.path.dirname(__file__), name), "rb") as f:
+                parser += f.read()
         spec = importlib.util.find_spec("yaml")
         st = os.stat(spec.origin) if spec and spec.origin else None
     except (OSError, ImportError, ValueError):
@@ -130,14 +148,21 @@ def _key_here(text: str) -> Optional[str]:
 
 
 def load(text: str) -> Optional[Parsed]:
+    """The trees of ``text`` parsed before (by this process, or stored), else None."""
     key = _key_here(text)
     if key is None:
         return None
     try:
-        with open(os.path.join(cache_dir(), key + ".json"), "rb") as f:
-            rows = json.loads(f.read())
-        return [(_int(i), _int(line), decode(tree)) for i, line, tree in _rows(rows, 3)]
-    except (OSError, ValueError, TypeError, RecursionError):
+        data = _PENDING.get(key)
+        if data is None:
+            with open(os.path.join(cache_dir(), key + ".json"), "rb") as f:
+                data = f.read(MAX_ENTRY + 1)
+            if len(data) > MAX_ENTRY:
+                return None
+        rows = json.loads(data)
+        budget = [MAX_VALUES]
+        return [(_int(i), _int(line), decode(tree, budget)) for i, line, tree in _rows(rows, 3)]
+    except (OSError, ValueError, TypeError, RecursionError, MemoryError):
         return None
 
 
@@ -168,16 +193,36 @@ def flush() -> None:
         os.makedirs(d, mode=0o700, exist_ok=True)
         for key, data in sorted(_PENDING.items()):
             fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, os.path.join(d, key + ".json"))
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, os.path.join(d, key + ".json"))
+            except OSError:
+                _unlink(tmp)
+                raise
         _prune(d)
     except OSError:
         pass
     _PENDING.clear()
 
 
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def _prune(d: str) -> None:
+    """At most KEEP entries, and no temporary file a killed writer left over an hour ago."""
+    now = time.time()
+    for n in os.listdir(d):
+        if n.startswith(".tmp-"):
+            try:
+                if now - os.stat(os.path.join(d, n)).st_mtime > 3600:
+                    _unlink(os.path.join(d, n))
+            except OSError:
+                pass
     names = [n for n in os.listdir(d) if n.endswith(".json")]
     if len(names) <= KEEP:
         return

@@ -47,7 +47,9 @@ def same_tree(a, b):
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("ORCH_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
+    parse_cache.forget()            # what other tests' loads noted is not this test's
+    yield tmp_path / "home"
+    parse_cache.forget()
 
 
 def test_a_parse_is_stored_and_read_back_as_the_same_trees(home, tmp_path):
@@ -151,3 +153,48 @@ def test_manifests_that_do_not_load_write_no_entry(home, tmp_path):
     (tmp_path / "m.yaml").write_text("kind: Service\nname: web\nimage: {from: scratch, cmd: [/w]}\n")
     load_desired(str(tmp_path))
     assert len(os.listdir(home / "cache" / "manifests")) == 1
+
+
+def test_an_entry_beyond_the_parsers_limits_is_a_miss(home, monkeypatch):
+    from orchestrator.manifest import source
+    text = "a: 1\n"
+    parse_cache.save(text, yaml_parse.parse(text, "a.yaml"))
+    parse_cache.flush()
+    (entry,) = (home / "cache" / "manifests").iterdir()
+    deep = "1"
+    for _ in range(source.MAX_DEPTH + 5):
+        deep = '{"l": 1, "i": [[1, %s]]}' % deep
+    for body in (deep, '"%s"' % ("x" * (source.MAX_SCALAR + 1)),
+                 '{"l": 1, "i": [%s]}' % ", ".join(["[1, 1]"] * (source.MAX_VALUES + 1))):
+        entry.write_text("[[0, 1, %s]]" % body)
+        assert parse_cache.load(text) is None
+    monkeypatch.setattr(parse_cache, "MAX_ENTRY", 10)
+    entry.write_text('[[0, 1, "short enough to parse, not to read"]]')
+    assert parse_cache.load(text) is None
+
+
+def test_a_change_to_the_limits_is_a_miss(home, monkeypatch, tmp_path):
+    text = "a: 1\n"
+    parse_cache.save(text, yaml_parse.parse(text, "a.yaml"))
+    parse_cache.flush()
+    assert parse_cache.load(text) is not None
+    real = open                                  # source.py as if its limits were edited
+
+    def edited(path, *a, **kw):
+        f = real(path, *a, **kw)
+        if str(path).endswith("manifest/source.py") and "b" in (a[0] if a else kw.get("mode", "")):
+            data = f.read().replace(b"MAX_DEPTH = 64", b"MAX_DEPTH = 3 ")
+            f.close()
+            import io
+            return io.BytesIO(data)
+        return f
+    monkeypatch.setattr("builtins.open", edited)
+    assert parse_cache.load(text) is None
+
+
+def test_a_load_that_parsed_a_text_reads_it_back_before_it_is_written(home):
+    text = "b: 2\n"
+    parse_cache.forget()
+    parse_cache.save(text, yaml_parse.parse(text, "b.yaml"))
+    assert not home.exists() and parse_cache.load(text)[0][2]["b"] == 2
+    parse_cache.forget()
