@@ -64,9 +64,17 @@ class _Loader(yaml.composer.Composer, _Events, yaml.constructor.SafeConstructor,
 
     def compose_scalar_node(self, anchor):
         node = super().compose_scalar_node(anchor)
-        if node.tag == _INT_TAG and sum(c.isdigit() for c in node.value) > MAX_INT_DIGITS:
+        if node.tag == _INT_TAG and _int_digits(node.value) > MAX_INT_DIGITS:
             raise self.refuse(f"an integer with more than {MAX_INT_DIGITS} digits", node.start_mark)
         return node
+
+
+def _int_digits(text: str) -> int:
+    """The digits of a YAML integer in any base (0x ff, 0o 17, 0b 101 count each digit)."""
+    body = text.lstrip("+-")
+    if body[:2].lower() in ("0x", "0o", "0b"):
+        body = body[2:]
+    return sum(c.isalnum() for c in body)
 
 
 def _check_expansion(root: yaml.Node, file: str, budget: int) -> int:

@@ -45,6 +45,7 @@ BOMBS = {
                               + "  " * 201 + "v\n"), source.MAX_DEPTH + 4, "nest"),
     # a 5000-digit integer: a ValueError traceback before (Python's int/str limit)
     "integer length": (service("deploy:\n  keep_releases: " + "9" * 5000 + "\n"), 5, "digits"),
+    "hex integer length": (service("deploy:\n  keep_releases: 0x" + "f" * 5000 + "\n"), 5, "digits"),
     # one scalar far larger than any manifest value
     "scalar size": (service('deploy:\n  env: {BIG: "' + "x" * (source.MAX_SCALAR + 1) + '"}\n'), 5, "scalar"),
     # a document larger than any manifest
