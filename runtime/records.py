@@ -63,7 +63,7 @@ class _Fields:
         if len(args) > len(names):
             raise TypeError(f"{cls.__qualname__}() takes {len(names)} positional arguments "
                             f"but {len(args)} were given")
-        put = object.__setattr__
+        put = object.__setattr__ if isinstance(self, Record) else setattr
         for name, value in zip(names, args):
             if name in kw:
                 raise TypeError(f"{cls.__qualname__}() got multiple values for argument {name!r}")
@@ -119,13 +119,37 @@ class Mutable(_Fields):
     __hash__ = None     # type: ignore[assignment]
 
 
+def _checked(cls: Type[T]) -> Type[T]:
+    """The fields Record's ``__init__`` makes as a dataclass would, or a TypeError now (what it
+    does not do: InitVar, keyword-only or ``init=False`` fields; what a dataclass refuses: a
+    field without a default after one with a default)."""
+    cls = dataclass(init=False, eq=False, repr=False)(cls)
+    defaulted = None
+    for f in cls.__dataclass_fields__.values():
+        if "InitVar" in str(f.type) or f.type.__class__.__name__ == "InitVar":
+            raise TypeError(f"{cls.__qualname__}.{f.name}: an InitVar (not made by this __init__)")
+        if f.name not in {x.name for x in fields(cls)}:
+            continue                                    # a ClassVar
+        if not f.init or getattr(f, "kw_only", False) is True:
+            raise TypeError(f"{cls.__qualname__}.{f.name}: init=False and kw_only fields are not "
+                            "made by this __init__")
+        if f.default is not MISSING or f.default_factory is not MISSING:
+            defaulted = f.name
+        elif defaulted:
+            raise TypeError(f"{cls.__qualname__}: non-default argument {f.name!r} follows default "
+                            f"argument {defaulted!r}")
+    return cls
+
+
 def record(cls: Type[T]) -> Type[T]:
     """``@record class X(Record): ...``: a frozen dataclass with Record's methods."""
     if not issubclass(cls, Record):
         raise TypeError(f"{cls.__qualname__}: a @record class derives from Record")
     if not cls.__doc__:     # else dataclass works one out from the signature (inspect: slow)
         cls.__doc__ = cls.__qualname__
-    return dataclass(init=False, eq=False, repr=False)(cls)
+    if "__eq__" in cls.__dict__ and cls.__dict__.get("__hash__") is None:
+        cls.__hash__ = Record.__hash__      # a frozen dataclass hashes its fields all the same
+    return _checked(cls)
 
 
 def mutable(cls: Type[T]) -> Type[T]:
@@ -134,4 +158,4 @@ def mutable(cls: Type[T]) -> Type[T]:
         raise TypeError(f"{cls.__qualname__}: a @mutable class derives from Mutable")
     if not cls.__doc__:
         cls.__doc__ = cls.__qualname__
-    return dataclass(init=False, eq=False, repr=False)(cls)
+    return _checked(cls)

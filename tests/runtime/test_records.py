@@ -126,3 +126,49 @@ def test_a_mutable_is_a_plain_dataclass_equal_by_its_fields_and_unhashable():
         @mutable
         class Loose:
             x: int
+
+
+def test_what_the_shared_init_does_not_make_is_refused_when_the_class_is_made():
+    from dataclasses import InitVar
+    from typing import ClassVar
+    with pytest.raises(TypeError, match="follows default"):
+        @record
+        class Order(Record):
+            a: int = 0
+            b: int
+    with pytest.raises(TypeError, match="init=False"):
+        @record
+        class Hidden(Record):
+            a: int
+            b: int = field(default=0, init=False)
+    with pytest.raises(TypeError, match="InitVar"):
+        @record
+        class WithInitVar(Record):
+            a: InitVar[int]
+
+    @record
+    class Counted(Record):
+        a: int
+        made: ClassVar[int] = 0          # a ClassVar is no field, as for a dataclass
+
+    assert Counted(1).a == 1 and [f.name for f in dataclasses.fields(Counted)] == ["a"]
+
+
+def test_a_record_with_its_own_eq_still_hashes_and_a_mutable_sets_through_its_setattr():
+    @record
+    class Loose(Record):
+        a: int
+
+        def __eq__(self, other):
+            return isinstance(other, Loose) and self.a % 10 == other.a % 10
+
+    assert hash(Loose(1)) == hash(Loose(1)) and Loose(1) == Loose(11)
+
+    @mutable
+    class Seen(Mutable):
+        a: int
+
+        def __setattr__(self, name, value):
+            object.__setattr__(self, name, value * 2)
+
+    assert Seen(2).a == 4
