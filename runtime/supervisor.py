@@ -135,6 +135,7 @@ def preload_change_modules() -> None:
         except Exception as exc:  # noqa: BLE001 - a session imports it again and reports it
             _log(f"serve: cannot load {name}: {exc}")
     import gc
+    gc.collect()    # no garbage of a failed import is kept for good
     gc.freeze()     # the code loaded so far lives as long as serve: its collector skips it
 
 
