@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from typing import BinaryIO, Dict, Iterable, List
 
 from runtime import protocol
@@ -34,10 +35,19 @@ def mark_verified(layout: Layout, h: str) -> None:
     that no longer matches its mark (or has none) is re-hashed before it counts as present."""
     d = os.path.dirname(_mark_path(layout, h))
     os.makedirs(d, mode=0o700, exist_ok=True)
-    tmp = _mark_path(layout, h) + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(_fingerprint(os.stat(layout.blob(h))))
-    os.replace(tmp, _mark_path(layout, h))
+    # a name of its own: serve's snapshot may mark the blob a session is marking (it re-hashes
+    # one it finds unmarked), and with one shared name the later rename found nothing
+    tmp = f"{_mark_path(layout, h)}.tmp.{os.getpid()}.{threading.get_ident()}"
+    try:
+        with open(tmp, "w") as f:
+            f.write(_fingerprint(os.stat(layout.blob(h))))
+        os.replace(tmp, _mark_path(layout, h))
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def forget_verified(layout: Layout, digest: str) -> None:

@@ -111,3 +111,28 @@ def test_a_blob_without_its_mark_is_rehashed_once_and_kept(layout):
     store.forget_verified(layout, d)                 # e.g. stored by an older agent
     assert store.have(layout, [d])["present"] == [d]
     assert store.is_marked(layout, d)
+
+
+def test_two_processes_marking_one_blob_at_once_both_succeed(layout):
+    """serve's snapshot re-hashes and marks a blob a session has just received and is marking
+    (a pi-fleet apply failed with the loser's rename finding no temporary file)."""
+    import threading
+    data = b"payload"
+    d = protocol.sha256_digest(data)
+    store.receive(layout, io.BytesIO(frame(d, data)))
+    h = d.split(":", 1)[1]
+    errors = []
+
+    def mark():
+        try:
+            for _ in range(300):
+                store.mark_verified(layout, h)
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+    threads = [threading.Thread(target=mark) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and store.is_marked(layout, d)
+    assert [n for n in os.listdir(os.path.dirname(store._mark_path(layout, h))) if ".tmp" in n] == []
