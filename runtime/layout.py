@@ -13,56 +13,60 @@ import os
 import secrets as _secrets
 import stat
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Optional
 
 
 @dataclass(frozen=True)
 class Layout:
+    """Where the agent keeps things. The paths are worked out once per layout (``cached_property``
+    keeps each in the instance's own dict; the fields never change): the store's checks join
+    them thousands of times a command."""
     root: str
     run: str
     etc: str = "/etc/orch"
 
-    @property
+    @cached_property
     def config(self) -> str:
         return os.path.join(self.etc, "agent.json")
 
-    @property
+    @cached_property
     def blobs(self) -> str:
         return os.path.join(self.root, "blobs", "sha256")
 
-    @property
+    @cached_property
     def incoming(self) -> str:
         return os.path.join(self.root, "blobs", "incoming")
 
-    @property
+    @cached_property
     def images(self) -> str:
         return os.path.join(self.root, "images")
 
-    @property
+    @cached_property
     def containers(self) -> str:
         return os.path.join(self.root, "containers")
 
-    @property
+    @cached_property
     def volumes(self) -> str:
         return os.path.join(self.root, "volumes")
 
-    @property
+    @cached_property
     def state(self) -> str:
         return os.path.join(self.root, "state")
 
-    @property
+    @cached_property
     def logs(self) -> str:
         return os.path.join(self.root, "logs")
 
-    @property
+    @cached_property
     def runc_root(self) -> str:
         return os.path.join(self.run, "runc")
 
-    @property
+    @cached_property
     def secrets(self) -> str:
         return os.path.join(self.run, "secrets")
 
-    @property
+    @cached_property
     def pidfile(self) -> str:
         return os.path.join(self.run, "serve.pid")
 
