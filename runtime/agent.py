@@ -289,14 +289,13 @@ def verb_finish(layout: Layout, services: List[str], log=None) -> dict:
     """What `apply` left to do for ``services`` after it answered (see ``start_finisher``):
     collect garbage, then drain and stop the old slots."""
     from runtime import reconcile
-    from runtime.spec import Target
     before = os.getpriority(os.PRIO_PROCESS, 0)
     _background_priority()
     try:
         h = make_host(layout, log)
-        _collect_now(h)         # what apply left to collect, now that it has answered
-        targets = h.state.target()
-        wait = max([Target.from_json(n, targets[n]).deploy.drain + Target.from_json(n, targets[n]).deploy.stop_timeout
+        _collect(h, take_lock=True)     # what apply left to collect, now that it has answered
+        targets = h.targets()
+        wait = max([targets[n].deploy.drain + targets[n].deploy.stop_timeout
                     for n in services if n in targets] + [0.0])
         reconcile.finish_background(h, services, h.clock() + wait + 30.0)
         from runtime.cli import write_snapshot_now
@@ -520,21 +519,14 @@ def verb_audit(layout: Layout, req: dict) -> dict:
 
 
 
-def _collect_now(h) -> None:
-    """``_collect`` under the converge lock (taken here), with the snapshot forgotten first."""
+def _collect(h, take_lock: bool = False) -> None:
+    """Garbage after a change: never fails the change itself. The caller holds the converge
+    lock, or ``take_lock`` (the finisher, once apply has answered): it is taken here and the
+    snapshot forgotten first (``gc.run_gc``)."""
     from runtime import gc
     try:
-        gc.run_gc(h)
+        (gc.run_gc if take_lock else gc.collect)(h)
     except Exception as exc:  # noqa: BLE001 - reported, the next change collects again
-        h.log(f"gc: {type(exc).__name__}: {exc}")
-
-
-def _collect(h) -> None:
-    """Garbage after a change (the converge lock is held): never fails the change itself."""
-    from runtime import gc
-    try:
-        gc.collect(h)
-    except Exception as exc:  # noqa: BLE001 - reported, the next apply collects again
         h.log(f"gc: {type(exc).__name__}: {exc}")
 
 
