@@ -119,16 +119,21 @@ class Mutable(_Fields):
     __hash__ = None     # type: ignore[assignment]
 
 
-def _checked(cls: Type[T]) -> Type[T]:
-    """The fields Record's ``__init__`` makes as a dataclass would, or a TypeError now (what it
-    does not do: InitVar, keyword-only or ``init=False`` fields; what a dataclass refuses: a
-    field without a default after one with a default)."""
+def _made(cls: Type[T], base: type, name: str) -> Type[T]:
+    """``cls`` as a dataclass with ``base``'s methods, or a TypeError now for what the shared
+    ``__init__`` does not make as a dataclass would (InitVar, keyword-only or ``init=False``
+    fields) and what a dataclass refuses (a field without a default after one with one)."""
+    if not issubclass(cls, base):
+        raise TypeError(f"{cls.__qualname__}: a @{name} class derives from {base.__name__}")
+    if not cls.__doc__:     # else dataclass works one out from the signature (inspect: slow)
+        cls.__doc__ = cls.__qualname__
     cls = dataclass(init=False, eq=False, repr=False)(cls)
+    real = {x.name for x in fields(cls)}                # not ClassVars (nor InitVars)
     defaulted = None
     for f in cls.__dataclass_fields__.values():
         if "InitVar" in str(f.type) or f.type.__class__.__name__ == "InitVar":
             raise TypeError(f"{cls.__qualname__}.{f.name}: an InitVar (not made by this __init__)")
-        if f.name not in {x.name for x in fields(cls)}:
+        if f.name not in real:
             continue                                    # a ClassVar
         if not f.init or getattr(f, "kw_only", False) is True:
             raise TypeError(f"{cls.__qualname__}.{f.name}: init=False and kw_only fields are not "
@@ -143,19 +148,11 @@ def _checked(cls: Type[T]) -> Type[T]:
 
 def record(cls: Type[T]) -> Type[T]:
     """``@record class X(Record): ...``: a frozen dataclass with Record's methods."""
-    if not issubclass(cls, Record):
-        raise TypeError(f"{cls.__qualname__}: a @record class derives from Record")
-    if not cls.__doc__:     # else dataclass works one out from the signature (inspect: slow)
-        cls.__doc__ = cls.__qualname__
     if "__eq__" in cls.__dict__ and cls.__dict__.get("__hash__") is None:
         cls.__hash__ = Record.__hash__      # a frozen dataclass hashes its fields all the same
-    return _checked(cls)
+    return _made(cls, Record, "record")
 
 
 def mutable(cls: Type[T]) -> Type[T]:
     """``@mutable class X(Mutable): ...``: a (mutable) dataclass with Mutable's methods."""
-    if not issubclass(cls, Mutable):
-        raise TypeError(f"{cls.__qualname__}: a @mutable class derives from Mutable")
-    if not cls.__doc__:
-        cls.__doc__ = cls.__qualname__
-    return _checked(cls)
+    return _made(cls, Mutable, "mutable")
