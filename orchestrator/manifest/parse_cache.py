@@ -14,6 +14,7 @@ entry cannot run code or crash the interpreter.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -131,8 +132,10 @@ def cache_dir() -> str:
     return os.path.join(default_home(), "cache", "manifests")
 
 
-def _key_here(text: str) -> Optional[str]:
-    """The key of ``text`` for this parser and this yaml (None when either cannot be read)."""
+@functools.lru_cache(maxsize=1)
+def _identity() -> Optional[Tuple[bytes, str]]:
+    """(the bytes of SOURCES, the installed yaml's identity), read once per process (every
+    manifest's load and save asks); None when either cannot be read."""
     try:
         parser = b""
         for name in SOURCES:
@@ -144,7 +147,13 @@ def _key_here(text: str) -> Optional[str]:
         return None
     if st is None:
         return None
-    return key_of(text, parser, f"{spec.origin}:{st.st_size}:{st.st_mtime_ns}")
+    return parser, f"{spec.origin}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _key_here(text: str) -> Optional[str]:
+    """The key of ``text`` for this parser and this yaml (None when either cannot be read)."""
+    ident = _identity()
+    return key_of(text, *ident) if ident is not None else None
 
 
 def load(text: str) -> Optional[Parsed]:
